@@ -1,0 +1,78 @@
+"""The one small protocol every channel speaks, and the values that cross it.
+
+A channel turns one rendered payload into one side effect (an e-mail accepted by SMTP, a
+post on an account, a line in the outbox) and returns a :class:`Receipt`, or raises
+:class:`~notifier.errors.TransientDeliveryError` / :class:`~notifier.errors.PermanentDeliveryError`.
+It never decides whether to send: the ledger did that before calling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from notifier.rendering import EmailContent
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Which delivery this is: the same on every attempt of it."""
+
+    occurrence_id: str
+    channel: str
+    recipient: str  # lower-cased address for e-mail, "*" for an account's one post
+    attempt: int = 1
+
+    @property
+    def key(self) -> str:
+        """A stable id for this delivery: Message-IDs, idempotency keys, record keys."""
+        raw = f"{self.occurrence_id}|{self.channel}|{self.recipient}".encode()
+        return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class EmailPayload:
+    """A rendered e-mail and its envelope."""
+
+    to_email: str
+    to_name: str | None
+    content: EmailContent
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostPayload:
+    """A rendered social post or website notice, with what webhooks also carry."""
+
+    text: str
+    link: str
+    consultation_id: str
+    consultation_title: str
+    event: str
+    event_at: datetime
+    opens: datetime
+    closes: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the far side gave back: its id for the message or post, and a URL if any."""
+
+    provider_id: str | None = None
+    url: str | None = None
+
+
+class Channel(Protocol):
+    """Sends one payload. Implementations are safe to share between threads."""
+
+    name: str
+
+    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+        """Deliver ``payload`` once; raise a DeliveryError subclass when it did not happen."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

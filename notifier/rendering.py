@@ -1,0 +1,245 @@
+"""Sandboxed Jinja2: (template, event, recipient) -> what is sent.
+
+Templates live in ``templates/<consultation>/<event>/`` or ``templates/<event>/``:
+
+* ``email.j2`` with blocks ``subject`` and ``text`` (required) and ``html`` (optional);
+* ``social.j2`` for every social account, overridden by ``<platform>.j2``.
+
+They run in Jinja2's immutable sandbox with ``StrictUndefined``: an unknown name is an
+error, never an empty string. The ``html`` block is auto-escaped, ``subject`` and ``text``
+are not (they are not HTML). A subject is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from notifier.audience import Recipient
+from notifier.config import Config, Consultation
+from notifier.errors import ConfigError, Problem
+from notifier.timeline import Event, days_left, normalise
+
+EMAIL_NAMES = frozenset(
+    {"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left"}
+)
+SOCIAL_NAMES = frozenset({"consultation", "event", "organisation", "days_left"})
+
+
+@dataclass(frozen=True, slots=True)
+class EmailContent:
+    """A rendered e-mail, before it becomes MIME."""
+
+    subject: str
+    text: str
+    html: str | None
+
+
+def format_date(value: datetime, fmt: str | None = None) -> str:
+    """The ``date`` filter: ``15 August 2019`` (or ``strftime`` with ``fmt``)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"the date filter needs a date and time, not {type(value).__name__}")
+    return value.strftime(fmt) if fmt else f"{value.day} {value:%B %Y}"
+
+
+def format_time(value: datetime) -> str:
+    """The ``time`` filter: ``9am``, ``11:59pm``."""
+    hour = value.hour % 12 or 12
+    minutes = f":{value.minute:02d}" if value.minute else ""
+    return f"{hour}{minutes}{'am' if value.hour < 12 else 'pm'}"
+
+
+def _environment(templates: Path, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=autoescape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        auto_reload=False,
+    )
+    env.filters["date"] = format_date
+    env.filters["time"] = format_time
+    return env
+
+
+class Renderer:
+    """Renders the templates of one config. Build once per process; it caches templates."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tz: ZoneInfo = config.tz
+        self.templates = Path(config.templates)
+        self._plain = _environment(self.templates, autoescape=False)
+        self._html = _environment(self.templates, autoescape=True)
+        self._names: dict[tuple[str, str, str], str | None] = {}
+
+    # -- lookup -------------------------------------------------------------
+
+    def find(self, consultation_id: str, event: str, *filenames: str) -> str | None:
+        """The first template that exists, consultation folder first: a loader name or None."""
+        key = (consultation_id, event, "|".join(filenames))
+        if key not in self._names:
+            found = None
+            for folder in (f"{consultation_id}/{event}", event):
+                for filename in filenames:
+                    if (self.templates / folder / filename).is_file():
+                        found = f"{folder}/{filename}"
+                        break
+                if found:
+                    break
+            self._names[key] = found
+        return self._names[key]
+
+    def email_template(self, event: Event) -> str:
+        """The loader name of the e-mail template for ``event``; ConfigError if none."""
+        name = self.find(event.consultation_id, event.name, "email.j2")
+        if name is None:
+            raise ConfigError([self._missing(event, "email.j2")])
+        return name
+
+    def social_template(self, event: Event, platform: str) -> str:
+        """The loader name of the post template for ``platform``; ConfigError if none."""
+        name = self.find(event.consultation_id, event.name, f"{platform}.j2", "social.j2")
+        if name is None:
+            raise ConfigError([self._missing(event, f"{platform}.j2 or social.j2")])
+        return name
+
+    def _missing(self, event: Event, what: str) -> Problem:
+        return Problem.at(
+            self.templates,
+            None,
+            f"no template {what} for {event.key}: add {self.templates}/{event.name}/{what.split()[0]} "
+            f"or {self.templates}/{event.consultation_id}/{event.name}/{what.split()[0]}",
+        )
+
+    # -- context ------------------------------------------------------------
+
+    def context(self, consultation: Consultation, event: Event, at: datetime | None = None) -> dict[str, Any]:
+        """What every template sees, less the recipient."""
+        moment = normalise(at or event.at or consultation.opens, self.tz)
+        return {
+            "consultation": {
+                "id": consultation.id,
+                "title": consultation.title,
+                "url": consultation.url,
+                "summary": consultation.summary,
+                "opens": normalise(consultation.opens, self.tz),
+                "closes": normalise(consultation.closes, self.tz),
+                "contact": consultation.contact,
+                "data": consultation.data,
+            },
+            "event": {"name": event.name, "at": moment},
+            "organisation": self.config.organisation,
+            "days_left": days_left(consultation, moment, self.tz),
+        }
+
+    # -- rendering ----------------------------------------------------------
+
+    def email(
+        self,
+        event: Event,
+        recipient: Recipient,
+        *,
+        context: Mapping[str, Any],
+        unsubscribe_url: str,
+    ) -> EmailContent:
+        """Render the e-mail of ``event`` for ``recipient``; ConfigError names file and line."""
+        name = self.email_template(event)
+        variables = {**context, "recipient": recipient.context(), "unsubscribe_url": unsubscribe_url}
+        try:
+            plain = self._plain.get_template(name)
+            ctx = plain.new_context(variables)
+            if "subject" not in plain.blocks or "text" not in plain.blocks:
+                raise ConfigError(
+                    [Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")]
+                )
+            subject = "".join(plain.blocks["subject"](ctx)).strip()
+            text = "".join(plain.blocks["text"](ctx)).strip() + "\n"
+            html = None
+            if "html" in plain.blocks:
+                rich = self._html.get_template(name)
+                html = "".join(rich.blocks["html"](rich.new_context(variables))).strip() + "\n"
+        except jinja2.TemplateError as exc:
+            raise ConfigError([template_problem(exc, self.templates, name)]) from None
+        if "\r" in subject or "\n" in subject:
+            raise ConfigError(
+                [Problem.at(self.templates / name, None, f"the subject must be one line, got {subject!r}")]
+            )
+        if not subject:
+            raise ConfigError([Problem.at(self.templates / name, None, "the subject is empty")])
+        return EmailContent(subject=subject, text=text, html=html)
+
+    def social(self, event: Event, platform: str, *, context: Mapping[str, Any]) -> str:
+        """Render the post of ``event`` for an account on ``platform``."""
+        name = self.social_template(event, platform)
+        try:
+            text = self._plain.get_template(name).render(context)
+        except jinja2.TemplateError as exc:
+            raise ConfigError([template_problem(exc, self.templates, name)]) from None
+        return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+    # -- checks -------------------------------------------------------------
+
+    def check_names(self, name: str, allowed: frozenset[str]) -> list[Problem]:
+        """Parse template ``name``; report syntax errors and names outside the context."""
+        path = self.templates / name
+        try:
+            source = path.read_text(encoding="utf-8")
+            ast = self._plain.parse(source, name, str(path))
+        except jinja2.TemplateSyntaxError as exc:
+            return [template_problem(exc, self.templates, name)]
+        except (OSError, UnicodeDecodeError) as exc:
+            return [Problem.at(path, None, f"cannot read: {exc}")]
+        problems = []
+        for unknown in sorted(meta.find_undeclared_variables(ast) - allowed):
+            line = _first_line(source, unknown)
+            hint = " (recipient is only known in e-mails)" if unknown == "recipient" else ""
+            problems.append(
+                Problem.at(path, line, f"unknown name {unknown!r}{hint}; known: {', '.join(sorted(allowed))}")
+            )
+        return problems
+
+
+def _first_line(source: str, name: str) -> int | None:
+    import re
+
+    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    for number, line in enumerate(source.splitlines(), 1):
+        if ("{{" in line or "{%" in line) and pattern.search(line):
+            return number
+    return None
+
+
+def template_problem(exc: jinja2.TemplateError, templates: Path, name: str) -> Problem:
+    """A Jinja2 error as ``templates/<name>:<line>: message``."""
+    path = templates / name
+    line: int | None = getattr(exc, "lineno", None)
+    if line is None:
+        line = _traceback_line(exc.__traceback__, str(path))
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return Problem.at(path, line, f"template syntax error: {exc.message}")
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return Problem.at(path, line, f"unsafe template: {exc}")
+    if isinstance(exc, jinja2.UndefinedError):
+        return Problem.at(path, line, f"undefined: {exc.message}")
+    return Problem.at(path, line, f"template error: {exc}")
+
+
+def _traceback_line(tb: TracebackType | None, filename: str) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
