@@ -1,0 +1,61 @@
+"""Thin Dramatiq actors: load by id, call the core in :mod:`notifier.delivery`, let errors raise.
+
+Messages carry ids only (an occurrence id, a channel name, recipient addresses), never
+objects: a message that waits in Redis while the config changes still means the same thing.
+
+* ``fire(occurrence_id)`` fans an occurrence out into ledger records and enqueues
+  ``deliver`` messages in batches of :data:`notifier.delivery.BATCH`.
+* ``deliver(occurrence_id, channel, recipients)`` sends a batch; when some deliveries are
+  to be retried it raises ``dramatiq.Retry`` with the delay the channel asked for (its
+  backoff, or the far side's ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+from notifier import delivery
+from notifier.errors import ConfigError, UsageError
+from notifier.runtime import Runtime
+
+QUEUE = "notifier"
+#: Longest one message may run; docker compose's stop_grace_period is set above this.
+TIME_LIMIT_MS = 240_000
+MAX_AGE_MS = 7 * 24 * 3600 * 1000
+MAX_RETRIES = 100  # the ledger gives up per delivery (NOTIFIER_MAX_ATTEMPTS) long before this
+
+
+@dataclass(frozen=True)
+class Actors:
+    """The actors declared on one broker."""
+
+    fire: Any
+    deliver: Any
+
+
+def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
+    """Declare notifier's actors on ``broker``; ``runtime()`` gives this process' Runtime."""
+    options = {"time_limit": TIME_LIMIT_MS, "max_age": MAX_AGE_MS, "max_retries": MAX_RETRIES,
+               "min_backoff": 1_000, "max_backoff": 3_600_000, "throws": (ConfigError, UsageError)}
+
+    def fire(occurrence_id: str) -> None:
+        rt = runtime()
+        batches = delivery.fan_out(rt, occurrence_id)
+        for batch in batches:
+            deliver_actor.send(batch.occurrence_id, batch.channel, list(batch.recipients))
+        rt.ledger.set_state(occurrence_id, "fanned-out")
+
+    def deliver(occurrence_id: str, channel: str, recipients: list[str]) -> None:
+        retry_in = delivery.deliver(runtime(), delivery.Batch(occurrence_id, channel, tuple(recipients)))
+        if retry_in is not None:
+            raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
+
+    fire_actor = dramatiq.Actor(fire, broker=broker, actor_name="fire", queue_name=QUEUE, priority=0,
+                                options=dict(options))
+    deliver_actor = dramatiq.Actor(deliver, broker=broker, actor_name="deliver", queue_name=QUEUE,
+                                   priority=10, options=dict(options))
+    return Actors(fire=fire_actor, deliver=deliver_actor)

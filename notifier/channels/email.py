@@ -1,0 +1,286 @@
+"""E-mail: MIME built fast and correctly, sent over SMTP or dropped in the Maildir outbox.
+
+:func:`build_message` writes the RFC 5322 bytes directly rather than through
+``EmailMessage``, which spends most of its time in its header policy machinery (about
+1,200 messages/s on this machine; this path is several times faster). Its output parses
+back to the same headers and parts (``tests/test_email.py`` checks that). Every value that
+reaches a header is stripped of CR and LF first, so no config value can add a header.
+
+SMTP errors are translated at this boundary: 4xx replies, connection errors and timeouts
+are transient; 5xx replies are permanent (550/551/553 and 5.1.x also mark the address
+bounced, so later events suppress it).
+"""
+
+from __future__ import annotations
+
+import binascii
+import mailbox
+import smtplib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError
+
+_NO_BREAK = str.maketrans({"\r": " ", "\n": " "})
+
+
+def _one_line(value: str) -> str:
+    return value.translate(_NO_BREAK).strip()
+
+
+def _encode_header(value: str) -> str:
+    value = _one_line(value)
+    if value.isascii() and len(value) < 900:
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode()
+
+
+def format_address(name: str | None, address: str) -> str:
+    """``"Name" <address>`` with the name RFC 2047-encoded where it is not ASCII."""
+    return formataddr((_one_line(name or ""), _one_line(address)), charset="utf-8")
+
+
+def _qp(text: str) -> bytes:
+    body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    return binascii.b2a_qp(body, istext=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """The fixed headers of every e-mail from this config, encoded once."""
+
+    from_header: str
+    from_address: str
+    reply_to: str | None
+    domain: str
+
+    @classmethod
+    def parse(cls, from_: str, reply_to: str | None) -> Sender:
+        """From ``email.from`` and ``email.reply_to`` of notifier.yaml."""
+        name, address = parseaddr(_one_line(from_))
+        reply = None
+        if reply_to:
+            reply_name, reply_address = parseaddr(_one_line(reply_to))
+            reply = format_address(reply_name, reply_address)
+        return cls(format_address(name, address), address, reply, address.rpartition("@")[2] or "localhost")
+
+
+def message_id(delivery: Delivery, domain: str) -> str:
+    """The Message-ID of a delivery: the same on every attempt, so retries are recognisable."""
+    return f"<{delivery.key}@{domain}>"
+
+
+def build_message(
+    sender: Sender,
+    payload: EmailPayload,
+    *,
+    msgid: str,
+    date: str | None = None,
+) -> bytes:
+    """The whole e-mail as bytes with CRLF line ends: headers, text part and HTML part."""
+    content = payload.content
+    headers = [
+        f"From: {sender.from_header}",
+        f"To: {format_address(payload.to_name, payload.to_email)}",
+        f"Subject: {_encode_header(content.subject)}",
+        f"Date: {date or formatdate(localtime=False, usegmt=True)}",
+        f"Message-ID: {msgid}",
+    ]
+    if sender.reply_to:
+        headers.append(f"Reply-To: {sender.reply_to}")
+    headers += [
+        f"List-Unsubscribe: <{_one_line(payload.unsubscribe_url)}>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "MIME-Version: 1.0",
+    ]
+    text_part = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    if content.html is None:
+        head = "\r\n".join(headers).encode("ascii") + b"\r\n"
+        return head + text_part + _qp(content.text) + b"\r\n"
+    # "=_" can never occur in quoted-printable output, so it makes a safe boundary.
+    boundary = f"=_{msgid.strip('<>').partition('@')[0]}"
+    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    sep = f"--{boundary}\r\n".encode()
+    return b"".join((
+        "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
+        sep, text_part, _qp(content.text), b"\r\n",
+        sep, b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n',
+        _qp(content.html), b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ))
+
+
+# ---------------------------------------------------------------------------
+# SMTP
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTarget:
+    """Where and how to connect, parsed from ``NOTIFIER_SMTP_URL``."""
+
+    host: str
+    port: int
+    tls: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpTarget:
+        """``smtp://[user:pass@]host:port[?starttls=1]`` or ``smtps://…``; ConfigError if malformed."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ConfigError([Problem.at("NOTIFIER_SMTP_URL", None,
+                                          "must look like smtp://[user:pass@]host:port[?starttls=1] or smtps://…")])
+        query = parse_qs(parts.query)
+        tls = parts.scheme == "smtps"
+        try:
+            port = parts.port or (465 if tls else 25)
+            timeout = float(query.get("timeout", ["30"])[0])
+        except ValueError:
+            raise ConfigError([Problem.at("NOTIFIER_SMTP_URL", None, "port and timeout must be numbers")]) from None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            starttls=query.get("starttls", ["0"])[0].lower() in ("1", "true", "yes"),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            timeout=timeout,
+        )
+
+
+def _reply(code: int, message: bytes | str) -> str:
+    text = message.decode(errors="replace") if isinstance(message, bytes) else message
+    return f"{code} {_one_line(text)}"
+
+
+def translate(exc: Exception) -> TransientDeliveryError | PermanentDeliveryError:
+    """An smtplib or socket error as our transient / permanent error."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, message = next(iter(exc.recipients.values()))
+        return _by_code(code, message)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _by_code(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | TimeoutError | socket.timeout):
+        return TransientDeliveryError(f"SMTP connection failed: {exc}")
+    return TransientDeliveryError(f"SMTP error: {exc}")
+
+
+def _by_code(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
+    reply = _reply(code, message)
+    if 400 <= code < 500 or code < 200:
+        return TransientDeliveryError(f"SMTP server deferred: {reply}", provider_reply=reply)
+    bounce = code in (550, 551, 553) or " 5.1." in f" {reply[4:]}"
+    return PermanentDeliveryError(f"SMTP server refused: {reply}", bounce=bounce, provider_reply=reply)
+
+
+class SmtpChannel:
+    """Sends over SMTP, with one connection per thread kept open and reused."""
+
+    name = "email"
+
+    def __init__(self, target: SmtpTarget, sender: Sender) -> None:
+        self.target = target
+        self.sender = sender
+        self._local = threading.local()
+        self._all: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> smtplib.SMTP:
+        conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        t = self.target
+        context = ssl.create_default_context()
+        if t.tls:
+            conn = smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=context)
+        else:
+            conn = smtplib.SMTP(t.host, t.port, timeout=t.timeout)
+            if t.starttls:
+                conn.starttls(context=context)
+        if t.username:
+            conn.login(t.username, t.password or "")
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+        """Send one e-mail; the Message-ID is the provider id."""
+        assert isinstance(payload, EmailPayload)
+        msgid = message_id(delivery, self.sender.domain)
+        data = build_message(self.sender, payload, msgid=msgid)
+        for attempt in (1, 2):
+            try:
+                conn = self._connection()
+                conn.sendmail(self.sender.from_address, [payload.to_email], data)
+                return Receipt(provider_id=msgid)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._drop()  # a kept-open connection the server closed: reconnect once
+                if attempt == 2:
+                    raise translate(exc) from None
+            except smtplib.SMTPAuthenticationError as exc:
+                self._drop()
+                raise PermanentDeliveryError(f"SMTP login refused: {_reply(exc.smtp_code, exc.smtp_error)}") from None
+            except (smtplib.SMTPException, OSError) as exc:
+                if not isinstance(exc, smtplib.SMTPRecipientsRefused | smtplib.SMTPSenderRefused):
+                    self._drop()
+                raise translate(exc) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Quit every open connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+
+
+class MaildirChannel:
+    """Writes each e-mail to a Maildir (``$NOTIFIER_DATA_DIR/outbox/email``), for review."""
+
+    name = "email"
+
+    def __init__(self, path: Path, sender: Sender) -> None:
+        self.path = path
+        self.sender = sender
+        path.mkdir(parents=True, exist_ok=True)
+        self._maildir = mailbox.Maildir(str(path), create=True)
+
+    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+        """Store one e-mail; the Message-ID is the provider id."""
+        assert isinstance(payload, EmailPayload)
+        msgid = message_id(delivery, self.sender.domain)
+        try:
+            self._maildir.add(build_message(self.sender, payload, msgid=msgid))
+        except OSError as exc:
+            raise TransientDeliveryError(f"cannot write to the outbox {self.path}: {exc}") from None
+        return Receipt(provider_id=msgid)
+
+    def close(self) -> None:
+        """Nothing to release."""

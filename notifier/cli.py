@@ -1,0 +1,485 @@
+"""The ``notifier`` command: check, preview, send, report, and run the service.
+
+Exit codes (the contract): 0 success; 1 invalid input or configuration, with every problem
+printed as ``PATH:LINE: message``; 2 when deliveries failed permanently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from notifier import __version__, timeline
+from notifier.audience import Recipient, resolve
+from notifier.channels import limits
+from notifier.channels.base import Delivery, EmailPayload
+from notifier.channels.email import Sender, build_message, message_id
+from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
+from notifier.errors import ConfigError, NotifierError, Problem, UsageError
+from notifier.ledger import Record
+from notifier.rendering import Renderer
+from notifier.validation import check
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _problems(problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        style = "yellow" if problem.severity == "warning" else "red"
+        err.print(str(problem), style=style, markup=False)
+
+
+def _load(settings: Settings) -> Config:
+    return load_config(settings.config_dir)
+
+
+def _local(moment: datetime | None, config: Config) -> str:
+    if moment is None:
+        return "on demand"
+    local = timeline.normalise(moment, config.tz)
+    return f"{local:%a %d %b %Y %H:%M %Z}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="notifier")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
+def cli(verbose: bool) -> None:
+    """Tell a consultation's stakeholders what they need to know, once, on time.
+
+    Settings come from NOTIFIER_* environment variables (see README).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------
+# validate / plan / preview
+# ---------------------------------------------------------------------------
+
+
+@cli.command()
+def validate() -> None:
+    """Check config, lists and every template the configured events need."""
+    settings = _settings()
+    config = _load(settings)
+    problems = check(config, settings)
+    _problems(problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        err.print(f"{len(errors)} error(s): nothing can be sent until they are fixed.", style="bold red")
+        sys.exit(EXIT_INVALID)
+    people = {m.email.lower() for lst in config.lists.values() for m in lst.members}
+    out.print(
+        f"[green]OK[/]: {len(config.consultations)} consultation(s), {len(config.lists)} list(s), "
+        f"{len(people)} stakeholder(s), {len(config.accounts)} account(s)"
+        + (f"; {len(problems)} warning(s)" if problems else "")
+    )
+
+
+def _ledger_or_none(settings: Settings) -> Any:
+    from notifier.broker import connect
+    from notifier.ledger import Ledger
+
+    try:
+        return Ledger(connect(settings))
+    except NotifierError as exc:
+        err.print(f"note: state unknown ({exc})", style="yellow")
+        return None
+
+
+@cli.command()
+@click.argument("consultation", required=False)
+def plan(consultation: str | None) -> None:
+    """The timeline: when each event fires, to how many, on which channels, and its state."""
+    settings = _settings()
+    config = _load(settings)
+    consultations = [config.consultation(consultation)] if consultation else list(config.consultations.values())
+    ledger = _ledger_or_none(settings)
+    suppressed = ledger.suppressed() if ledger else {}
+    table = Table(title=f"Timeline ({config.timezone})", title_justify="left")
+    for column in ("When", "Consultation", "Event", "Channels", "Audience", "State"):
+        table.add_column(column, no_wrap=column in ("When", "Event"))
+    now = datetime.now(UTC)
+    for item in consultations:
+        for event in timeline.events(item, config.tz):
+            audience = resolve(config.lists, event.audience, suppressed=suppressed)
+            size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
+            table.add_row(
+                _local(event.at, config), item.id, event.name, ", ".join(event.channels), size,
+                _state(ledger, event, now, config),
+            )
+    out.print(table)
+
+
+def _state(ledger: Any, event: timeline.Event, now: datetime, config: Config) -> str:
+    if ledger is None:
+        return "?"
+    fired = ledger.fired(event.consultation_id, event.name)
+    if fired:
+        occurrence = ledger.occurrence(fired)
+        late = " (late)" if occurrence.late else ""
+        return f"fired {_local(occurrence.fired_at, config)}{late}"
+    missed = ledger.missed(event.consultation_id, event.name)
+    if missed:
+        return "missed"
+    if event.at is None:
+        return "on demand"
+    return "scheduled" if event.at > now else "due"
+
+
+def _preview_key(settings: Settings) -> bytes | None:
+    if settings.secret_key_env:
+        return settings.secret_key_env.encode()
+    path = settings.data_dir / "secret.key"
+    return path.read_text().strip().encode() if path.exists() else None
+
+
+@cli.command()
+@click.argument("consultation")
+@click.argument("event")
+@click.option("--channel", "channel", help="Only this channel (email or an account id).")
+@click.option("--to", "to", help="Render the e-mail for this stakeholder (default: the first).")
+def preview(consultation: str, event: str, channel: str | None, to: str | None) -> None:
+    """Render exactly what would be sent, without sending or recording anything."""
+    from notifier.tokens import sign
+    from notifier.validation import check_event
+
+    settings = _settings()
+    config = _load(settings)
+    item = config.consultation(consultation)
+    ev = timeline.event(item, event, config.tz)
+    channels = [channel] if channel else list(ev.channels)
+    for name in channels:
+        if name != EMAIL_CHANNEL and name not in config.accounts:
+            raise UsageError(f"unknown channel {name!r} (known: {', '.join(config.channels)})")
+    renderer = Renderer(config)
+    problems = [p for p in check_event(config, renderer, item, ev) if p.severity == "error"]
+    if problems:
+        raise ConfigError(problems)
+    context = renderer.context(item, ev)
+    key = _preview_key(settings)
+    for name in channels:
+        if name == EMAIL_CHANNEL:
+            audience = resolve(config.lists, ev.audience)
+            recipient = _pick(audience.recipients, to, audience)
+            token = sign(key, recipient.email) if key else "<signed-token>"
+            url = f"{settings.public_url}/unsubscribe/{token}"
+            content = renderer.email(ev, recipient, context=context, unsubscribe_url=url)
+            sender = Sender.parse(config.email.from_, config.email.reply_to)
+            payload = EmailPayload(recipient.email, recipient.name, content, url)
+            delivery = Delivery(f"{item.id}:{event}:preview", EMAIL_CHANNEL, recipient.key)
+            _print_email(build_message(sender, payload, msgid=message_id(delivery, sender.domain)))
+        else:
+            platform = config.accounts[name].platform
+            post = renderer.social(ev, platform, context=context)
+            most = limits.limit(platform)
+            size = f"{limits.length(platform, post)}/{most}" if most else f"{len(post)} characters"
+            out.rule(f"{name} ({platform}, {size})")
+            out.print(post, markup=False)
+            out.print()
+
+
+def _pick(recipients: tuple[Recipient, ...], to: str | None, audience: Any) -> Recipient:
+    if not recipients and not to:
+        raise UsageError("this event's audience is empty")
+    if to is None:
+        return recipients[0]
+    found: Recipient | None = audience.find(to)
+    if found is None:
+        raise UsageError(f"{to} is not in this event's audience")
+    return found
+
+
+def _print_email(data: bytes) -> None:
+    message = message_from_bytes(data, policy=policy.default)
+    out.rule("email")
+    for header in ("From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
+                   "List-Unsubscribe-Post"):
+        if message[header]:
+            out.print(f"{header}: {message[header]}", markup=False)
+    for part in message.walk():
+        if part.get_content_maintype() == "multipart":
+            continue
+        out.rule(part.get_content_type())
+        out.print(part.get_content().rstrip(), markup=False)
+    out.print()
+
+
+# ---------------------------------------------------------------------------
+# send / worker / report
+# ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("consultation")
+@click.argument("event")
+@click.option("--wait", is_flag=True, help="Block until every delivery is final and print a summary.")
+@click.option("--dry-run", is_flag=True, help="Resolve and render everything; send nothing.")
+@click.option("--again", is_flag=True, help="Fire an event that already fired (a new occurrence).")
+def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool) -> None:
+    """Fire an event now, through the same path the scheduler uses."""
+    settings = _settings()
+    if dry_run:
+        _dry_run(settings, consultation, event)
+        return
+    from notifier.service import Service
+
+    service = Service(settings)
+    try:
+        occurrence_id = service.fire(consultation, event, again=again)
+        if occurrence_id is None:
+            fired = service.ledger.fired(consultation, event)
+            out.print(f"{consultation} {event} already fired ({fired}); nothing sent. "
+                      "Use --again for a new occurrence.")
+            if not wait or fired is None:
+                return
+            occurrence_id = fired
+        else:
+            out.print(f"fired {occurrence_id}")
+        alive = service.workers_alive()
+        if not wait:
+            if not alive:
+                err.print("note: no worker is running; deliveries wait in the queue until "
+                          "`notifier worker` (or `notifier run`) starts. Use --wait to deliver now.",
+                          style="yellow")
+            return
+        if alive:
+            progress = _wait_with_bar(service, occurrence_id)
+        else:
+            out.print("no worker is running: delivering in this process")
+            with service.worker():
+                progress = _wait_with_bar(service, occurrence_id)
+        _summary(service.ledger.records(occurrence_id))
+        if progress.failed:
+            sys.exit(EXIT_FAILED)
+    finally:
+        service.close()
+
+
+def _wait_with_bar(service: Any, occurrence_id: str) -> Any:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
+        task = bar.add_task("delivering", total=None)
+
+        def update(p: Any) -> None:
+            bar.update(task, total=max(p.total, 1), completed=p.done)
+
+        return service.wait(occurrence_id, on_progress=update)
+
+
+def _summary(records: list[Record]) -> None:
+    table = Table(title="Deliveries", title_justify="left")
+    statuses = ("sent", "failed", "suppressed", "pending")
+    table.add_column("Channel")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    by_channel: dict[str, dict[str, int]] = {}
+    for record in records:
+        counts = by_channel.setdefault(record.channel, {})
+        counts[record.status] = counts.get(record.status, 0) + 1
+    for channel, counts in sorted(by_channel.items()):
+        table.add_row(channel, *(str(counts.get(s, 0)) for s in statuses))
+    out.print(table)
+    for record in records:
+        if record.status == "failed":
+            err.print(f"failed: {record.channel} {record.recipient}: {record.error}", style="red", markup=False)
+
+
+def _dry_run(settings: Settings, consultation: str, event: str) -> None:
+    config = _load(settings)
+    problems = [p for p in check(config, settings) if p.severity == "error"]
+    if problems:
+        raise ConfigError(problems)
+    item = config.consultation(consultation)
+    ev = timeline.event(item, event, config.tz)
+    ledger = _ledger_or_none(settings)
+    audience = resolve(config.lists, ev.audience, suppressed=ledger.suppressed() if ledger else {})
+    renderer = Renderer(config)
+    context = renderer.context(item, ev)
+    url = f"{settings.public_url}/unsubscribe/<token>"
+    rendered = 0
+    for name in ev.channels:
+        if name == EMAIL_CHANNEL:
+            for recipient in audience.recipients:
+                renderer.email(ev, recipient, context=context, unsubscribe_url=url)
+                rendered += 1
+        else:
+            renderer.social(ev, config.accounts[name].platform, context=context)
+            rendered += 1
+    fired = ledger.fired(consultation, event) if ledger else None
+    out.print(f"dry run: {item.id} {event} would send {rendered} message(s) on {', '.join(ev.channels)} "
+              f"to {len(audience)} recipient(s) ({len(audience.suppressed)} suppressed); nothing sent.")
+    if fired:
+        out.print(f"note: it already fired ({fired}); a real send needs --again.")
+
+
+def _stop_on(signals: Iterable[signal.Signals], stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+@cli.command()
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Threads per process.")
+def worker(processes: int, threads: int) -> None:
+    """Dramatiq workers that deliver. Stop cleanly on SIGTERM or Ctrl-C."""
+    if processes > 1:
+        _supervise(processes, threads)
+        return
+    from notifier.service import Service
+
+    settings = _settings()
+    service = Service(settings)
+    stop = threading.Event()
+    _stop_on((signal.SIGTERM, signal.SIGINT), stop)
+    err.print(f"worker {service.runtime.worker_id} started ({threads} threads)")
+    try:
+        with service.worker(threads=threads):
+            stop.wait()
+            err.print("stopping: finishing in-flight deliveries")
+    finally:
+        service.close()
+
+
+def _supervise(processes: int, threads: int) -> None:
+    command = [sys.executable, "-m", "notifier", "worker", "--processes", "1", "--threads", str(threads)]
+    children = [subprocess.Popen(command) for _ in range(processes)]  # noqa: S603 - our own command
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    sys.exit(max(codes))
+
+
+@cli.command()
+@click.argument("consultation")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--event", "event", help="Only this event.")
+def report(consultation: str, fmt: str, event: str | None) -> None:
+    """The delivery ledger: counts per event and channel, and a row per delivery."""
+    from notifier.broker import connect
+    from notifier.ledger import Ledger
+
+    settings = _settings()
+    config = _load(settings)
+    config.consultation(consultation)
+    ledger = Ledger(connect(settings))
+    occurrences = [o for o in ledger.occurrences(consultation) if event is None or o.event == event]
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for occurrence in occurrences:
+        for channel, counts in sorted(ledger.counts(occurrence.id).items()):
+            summary.append({"occurrence": occurrence.id, "event": occurrence.event, "channel": channel,
+                            "fired_at": occurrence.fired_at.isoformat(), "late": occurrence.late, **counts})
+        for record in sorted(ledger.records(occurrence.id), key=lambda r: (r.channel, r.recipient)):
+            rows.append({
+                "occurrence": occurrence.id, "event": occurrence.event, "channel": record.channel,
+                "recipient": record.recipient, "name": record.name or "", "lists": " ".join(record.lists),
+                "status": record.status, "attempts": record.attempts, "last_error": record.error or "",
+                "provider_id": record.provider_id or "", "url": record.url or "", "created": record.created,
+                "updated": record.updated or "", "sent_at": record.sent_at or "",
+            })
+    if fmt == "json":
+        click.echo(json.dumps({"consultation": consultation, "summary": summary, "deliveries": rows}, indent=2))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        fields = ["occurrence", "event", "channel", "recipient", "name", "lists", "status", "attempts",
+                  "last_error", "provider_id", "url", "created", "updated", "sent_at"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        _report_tables(consultation, summary, rows)
+    if any(r["status"] == "failed" for r in rows):
+        sys.exit(EXIT_FAILED)
+
+
+def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    if not summary:
+        out.print(f"{consultation}: nothing has been sent yet.")
+        return
+    table = Table(title=f"{consultation}: deliveries by event and channel", title_justify="left")
+    statuses = ("sent", "failed", "suppressed", "pending")
+    for column in ("Occurrence", "Fired", "Channel", *statuses):
+        table.add_column(column, justify="right" if column in statuses else "left")
+    for s in summary:
+        table.add_row(s["occurrence"], s["fired_at"][:19].replace("T", " ") + (" late" if s["late"] else ""),
+                      s["channel"], *(str(s.get(k, 0)) for k in statuses))
+    out.print(table)
+    detail = Table(title="Deliveries", title_justify="left")
+    for column in ("Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Last error", "Provider id",
+                   "Sent"):
+        detail.add_column(column, overflow="fold")
+    for r in rows:
+        detail.add_row(r["occurrence"], r["channel"], r["recipient"], r["lists"], r["status"], str(r["attempts"]),
+                       r["last_error"], r["provider_id"], r["sent_at"][:19].replace("T", " "))
+    out.print(detail)
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI, mapping errors to the contract's exit codes."""
+    try:
+        cli.main(args=argv, prog_name="notifier", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_INVALID)
+    except ConfigError as exc:
+        _problems(exc.problems)
+        sys.exit(EXIT_INVALID)
+    except NotifierError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        sys.exit(EXIT_INVALID)
+    sys.exit(EXIT_OK)
+
+
+def _unused(*_: Callable[..., Any] | Path | str) -> None:  # keep imports used by later commands honest
+    del os

@@ -1,0 +1,162 @@
+"""Fan-out and delivery: the core the actors, ``send --wait`` and ``rehearse`` all call.
+
+``fan_out`` turns an occurrence into ledger records (pending or suppressed) and returns the
+batches to deliver. ``deliver`` sends one batch of one channel: it claims the batch in one
+round trip, sends what it claimed, and writes results back every ``FLUSH_EVERY`` sends, so
+a killed worker can have sent at most that many e-mails per thread that the ledger does not
+know of yet (those, and only those, can be sent twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from notifier import timeline
+from notifier.audience import resolve
+from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.config import EMAIL_CHANNEL
+from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from notifier.ledger import Record, now_iso
+from notifier.runtime import Runtime
+from notifier.tokens import unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+FLUSH_EVERY = 10
+ACCOUNT = "*"  # the recipient of an account's one post
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Deliveries of one channel to hand to one actor message."""
+
+    occurrence_id: str
+    channel: str
+    recipients: tuple[str, ...]
+
+
+def fan_out(rt: Runtime, occurrence_id: str) -> list[Batch]:
+    """Record every delivery of an occurrence (idempotent) and return the batches to send."""
+    occurrence = rt.ledger.occurrence(occurrence_id)
+    config = rt.config
+    consultation = config.consultation(occurrence.consultation)
+    event = timeline.event(consultation, occurrence.event, config.tz)
+    audience = resolve(config.lists, event.audience, suppressed=rt.ledger.suppressed())
+    records: list[Record] = []
+    batches: list[Batch] = []
+    for channel in event.channels:
+        if channel != EMAIL_CHANNEL:
+            records.append(Record(channel=channel, recipient=ACCOUNT))
+            batches.append(Batch(occurrence_id, channel, (ACCOUNT,)))
+            continue
+        for item in audience.suppressed:
+            r = item.recipient
+            records.append(Record(channel=channel, recipient=r.key, status="suppressed", name=r.name,
+                                  lists=r.lists, error=item.reason))
+        keys = []
+        for r in audience.recipients:
+            records.append(Record(channel=channel, recipient=r.key, name=r.name, lists=r.lists))
+            keys.append(r.key)
+        batches += [Batch(occurrence_id, channel, tuple(chunk)) for chunk in _chunks(keys, BATCH)]
+    rt.ledger.add(occurrence_id, records)
+    return batches
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def backoff(rt: Runtime, attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
+    base = rt.settings.retry_base.total_seconds()
+    return min(3600.0, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def deliver(rt: Runtime, batch: Batch) -> float | None:
+    """Send what is still pending in ``batch``; seconds until a retry is due, or None when
+    every delivery is final."""
+    ledger = rt.ledger
+    fields = [f"{batch.channel}|{r}" for r in batch.recipients]
+    claims = ledger.claim(batch.occurrence_id, fields, owner=rt.worker_id)
+    retry: float | None = None
+    mine = [c for c in claims if c.state == "claimed"]
+    if any(c.state == "busy" for c in claims):
+        retry = 15.0  # a live worker is on them: look again later in case it fails
+    if not mine:
+        return retry
+    suppressed = {}
+    if batch.channel == EMAIL_CHANNEL:
+        suppressed = ledger.suppressions([c.field.split("|", 1)[1] for c in mine])
+    marks: list[Record] = []
+    for claim in mine:
+        channel, recipient = claim.field.split("|", 1)
+        record = claim.record or Record(channel=channel, recipient=recipient)
+        if recipient in suppressed:
+            marks.append(record.but(status="suppressed", error=suppressed[recipient]))
+        else:
+            new, wait = _attempt(rt, batch.occurrence_id, record)
+            marks.append(new)
+            if wait is not None:
+                retry = max(retry or 0.0, wait)
+        if len(marks) >= FLUSH_EVERY:
+            ledger.mark(batch.occurrence_id, marks, owner=rt.worker_id)
+            marks = []
+    ledger.mark(batch.occurrence_id, marks, owner=rt.worker_id)
+    return retry
+
+
+def _attempt(rt: Runtime, occurrence_id: str, record: Record) -> tuple[Record, float | None]:
+    """Send one delivery; the record as it now stands and, if it is to be retried, when."""
+    attempt = record.attempts + 1
+    delivery = Delivery(occurrence_id, record.channel, record.recipient, attempt)
+    try:
+        receipt = _send(rt, delivery, record)
+    except TransientDeliveryError as exc:
+        if attempt >= rt.settings.max_attempts:
+            return record.but(status="failed", attempts=attempt,
+                              error=f"gave up after {attempt} attempts: {exc}"), None
+        wait = max(backoff(rt, attempt), exc.retry_after or 0.0)
+        log.info("delivery %s to %s deferred: %s", record.channel, record.recipient, exc)
+        return record.but(attempts=attempt, error=str(exc)), wait
+    except PermanentDeliveryError as exc:
+        if exc.bounce and record.channel == EMAIL_CHANNEL:
+            rt.ledger.suppress(record.recipient, f"bounced: {exc.provider_reply or exc}")
+        return record.but(status="failed", attempts=attempt, error=str(exc)), None
+    except ConfigError as exc:
+        return record.but(status="failed", attempts=attempt, error=f"cannot render: {exc}"), None
+    return record.but(status="sent", attempts=attempt, error=None, provider_id=receipt.provider_id,
+                      url=receipt.url, sent_at=now_iso()), None
+
+
+def _send(rt: Runtime, delivery: Delivery, record: Record) -> Receipt:
+    prepared = rt.prepare(delivery.occurrence_id)
+    event, context = prepared.event, prepared.context
+    channel = rt.channel(delivery.channel)
+    if delivery.channel == EMAIL_CHANNEL:
+        recipient = prepared.recipients.get(record.recipient)
+        if recipient is None:
+            raise PermanentDeliveryError("no longer in the audience's lists")
+        url = unsubscribe_url(rt.settings.public_url, rt.secret_key, record.recipient)
+        content = rt.renderer.email(event, recipient, context=context, unsubscribe_url=url)
+        payload: EmailPayload | PostPayload = EmailPayload(
+            to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url
+        )
+    else:
+        consultation = prepared.consultation
+        platform = rt.config.accounts[delivery.channel].platform
+        payload = PostPayload(
+            text=rt.renderer.social(event, platform, context=context),
+            link=consultation.url,
+            consultation_id=consultation.id,
+            consultation_title=consultation.title,
+            event=event.name,
+            event_at=context["event"]["at"],
+            opens=context["consultation"]["opens"],
+            closes=context["consultation"]["closes"],
+        )
+    return channel.send(delivery, payload)

@@ -1,0 +1,375 @@
+"""The Redis record of every delivery: what fired, who was told, how it went.
+
+It is also what makes every side effect happen once:
+
+* an event occurrence is claimed atomically before it fires (two schedulers, one firing);
+* a delivery is claimed (``SET NX`` with a lease, owned by a live worker) before it is sent,
+  so two workers never send the same one, and a claim held by a dead worker is taken over;
+* a delivery already ``sent`` (or ``failed``, or ``suppressed``) is never sent again.
+
+Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehearsals):
+
+=========================  ==================================================================
+``fired:<c>:<e>``          id of the latest occurrence of event e of consultation c
+``seq:<c>:<e>``            occurrence counter (``send --again`` makes a new one)
+``missed:<c>:<e>``         when a scheduled event was missed past the grace period
+``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state
+``occs:<c>``               sorted set of the consultation's occurrences by firing time
+``st:<id>``                hash ``<channel>|<recipient>`` -> status
+``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record`
+``cnt:<id>``               hash ``<channel>|<status>`` -> count
+``claim:<id>:<field>``     the worker sending that delivery now (with a lease)
+``suppressed``             hash address -> JSON {reason, at}
+``workers``                sorted set of live worker ids by last heartbeat
+=========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+
+from notifier.broker import DEAD_AFTER_MS, NAMESPACE
+
+Status = Literal["pending", "sent", "failed", "suppressed"]
+FINAL: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+CLAIM_LEASE_MS = 300_000
+CHUNK = 1_000
+
+
+def now_iso() -> str:
+    """Now, UTC, ISO 8601 to the millisecond."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One delivery: (occurrence, channel, recipient) and how it went."""
+
+    channel: str
+    recipient: str
+    status: Status = "pending"
+    name: str | None = None
+    lists: tuple[str, ...] = ()
+    attempts: int = 0
+    error: str | None = None
+    provider_id: str | None = None
+    url: str | None = None
+    created: str = field(default_factory=now_iso)
+    updated: str | None = None
+    sent_at: str | None = None
+
+    @property
+    def field(self) -> str:
+        """The hash field of this delivery."""
+        return f"{self.channel}|{self.recipient}"
+
+    def to_json(self) -> str:
+        """Compact JSON for Redis."""
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Record:
+        """The record stored as ``data``."""
+        raw = json.loads(data)
+        raw["lists"] = tuple(raw.get("lists") or ())
+        return cls(**raw)
+
+    def but(self, **changes: Any) -> Record:
+        """A copy with ``changes`` and ``updated`` set to now."""
+        return replace(self, updated=now_iso(), **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One firing of an event: ``send --again`` makes another of the same event."""
+
+    id: str
+    consultation: str
+    event: str
+    number: int
+    at: datetime
+    fired_at: datetime
+    late: bool = False
+    state: str = "claimed"
+    rehearsal: bool = False
+
+    @classmethod
+    def from_hash(cls, occurrence_id: str, data: dict[bytes, bytes]) -> Occurrence:
+        """Decode the ``occ:<id>`` hash."""
+        d = {k.decode(): v.decode() for k, v in data.items()}
+        return cls(
+            id=occurrence_id,
+            consultation=d["consultation"],
+            event=d["event"],
+            number=int(d["number"]),
+            at=datetime.fromisoformat(d["at"]),
+            fired_at=datetime.fromisoformat(d["fired_at"]),
+            late=d.get("late") == "1",
+            state=d.get("state", "claimed"),
+            rehearsal=d.get("rehearsal") == "1",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The result of claiming one delivery."""
+
+    field: str
+    state: Literal["claimed", "busy", "final"]
+    record: Record | None
+
+
+# KEYS: st, dl, workers.  ARGV: owner, lease_ms, now_ms, dead_after_ms, claim_prefix, fields...
+_CLAIM = """
+local out = {}
+for i = 6, #ARGV do
+  local f = ARGV[i]
+  local status = redis.call('HGET', KEYS[1], f)
+  local state
+  if status == 'sent' or status == 'failed' or status == 'suppressed' then
+    state = 'final'
+  else
+    local key = ARGV[5] .. f
+    if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+      state = 'claimed'
+    else
+      local holder = redis.call('GET', key)
+      local seen = holder and redis.call('ZSCORE', KEYS[3], holder)
+      if holder == ARGV[1] or not seen or tonumber(seen) < tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+        redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+        state = 'claimed'
+      else
+        state = 'busy'
+      end
+    end
+  end
+  out[#out + 1] = state
+  out[#out + 1] = redis.call('HGET', KEYS[2], f) or ''
+end
+return out
+"""
+
+# KEYS: st, dl, cnt.  ARGV: claim_prefix, owner, then triples (field, status, json).
+# Counts move only when the status changes; a sent delivery stays sent; only the owner releases a claim.
+_MARK = """
+for i = 3, #ARGV, 3 do
+  local f, status, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], f)
+  if old ~= 'sent' then
+    local channel = string.match(f, '^([^|]*)|')
+    if old ~= status then
+      redis.call('HSET', KEYS[1], f, status)
+      if old then redis.call('HINCRBY', KEYS[3], channel .. '|' .. old, -1) end
+      redis.call('HINCRBY', KEYS[3], channel .. '|' .. status, 1)
+    end
+    redis.call('HSET', KEYS[2], f, record)
+  end
+  local key = ARGV[1] .. f
+  if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
+end
+return 1
+"""
+
+# KEYS: st, dl, cnt.  ARGV: triples (field, status, json).  Adds what is not there yet.
+_ADD = """
+local added = 0
+for i = 1, #ARGV, 3 do
+  local f = ARGV[i]
+  if redis.call('HSETNX', KEYS[1], f, ARGV[i + 1]) == 1 then
+    redis.call('HSET', KEYS[2], f, ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[3], string.match(f, '^([^|]*)|') .. '|' .. ARGV[i + 1], 1)
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS: fired, seq, occ_prefix, occs, missed.  ARGV: again, consultation, event, at, fired_at, late, rehearsal
+_FIRE = """
+if ARGV[1] == '0' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local n = redis.call('INCR', KEYS[2])
+local id = ARGV[2] .. ':' .. ARGV[3] .. ':' .. n
+redis.call('SET', KEYS[1], id)
+redis.call('HSET', KEYS[3] .. id, 'consultation', ARGV[2], 'event', ARGV[3], 'number', n,
+  'at', ARGV[4], 'fired_at', ARGV[5], 'late', ARGV[6], 'rehearsal', ARGV[7], 'state', 'claimed')
+redis.call('ZADD', KEYS[4], ARGV[8], id)
+redis.call('DEL', KEYS[5])
+return id
+"""
+
+
+class Ledger:
+    """The delivery ledger in Redis, under ``namespace`` (one per real ledger or rehearsal)."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str = NAMESPACE) -> None:
+        self.client = client
+        self.ns = namespace
+        self._claim = client.register_script(_CLAIM)
+        self._mark = client.register_script(_MARK)
+        self._add = client.register_script(_ADD)
+        self._fire = client.register_script(_FIRE)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    # -- occurrences --------------------------------------------------------
+
+    def claim_occurrence(
+        self,
+        consultation: str,
+        event: str,
+        *,
+        at: datetime,
+        again: bool = False,
+        late: bool = False,
+        rehearsal: bool = False,
+    ) -> str | None:
+        """Atomically start a new occurrence; None when the event already fired (and not ``again``)."""
+        fired_at = datetime.now(UTC)
+        result = self._fire(
+            keys=[
+                self._k("fired", consultation, event),
+                self._k("seq", consultation, event),
+                self._k("occ", ""),
+                self._k("occs", consultation),
+                self._k("missed", consultation, event),
+            ],
+            args=[
+                "1" if again else "0", consultation, event, at.isoformat(), fired_at.isoformat(),
+                "1" if late else "0", "1" if rehearsal else "0", fired_at.timestamp(),
+            ],
+        )
+        return result.decode() if result else None
+
+    def fired(self, consultation: str, event: str) -> str | None:
+        """The id of the latest occurrence of this event, if it fired."""
+        value = self.client.get(self._k("fired", consultation, event))
+        return value.decode() if value else None
+
+    def occurrence(self, occurrence_id: str) -> Occurrence:
+        """The occurrence with this id (KeyError if unknown)."""
+        data = self.client.hgetall(self._k("occ", occurrence_id))
+        if not data:
+            raise KeyError(occurrence_id)
+        return Occurrence.from_hash(occurrence_id, data)
+
+    def set_state(self, occurrence_id: str, state: str) -> None:
+        """Move an occurrence on (claimed -> fanned-out)."""
+        self.client.hset(self._k("occ", occurrence_id), "state", state)
+
+    def occurrences(self, consultation: str) -> list[Occurrence]:
+        """Every occurrence of the consultation's events, oldest first."""
+        ids = [i.decode() for i in self.client.zrange(self._k("occs", consultation), 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self._k("occ", i))
+        return [Occurrence.from_hash(i, d) for i, d in zip(ids, pipe.execute(), strict=True) if d]
+
+    def mark_missed(self, consultation: str, event: str, at: datetime) -> None:
+        """Record that a scheduled event was missed beyond the grace period."""
+        self.client.set(self._k("missed", consultation, event), at.isoformat(), nx=True)
+
+    def missed(self, consultation: str, event: str) -> datetime | None:
+        """When the event was missed, if it was."""
+        value = self.client.get(self._k("missed", consultation, event))
+        return datetime.fromisoformat(value.decode()) if value else None
+
+    # -- deliveries ---------------------------------------------------------
+
+    def add(self, occurrence_id: str, records: Iterable[Record]) -> int:
+        """Record deliveries not recorded yet (idempotent); how many were new."""
+        keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id)]
+        added = 0
+        for chunk in _chunks(records, CHUNK):
+            args: list[str] = []
+            for record in chunk:
+                args += [record.field, record.status, record.to_json()]
+            added += int(self._add(keys=keys, args=args))
+        return added
+
+    def claim(self, occurrence_id: str, fields: list[str], *, owner: str) -> list[Claim]:
+        """Claim deliveries for ``owner``: ``claimed`` ones are yours to send, ``busy`` ones a
+        live worker is sending, ``final`` ones are done. One round trip."""
+        now_ms = int(time.time() * 1000)
+        raw = self._claim(
+            keys=[self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("workers")],
+            args=[owner, CLAIM_LEASE_MS, now_ms, DEAD_AFTER_MS, self._k("claim", occurrence_id, ""), *fields],
+        )
+        claims = []
+        for i, f in enumerate(fields):
+            state, data = raw[2 * i].decode(), raw[2 * i + 1]
+            claims.append(Claim(f, state, Record.from_json(data) if data else None))  # type: ignore[arg-type]
+        return claims
+
+    def mark(self, occurrence_id: str, records: Iterable[Record], *, owner: str) -> None:
+        """Store new states of deliveries and release their claims (one round trip)."""
+        args: list[str] = [self._k("claim", occurrence_id, ""), owner]
+        for record in records:
+            args += [record.field, record.status, record.to_json()]
+        if len(args) > 2:
+            keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id)]
+            self._mark(keys=keys, args=args)
+
+    def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
+        """``{channel: {status: count}}`` for one occurrence."""
+        out: dict[str, dict[str, int]] = {}
+        for key, value in self.client.hgetall(self._k("cnt", occurrence_id)).items():
+            channel, status = key.decode().split("|", 1)
+            if int(value):
+                out.setdefault(channel, {})[status] = int(value)
+        return out
+
+    def records(self, occurrence_id: str) -> list[Record]:
+        """Every delivery of one occurrence."""
+        data = self.client.hgetall(self._k("dl", occurrence_id))
+        return [Record.from_json(v) for v in data.values()]
+
+    def record(self, occurrence_id: str, channel: str, recipient: str) -> Record | None:
+        """One delivery, if recorded."""
+        data = self.client.hget(self._k("dl", occurrence_id), f"{channel}|{recipient}")
+        return Record.from_json(data) if data else None
+
+    # -- suppression --------------------------------------------------------
+
+    def suppress(self, email: str, reason: str) -> None:
+        """Leave ``email`` out of every later event (unsubscribed, bounced)."""
+        entry = json.dumps({"reason": reason, "at": now_iso()})
+        self.client.hset(self._k("suppressed"), email.lower(), entry)
+
+    def unsuppress(self, email: str) -> bool:
+        """Take ``email`` back in; whether it was suppressed."""
+        return bool(self.client.hdel(self._k("suppressed"), email.lower()))
+
+    def suppressed(self) -> dict[str, str]:
+        """Every suppressed address (lower-cased) and why."""
+        return {
+            k.decode(): json.loads(v)["reason"] for k, v in self.client.hgetall(self._k("suppressed")).items()
+        }
+
+    def suppressions(self, emails: list[str]) -> dict[str, str]:
+        """Which of ``emails`` (lower-cased) are suppressed, and why. One round trip."""
+        values = self.client.hmget(self._k("suppressed"), emails) if emails else []
+        return {e: json.loads(v)["reason"] for e, v in zip(emails, values, strict=True) if v}
+
+    def suppression(self, email: str) -> str | None:
+        """Why ``email`` is suppressed, or None."""
+        value = self.client.hget(self._k("suppressed"), email.lower())
+        return json.loads(value)["reason"] if value else None
+
+
+def _chunks(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

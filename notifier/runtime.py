@@ -1,0 +1,160 @@
+"""What one process needs to deliver, built once: settings, config, renderer, ledger, channels.
+
+The config is re-read when a file under ``config/`` or ``templates/`` changes (checked at
+most once a second), so a long-running worker picks up an edited list or template without
+a restart. A rehearsal gets its own runtime: another ledger namespace and outbox-only
+channels under its own folder, so it can never touch the real ledger or post live.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from notifier import timeline
+from notifier.audience import Recipient, resolve
+from notifier.broker import NAMESPACE, connect
+from notifier.channels import registry
+from notifier.channels.base import Channel
+from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
+from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_config
+from notifier.ledger import Ledger, Occurrence
+from notifier.rendering import Renderer
+
+
+def config_signature(settings: Settings, templates: Path | None = None) -> tuple[tuple[str, float, int], ...]:
+    """Names, mtimes and sizes of every config and template file: changes when any does."""
+    found = []
+    for root in (settings.config_dir, templates or settings.config_dir.parent / "templates"):
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                found.append((path, st.st_mtime, st.st_size))
+    return tuple(sorted(found))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One occurrence, resolved against the current config."""
+
+    occurrence: Occurrence
+    consultation: Consultation
+    event: timeline.Event
+    context: dict[str, Any]
+    recipients: dict[str, Recipient]
+
+
+class Runtime:
+    """Per-process state for delivering: thread-safe, cheap to ask, built lazily."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        namespace: str = NAMESPACE,
+        outbox_dir: Path | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client or connect(settings)
+        self.ledger = Ledger(self.client, namespace=namespace)
+        self.rehearsal = namespace != NAMESPACE
+        self.outbox_dir = outbox_dir or settings.data_dir / "outbox"
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.RLock()
+        self._config: Config | None = None
+        self._signature: Any = None
+        self._checked = 0.0
+        self._renderer: Renderer | None = None
+        self._channels: dict[str, Channel] = {}
+        self._prepared: dict[str, Prepared] = {}
+        self.secret_key = settings.secret_key()
+
+    # -- config -------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The current config, reloaded when its files changed."""
+        with self._lock:
+            now = time.monotonic()
+            if self._config is None or now - self._checked > 1.0:
+                self._checked = now
+                templates = self._config.templates if self._config else None
+                signature = config_signature(self.settings, templates)
+                if signature != self._signature:
+                    config = load_config(self.settings.config_dir)
+                    self._close_channels()
+                    self._config, self._signature = config, signature
+                    self._renderer = Renderer(config)
+                    self._prepared.clear()
+            assert self._config is not None
+            return self._config
+
+    @property
+    def renderer(self) -> Renderer:
+        """The renderer of the current config."""
+        _ = self.config
+        assert self._renderer is not None
+        return self._renderer
+
+    def prepare(self, occurrence_id: str) -> Prepared:
+        """Everything about one occurrence that each of its deliveries needs, cached."""
+        config = self.config
+        with self._lock:
+            found = self._prepared.get(occurrence_id)
+            if found is None:
+                occurrence = self.ledger.occurrence(occurrence_id)
+                consultation = config.consultation(occurrence.consultation)
+                event = timeline.event(consultation, occurrence.event, config.tz)
+                recipients = {r.key: r for r in resolve(config.lists, event.audience).recipients}
+                context = self.renderer.context(consultation, event, at=occurrence.at)
+                found = Prepared(occurrence, consultation, event, context, recipients)
+                if len(self._prepared) > 64:
+                    self._prepared.clear()
+                self._prepared[occurrence_id] = found
+            return found
+
+    # -- channels -----------------------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        """The channel ``name`` (``email`` or an account id), built once per config."""
+        config = self.config
+        with self._lock:
+            if name not in self._channels:
+                self._channels[name] = self._build(config, name)
+            return self._channels[name]
+
+    def _build(self, config: Config, name: str) -> Channel:
+        if name == EMAIL_CHANNEL:
+            sender = Sender.parse(config.email.from_, config.email.reply_to)
+            if self.settings.smtp_url and not self.rehearsal:
+                return SmtpChannel(SmtpTarget.parse(self.settings.smtp_url), sender)
+            return MaildirChannel(self.outbox_dir / "email", sender)
+        account = config.accounts[name]
+        settings = self.settings
+        if self.rehearsal:
+            account = account.model_copy(update={"outbox": True})
+            settings = replace(settings, env={})
+        return registry.build_account_channel(account, settings, outbox_dir=self.outbox_dir / "social")
+
+    def _close_channels(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels = {}
+
+    def close(self) -> None:
+        """Close channels (SMTP connections, HTTP clients)."""
+        with self._lock:
+            self._close_channels()

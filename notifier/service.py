@@ -1,0 +1,139 @@
+"""The operations behind the commands: fire an event, wait for it, run workers.
+
+``send``, the scheduler and ``run`` all fire through :meth:`Service.fire`, so an event fired
+by hand and one fired on time take the same path: claim the occurrence in the ledger
+(exactly once), then enqueue ``fire`` for the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dramatiq
+import redis
+
+from notifier import actors, timeline
+from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
+from notifier.config import Config, Settings, load_config
+from notifier.errors import ConfigError
+from notifier.ledger import FINAL, Ledger
+from notifier.runtime import Runtime
+from notifier.validation import check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far an occurrence has got."""
+
+    total: int
+    done: int
+    counts: dict[str, dict[str, int]]
+    fanned_out: bool
+
+    @property
+    def finished(self) -> bool:
+        """Fanned out and every delivery final."""
+        return self.fanned_out and self.done >= self.total
+
+    @property
+    def failed(self) -> int:
+        """Deliveries that failed permanently."""
+        return sum(c.get("failed", 0) for c in self.counts.values())
+
+
+class Service:
+    """One process' handle on Redis, the broker and the actors."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.client: redis.Redis = connect(settings)
+        self.runtime = Runtime(settings, client=self.client, worker_id=worker_id)
+        self.ledger: Ledger = self.runtime.ledger
+        self.broker: NotifierBroker = make_broker(settings, worker_id=self.runtime.worker_id)
+        self.actors = actors.declare(self.broker, lambda: self.runtime)
+
+    def config(self) -> Config:
+        """The current, validated config; ConfigError when templates would fail."""
+        config = load_config(self.settings.config_dir)
+        errors = [p for p in check(config, self.settings) if p.severity == "error"]
+        if errors:
+            raise ConfigError(errors)
+        return config
+
+    def fire(
+        self,
+        consultation_id: str,
+        event_name: str,
+        *,
+        again: bool = False,
+        late: bool = False,
+        config: Config | None = None,
+    ) -> str | None:
+        """Fire an event now: the new occurrence id, or None if it already fired."""
+        config = config or self.config()
+        consultation = config.consultation(consultation_id)
+        event = timeline.event(consultation, event_name, config.tz)
+        if event_name not in consultation.events:
+            from notifier.validation import check_event
+
+            errors = check_event(config, self.runtime.renderer, consultation, event)
+            if errors:
+                raise ConfigError(errors)
+        at = event.at if event.at is not None and not again else datetime.now(UTC)
+        occurrence_id = self.ledger.claim_occurrence(consultation_id, event_name, at=at, again=again, late=late)
+        if occurrence_id is not None:
+            self.actors.fire.send(occurrence_id)
+            log.info("fired %s", occurrence_id)
+        return occurrence_id
+
+    def progress(self, occurrence_id: str) -> Progress:
+        """Counts of an occurrence's deliveries."""
+        counts = self.ledger.counts(occurrence_id)
+        total = sum(sum(c.values()) for c in counts.values())
+        done = sum(n for c in counts.values() for status, n in c.items() if status in FINAL)
+        state = self.ledger.occurrence(occurrence_id).state
+        return Progress(total=total, done=done, counts=counts, fanned_out=state == "fanned-out")
+
+    def workers_alive(self) -> list[str]:
+        """Workers (other than this process) seen alive lately."""
+        return [w for w in workers_alive(self.client) if w != self.runtime.worker_id]
+
+    @contextlib.contextmanager
+    def worker(self, *, threads: int = 8) -> Iterator[dramatiq.Worker]:
+        """A Dramatiq worker in this process for the duration of the block."""
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=200)
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop(timeout=30_000)
+
+    def wait(
+        self,
+        occurrence_id: str,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout: float | None = None,
+        poll: float = 0.2,
+    ) -> Progress:
+        """Block until every delivery of the occurrence is final (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            progress = self.progress(occurrence_id)
+            if on_progress:
+                on_progress(progress)
+            if progress.finished or (deadline and time.monotonic() > deadline):
+                return progress
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Release channels and connections."""
+        self.runtime.close()
+        self.broker.close()
