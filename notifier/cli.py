@@ -10,15 +10,13 @@ import csv
 import io
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -479,7 +477,3 @@ def main(argv: list[str] | None = None) -> NoReturn:
         err.print(f"error: {exc}", style="red", markup=False)
         sys.exit(EXIT_INVALID)
     sys.exit(EXIT_OK)
-
-
-def _unused(*_: Callable[..., Any] | Path | str) -> None:  # keep imports used by later commands honest
-    del os

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 from notifier.config import Consultation
 
-_AT = re.compile(r"^\s*(opens|closes)((?:\s*[+-]\s*\d+\s*[dhm])*)\s*$")
-_OFFSET = re.compile(r"([+-])\s*(\d+)\s*([dhm])")
+_AT = re.compile(r"^\s*(opens|closes)(?:\s*([+-](?:\s*[+-]?\s*\d+\s*[dhm])+))?\s*$")
+_OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([dhm])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,10 @@ def parse_at(expression: str, tz: ZoneInfo) -> At:
     match = _AT.match(expression)
     if match:
         days = minutes = 0
-        for sign, number, unit in _OFFSET.findall(match.group(2)):
-            n = int(number) * (-1 if sign == "-" else 1)
+        current = "+"
+        for sign, number, unit in _OFFSET.findall(match.group(2) or ""):
+            current = sign or current  # "closes - 1d 2h" takes 1d and 2h off
+            n = int(number) * (-1 if current == "-" else 1)
             if unit == "d":
                 days += n
             else:

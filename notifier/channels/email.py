@@ -48,8 +48,11 @@ def format_address(name: str | None, address: str) -> str:
 
 
 def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends, ending in CRLF (a part's last line break is
+    its own; the one before a boundary belongs to the boundary)."""
     body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
-    return binascii.b2a_qp(body, istext=True)
+    encoded = binascii.b2a_qp(body, istext=True)
+    return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,7 @@ def build_message(
     text_part = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
     if content.html is None:
         head = "\r\n".join(headers).encode("ascii") + b"\r\n"
-        return head + text_part + _qp(content.text) + b"\r\n"
+        return head + text_part + _qp(content.text)
     # "=_" can never occur in quoted-printable output, so it makes a safe boundary.
     boundary = f"=_{msgid.strip('<>').partition('@')[0]}"
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')

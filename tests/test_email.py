@@ -1,0 +1,107 @@
+"""E-mail MIME: the fast path parses back to what EmailMessage would build; no header injection."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+
+import pytest
+
+from notifier.channels.base import Delivery, EmailPayload
+from notifier.channels.email import Sender, SmtpTarget, build_message, message_id, translate
+from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from notifier.rendering import EmailContent
+
+SENDER = Sender.parse("PCC Policy Team <policy@pcc.example>", "policy@pcc.example")
+HTML = "<p>Dear Siân,</p>\n<p>Read the <a href=\"https://pcc.example/c\">draft strategy</a>.</p>\n" * 20
+TEXT = "Dear Siân Prys,\n\n.A line that starts with a dot\n" + "Long line " * 40 + "\n=Equals= and tabs\t\n"
+
+
+def payload(name: str | None = "Siân Prys", html: str | None = HTML, subject: str = "Consultation: draft strategy") -> EmailPayload:
+    return EmailPayload("sian.prys@nhs.example", name, EmailContent(subject, TEXT, html),
+                        "https://notify.pcc.example/unsubscribe/abc.def")
+
+
+def reference(p: EmailPayload, msgid: str, date: str) -> EmailMessage:
+    """The same e-mail built the slow, obviously correct way."""
+    msg = EmailMessage()
+    msg["From"] = "PCC Policy Team <policy@pcc.example>"
+    msg["To"] = Address(display_name=p.to_name or "", addr_spec=p.to_email)
+    msg["Subject"] = p.content.subject
+    msg["Date"] = date
+    msg["Message-ID"] = msgid
+    msg["Reply-To"] = "policy@pcc.example"
+    msg["List-Unsubscribe"] = f"<{p.unsubscribe_url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg.set_content(p.content.text)
+    if p.content.html:
+        msg.add_alternative(p.content.html, subtype="html")
+    return msg
+
+
+@pytest.mark.parametrize("case", [
+    payload(),
+    payload(html=None),
+    payload(name="Łukasz Wójcik", subject="Zoë’s consultation — closes 15 August"),
+    payload(name="王小明", subject=" ".join(["関係者への通知"] * 12)),
+    payload(name="Smith, Jane (CSP)"),
+    payload(name=None),
+])
+def test_fast_path_parses_back_to_the_same_headers_and_parts(case: EmailPayload) -> None:
+    msgid = message_id(Delivery("c:opened:1", "email", case.to_email), SENDER.domain)
+    date = "Tue, 09 Jul 2019 08:00:00 +0000"
+    fast = message_from_bytes(build_message(SENDER, case, msgid=msgid, date=date), policy=policy.default)
+    slow = message_from_bytes(reference(case, msgid, date).as_bytes(), policy=policy.default)
+    for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Unsubscribe",
+                   "List-Unsubscribe-Post"):
+        assert str(fast[header]) == str(slow[header]), header
+    # On the wire every line ends in CRLF; the parser keeps them, so compare lines, not bytes.
+    fast_parts = [(p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in fast.walk()
+                  if not p.is_multipart()]
+    slow_parts = [(p.get_content_type(), p.get_content()) for p in slow.walk() if not p.is_multipart()]
+    assert fast_parts == slow_parts
+    assert fast.get_content_type() == slow.get_content_type()
+    assert not fast.defects and all(not p.defects for p in fast.walk())
+
+
+def test_every_line_is_crlf_and_short() -> None:
+    data = build_message(SENDER, payload(), msgid="<k@pcc.example>")
+    lines = data.split(b"\r\n")
+    assert b"\n" not in b"".join(lines) and all(len(line) <= 998 for line in lines)
+
+
+def test_message_id_is_the_same_on_every_attempt_of_a_delivery() -> None:
+    first = message_id(Delivery("c:opened:1", "email", "a@x.example", attempt=1), "pcc.example")
+    again = message_id(Delivery("c:opened:1", "email", "a@x.example", attempt=3), "pcc.example")
+    other = message_id(Delivery("c:opened:2", "email", "a@x.example", attempt=1), "pcc.example")
+    assert first == again != other
+
+
+def test_no_value_can_add_a_header() -> None:
+    evil = EmailPayload("a@x.example", "Eve\r\nBcc: all@x.example", EmailContent("Hi\nBcc: b@x.example", "t", None),
+                        "https://x.example/u\r\nBcc: c@x.example")
+    parsed = message_from_bytes(build_message(SENDER, evil, msgid="<k@x>"), policy=policy.default)
+    assert parsed["Bcc"] is None
+    assert parsed.get_all("To") is not None and len(parsed.get_all("To") or []) == 1
+
+
+def test_smtp_urls() -> None:
+    target = SmtpTarget.parse("smtp://user%40x:p%2Fss@mail.example:587?starttls=1")
+    assert (target.host, target.port, target.starttls, target.username, target.password) == (
+        "mail.example", 587, True, "user@x", "p/ss")
+    assert SmtpTarget.parse("smtps://mail.example").port == 465
+    with pytest.raises(ConfigError, match="NOTIFIER_SMTP_URL"):
+        SmtpTarget.parse("http://mail.example")
+
+
+def test_smtp_replies_are_translated_at_the_boundary() -> None:
+    import smtplib
+
+    soft = translate(smtplib.SMTPRecipientsRefused({"a@x": (451, b"4.7.1 Try again later")}))
+    hard = translate(smtplib.SMTPRecipientsRefused({"a@x": (550, b"5.1.1 No such user")}))
+    policy_block = translate(smtplib.SMTPDataError(554, b"5.7.1 Message rejected"))
+    assert isinstance(soft, TransientDeliveryError)
+    assert isinstance(hard, PermanentDeliveryError) and hard.bounce and "550 5.1.1 No such user" in str(hard)
+    assert isinstance(policy_block, PermanentDeliveryError) and not policy_block.bounce
+    assert isinstance(translate(ConnectionRefusedError()), TransientDeliveryError)

@@ -1,0 +1,79 @@
+"""Rendering: lookup order, context, escaping, the sandbox, one-line subjects."""
+
+from __future__ import annotations
+
+import pytest
+
+from notifier.audience import Recipient
+from notifier.config import load_config
+from notifier.errors import ConfigError
+from notifier.rendering import Renderer, format_date
+from notifier.timeline import event
+
+from tests.conftest import Project
+
+URL = "https://notify.pcc.example/unsubscribe/t"
+
+
+def setup(project: Project, name: str = "opened") -> tuple[Renderer, object, dict[str, object]]:
+    config = load_config(project.config)
+    renderer = Renderer(config)
+    consultation = config.consultations["soc-strategy-2019"]
+    ev = event(consultation, name, config.tz)
+    return renderer, ev, renderer.context(consultation, ev)
+
+
+def test_the_example_email_is_personal_and_has_text_and_html(project: Project) -> None:
+    renderer, ev, ctx = setup(project)
+    message = renderer.email(ev, Recipient("zoe@x.example", "Zoë Ólafsdóttir"), context=ctx,  # type: ignore[arg-type]
+                             unsubscribe_url=URL)
+    assert "Serious and Organised Crime Strategy" in message.subject
+    assert "Zoë Ólafsdóttir" in message.text and "15 August 2019" in message.text
+    assert message.html and URL in message.html and URL in message.text
+
+
+def test_consultation_templates_override_the_generic_ones(project: Project) -> None:
+    project.write("templates/soc-strategy-2019/opened/email.j2",
+                  "{% block subject %}Special{% endblock %}{% block text %}Hi{% endblock %}")
+    renderer, ev, ctx = setup(project)
+    assert renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL).subject == "Special"  # type: ignore[arg-type]
+
+
+def test_html_is_escaped_and_text_is_not(project: Project) -> None:
+    project.write("templates/opened/email.j2",
+                  "{% block subject %}{{ recipient.name }}{% endblock %}"
+                  "{% block text %}{{ recipient.name }}{% endblock %}"
+                  "{% block html %}<p>{{ recipient.name }}</p>{% endblock %}")
+    renderer, ev, ctx = setup(project)
+    message = renderer.email(ev, Recipient("a@x.example", "Tom & <Jerry>"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+    assert message.text.strip() == "Tom & <Jerry>"
+    assert message.html is not None and "<p>Tom &amp; &lt;Jerry&gt;</p>" in message.html
+
+
+def test_sandbox_blocks_attribute_escapes(project: Project) -> None:
+    project.write("templates/opened/x.j2", "{{ ''.__class__.__mro__ }}")
+    renderer, ev, ctx = setup(project)
+    with pytest.raises(ConfigError, match="unsafe"):
+        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+
+
+def test_undefined_names_are_errors_with_the_template_line(project: Project) -> None:
+    project.write("templates/opened/x.j2", "line one\n{{ consultation.nope }}")
+    renderer, ev, ctx = setup(project)
+    with pytest.raises(ConfigError) as caught:
+        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(f"{project.templates}/opened/x.j2:2:")
+
+
+def test_a_subject_with_a_line_break_is_an_error_not_a_header(project: Project) -> None:
+    project.write("templates/opened/email.j2",
+                  "{% block subject %}Hi{{ recipient.name }}{% endblock %}{% block text %}x{% endblock %}")
+    renderer, ev, ctx = setup(project)
+    with pytest.raises(ConfigError, match="one line"):
+        renderer.email(ev, Recipient("a@x.example", "A\r\nBcc: victim@x.example"), context=ctx,  # type: ignore[arg-type]
+                       unsubscribe_url=URL)
+
+
+def test_the_date_filter_reads_like_a_letter(project: Project) -> None:
+    _, _, ctx = setup(project)
+    assert format_date(ctx["consultation"]["closes"]) == "15 August 2019"  # type: ignore[index]
