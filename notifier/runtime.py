@@ -64,14 +64,14 @@ class Runtime:
         *,
         client: redis.Redis | None = None,
         namespace: str = NAMESPACE,
-        outbox_dir: Path | None = None,
+        data_dir: Path | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or connect(settings)
         self.ledger = Ledger(self.client, namespace=namespace)
         self.rehearsal = namespace != NAMESPACE
-        self.outbox_dir = outbox_dir or settings.data_dir / "outbox"
+        self.data_dir = data_dir or settings.data_dir  # a rehearsal writes its outbox elsewhere
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.RLock()
         self._config: Config | None = None
@@ -141,13 +141,13 @@ class Runtime:
             sender = Sender.parse(config.email.from_, config.email.reply_to)
             if self.settings.smtp_url and not self.rehearsal:
                 return SmtpChannel(SmtpTarget.parse(self.settings.smtp_url), sender)
-            return MaildirChannel(self.outbox_dir / "email", sender)
+            return MaildirChannel(self.data_dir / "outbox" / "email", sender)
         account = config.accounts[name]
         settings = self.settings
         if self.rehearsal:
             account = account.model_copy(update={"outbox": True})
             settings = replace(settings, env={})
-        return registry.build_account_channel(account, settings, outbox_dir=self.outbox_dir / "social")
+        return registry.build_account_channel(account, settings, data_dir=self.data_dir)
 
     def _close_channels(self) -> None:
         for channel in self._channels.values():

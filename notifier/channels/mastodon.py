@@ -1,0 +1,90 @@
+"""Mastodon: one status per account per event occurrence.
+
+``POST {instance}/api/v1/statuses`` (``api_base`` wins over ``instance`` when both are
+set) with ``Authorization: Bearer <token>`` (an access token with ``write:statuses`` from
+``NOTIFIER_<ACCOUNT>_TOKEN``) and an ``Idempotency-Key`` derived from the delivery. The
+server remembers the key for an hour and answers a repeat with the status it already
+made, so a retry after a lost reply cannot post twice.
+
+A 429 carries ``X-RateLimit-Reset`` (an ISO 8601 time): the engine retries after it.
+The 500-character limit is the server's to enforce (instances may allow more); its 422
+comes back as a permanent error with Mastodon's message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from notifier.channels import http
+from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.config import Account, token_variable
+
+log = logging.getLogger(__name__)
+
+
+def idempotency_key(delivery: Delivery) -> str:
+    """The ``Idempotency-Key`` of a delivery: the same on every attempt, unique per delivery."""
+    return f"notifier-{delivery.key}"
+
+
+class MastodonChannel:
+    """Posts an event's message to one Mastodon account."""
+
+    platform = "mastodon"
+
+    def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
+        """``token`` is the account's access token; ``client`` is shared if given (and then
+        not closed by :meth:`close`). The account needs ``instance`` or ``api_base``."""
+        root = account.api_base or account.instance
+        if not root:
+            raise ValueError(f"mastodon account {account.id!r} needs instance")
+        self.name = account.id
+        self.account = account
+        self._token = token
+        self._client = client or http.make_client()
+        self._owns_client = client is None
+        self._url = http.api_root(root) + "/api/v1/statuses"
+        self._what = f"mastodon account {account.id!r}"
+
+    def __repr__(self) -> str:
+        return f"MastodonChannel({self.name!r}, url={self._url!r})"
+
+    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+        """Post the rendered text (with the link) once, keyed so a retry returns the same status."""
+        post = http.as_post(payload, what=self._what)
+        response = http.send(
+            self._client,
+            "POST",
+            self._url,
+            what=self._what,
+            secrets=[self._token],
+            content=http.dumps({"status": http.post_text(post)}),
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": idempotency_key(delivery),
+            },
+        )
+        if not response.is_success:
+            raise http.error_for(
+                response,
+                what=self._what,
+                secrets=[self._token],
+                auth_hint=f"check {token_variable(self.name)}: Mastodon needs an access token "
+                "with the write:statuses scope",
+            )
+        body = http.json_body(response)
+        status_id = str(body["id"]) if isinstance(body, dict) and body.get("id") is not None else None
+        if status_id is None:
+            log.warning("%s: posted, but the reply carried no status id", self._what)
+            return Receipt()
+        url = body.get("url") or body.get("uri") if isinstance(body, dict) else None
+        log.info("%s: posted %s", self._what, status_id)
+        return Receipt(provider_id=status_id, url=str(url) if url else None)
+
+    def close(self) -> None:
+        """Close the HTTP client if this channel made it."""
+        if self._owns_client:
+            self._client.close()

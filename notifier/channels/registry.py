@@ -1,0 +1,65 @@
+"""Which channel class serves which platform, and whether an account posts live or to the outbox.
+
+The contract: an x, facebook, mastodon or bluesky account posts live when its
+``NOTIFIER_<ACCOUNT>_TOKEN`` is set, and to ``$NOTIFIER_DATA_DIR/outbox/social/<account>.jsonl``
+otherwise. A webhook account needs no token (its body is signed with
+``NOTIFIER_SECRET_KEY``) and posts live unless it sets ``outbox: true``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from notifier.channels.base import Channel
+from notifier.channels.bluesky import BlueskyChannel
+from notifier.channels.facebook import FacebookChannel
+from notifier.channels.mastodon import MastodonChannel
+from notifier.channels.outbox import OutboxChannel
+from notifier.channels.webhook import WebhookChannel
+from notifier.channels.x import XChannel
+from notifier.config import Account, Settings
+
+TokenChannel = type[XChannel] | type[FacebookChannel] | type[MastodonChannel] | type[BlueskyChannel]
+
+# The live channel of each platform that authenticates with NOTIFIER_<ACCOUNT>_TOKEN.
+TOKEN_CHANNELS: dict[str, TokenChannel] = {
+    "x": XChannel,
+    "facebook": FacebookChannel,
+    "mastodon": MastodonChannel,
+    "bluesky": BlueskyChannel,
+}
+
+# Every platform's live channel class, webhooks included.
+CHANNELS: dict[str, TokenChannel | type[WebhookChannel]] = {**TOKEN_CHANNELS, "webhook": WebhookChannel}
+
+
+def is_outbox(account: Account, settings: Settings) -> bool:
+    """True when ``account`` writes to the outbox: no token set, or a webhook with ``outbox: true``."""
+    if account.platform == "webhook":
+        return account.outbox
+    return account.outbox or settings.token(account.id) is None
+
+
+def build_account_channel(
+    account: Account,
+    settings: Settings,
+    *,
+    data_dir: Path | None = None,
+    client: httpx.Client | None = None,
+) -> Channel:
+    """The channel that delivers ``account``'s posts: live, or its outbox (see :func:`is_outbox`).
+
+    ``data_dir`` defaults to ``settings.data_dir``. ``client`` is an HTTP client to share
+    (it is then the caller's to close); without one each live channel makes its own.
+    A webhook reads ``settings.secret_key()``, which may raise ConfigError in production
+    when ``NOTIFIER_SECRET_KEY`` is unset.
+    """
+    if is_outbox(account, settings):
+        return OutboxChannel(account, data_dir=settings.data_dir if data_dir is None else data_dir)
+    if account.platform == "webhook":
+        return WebhookChannel(account, secret=settings.secret_key(), client=client)
+    token = settings.token(account.id)
+    assert token is not None  # is_outbox said so
+    return TOKEN_CHANNELS[account.platform](account, token=token, client=client)
