@@ -272,8 +272,10 @@ class MaildirChannel:
     def __init__(self, path: Path, sender: Sender) -> None:
         self.path = path
         self.sender = sender
-        path.mkdir(parents=True, exist_ok=True)
-        self._maildir = mailbox.Maildir(str(path), create=True)
+        # Maildir(create=True) makes tmp/new/cur only when the folder itself is new.
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        self._maildir = mailbox.Maildir(str(path), create=False)
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Store one e-mail; the Message-ID is the provider id."""
