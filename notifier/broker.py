@@ -30,6 +30,8 @@ from typing import Any
 
 import dramatiq
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -89,7 +91,7 @@ class EmbeddedRedis:
 
     def _ping(self) -> bool:
         try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1, retry=Retry(NoBackoff(), 0))
             try:
                 return bool(client.ping())
             finally:
@@ -155,7 +157,8 @@ class EmbeddedRedis:
 
     def shutdown(self) -> None:
         """Stop the server now, whoever uses it."""
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
+        # No retries: the server closing the connection is the expected answer to SHUTDOWN.
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5, retry=Retry(NoBackoff(), 0))
         with contextlib.suppress(redis.RedisError, OSError):
             client.shutdown(nosave=False)
         deadline = time.monotonic() + 5
