@@ -7,6 +7,7 @@ only Python.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -142,15 +143,20 @@ class ScriptedHandler:
 
     ``script[address]`` is a list of replies (``"451 4.7.1 try later"``) used one per
     attempt for that recipient before it is accepted; a reply repeated forever can be had
-    with ``always[address]``.
+    with ``always[address]``. ``data_script[address]`` does the same at the end of DATA,
+    after the whole message was received (those messages are kept in ``refused``).
+    ``delay`` slows every DATA down, to give a test time to act mid-delivery.
     """
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.refused: list[EmailMessage] = []
         self.script: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
+        self.data_script: dict[str, list[str]] = {}
         self.rcpt_attempts: dict[str, int] = {}
+        self.delay = 0.0
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
@@ -165,11 +171,27 @@ class ScriptedHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.lock:
+            for rcpt in envelope.rcpt_tos:
+                if self.data_script.get(rcpt.lower()):
+                    self.refused.append(message)  # type: ignore[arg-type]
+                    return self.data_script[rcpt.lower()].pop(0)
             self.messages.append(message)  # type: ignore[arg-type]
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted"
+
+    def count(self) -> int:
+        """How many messages were accepted."""
+        with self.lock:
+            return len(self.messages)
+
+    def recipients(self) -> list[str]:
+        """Every accepted envelope recipient, lower-cased, once per message."""
+        with self.lock:
+            return [r.lower() for _, rcpts in self.envelopes for r in rcpts]
 
     def to(self, address: str) -> list[EmailMessage]:
         """Messages accepted for ``address``."""
