@@ -454,6 +454,60 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
 
 
 # ---------------------------------------------------------------------------
+# rehearse
+# ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("consultation")
+def rehearse(consultation: str) -> None:
+    """Fire the whole timeline now, in order, into an outbox (never live), and show who gets what."""
+    from notifier.rehearsal import rehearse as run_rehearsal
+
+    settings = _settings()
+    config = _load(settings)
+    result = run_rehearsal(settings, consultation)
+    out.print(f"Rehearsal of {result.consultation_id} ({result.title}): {len(result.events)} events fired "
+              f"into {result.folder} (nothing went live; the real ledger is untouched).")
+    out.print()
+    timeline_table = Table(title="Timeline", title_justify="left")
+    for column in ("When", "Event", "E-mails", "Suppressed", "Posts"):
+        timeline_table.add_column(column, justify="right" if column in ("E-mails", "Suppressed") else "left")
+    for event in result.events:
+        mine = [r for r in result.received if r.event == event.name]
+        emails = [r for r in mine if r.channel == EMAIL_CHANNEL]
+        timeline_table.add_row(
+            _local(event.at, config) if event.at else "on demand (rehearsed now)", event.name,
+            str(sum(r.status == "sent" for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
+            ", ".join(r.channel for r in mine if r.channel != EMAIL_CHANNEL) or "-",
+        )
+    out.print(timeline_table)
+
+    people = Table(title="What each stakeholder receives", title_justify="left", show_lines=True)
+    for column in ("Stakeholder", "Lists", "Receives"):
+        people.add_column(column, overflow="fold")
+    by_person: dict[str, list[Any]] = {}
+    for r in result.received:
+        if r.channel == EMAIL_CHANNEL:
+            by_person.setdefault(r.recipient, []).append(r)
+    for address, items in sorted(by_person.items(), key=lambda kv: (kv[1][0].name or kv[0]).lower()):
+        first = items[0]
+        who = f"{first.name} <{address}>" if first.name else address
+        lines = [f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status == "sent" else f"not sent ({r.what})")
+                 for r in items]
+        people.add_row(who, ", ".join(first.lists), "\n".join(lines))
+    out.print(people)
+
+    posts = Table(title="Posts", title_justify="left", show_lines=True)
+    for column in ("When", "Account", "Post"):
+        posts.add_column(column, overflow="fold")
+    for r in result.received:
+        if r.channel != EMAIL_CHANNEL:
+            posts.add_row(_local(r.at, config), r.channel, r.what)
+    out.print(posts)
+
+
+# ---------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------
 
