@@ -453,6 +453,16 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     out.print(detail)
 
 
+@cli.command()
+def web() -> None:
+    """The HTTP service: unsubscribe pages, health and metrics, on NOTIFIER_WEB_BIND."""
+    from notifier.web import serve
+
+    settings = _settings()
+    err.print(f"web listening on http://{settings.web_bind} (links in e-mails use {settings.public_url})")
+    serve(settings)
+
+
 # ---------------------------------------------------------------------------
 # rehearse
 # ---------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class Service:
         try:
             yield worker
         finally:
-            worker.stop(timeout=30_000)
+            worker.stop(timeout=actors.TIME_LIMIT_MS)  # in-flight messages finish or are requeued
 
     def wait(
         self,
