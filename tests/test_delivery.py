@@ -315,3 +315,33 @@ def test_a_worker_killed_mid_fan_out_loses_nothing(
     assert len(twice) <= THREADS * FLUSH_EVERY, twice
     progress = service.progress(occurrence)
     assert progress.counts["email"].get("sent") == BULK
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_with_sigterm_finishes_cleanly_and_nothing_repeats(
+    env: dict[str, str], project: Project, smtp_server: SmtpServer
+) -> None:
+    _bulk_project(project)
+    smtp_server.handler.delay = 0.005
+    service = Service(Settings.from_env(env))
+    try:
+        occurrence = service.fire("bulk-2019", "opened")
+        assert occurrence is not None
+        first = _worker(env)
+        wait_until(lambda: smtp_server.handler.count() >= 200, 60, "the first worker to get going")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0, "a worker told to stop exits cleanly"
+        assert smtp_server.handler.count() < BULK, "the stop must land mid fan-out"
+
+        second = _worker(env)
+        try:
+            wait_until(lambda: service.progress(occurrence).finished, 60, "the next worker to finish")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        service.close()
+
+    received = Counter(smtp_server.handler.recipients())
+    assert len(received) == BULK
+    assert max(received.values()) == 1, "a clean stop records everything it sent: no repeats"
