@@ -696,3 +696,54 @@ def test_build_account_channel_picks_live_or_outbox(tmp_path: Path) -> None:
     finally:
         for channel in built.values():
             channel.close()
+
+
+# ---------------------------------------------------------------------------
+# End to end: `notifier send` posts once to every account and `report` shows it
+# ---------------------------------------------------------------------------
+
+
+def test_send_posts_once_to_every_live_account_and_report_shows_each_post(
+    platforms: Platforms, project: Any, redis_url: str, smtp_server: Any
+) -> None:
+    platforms.webhook_key = b"test-secret-key"  # the project's NOTIFIER_SECRET_KEY signs webhook bodies
+    project.write("config/notifier.yaml", (project.config / "notifier.yaml").read_text().split("accounts:")[0] + (
+        "accounts:\n"
+        f"  pcc-x: {{platform: x, api_base: '{platforms.url}'}}\n"
+        f"  pcc-facebook: {{platform: facebook, page_id: '{platforms.page_id}', api_base: '{platforms.url}'}}\n"
+        f"  pcc-mastodon: {{platform: mastodon, instance: '{platforms.url}'}}\n"
+        f"  pcc-bluesky: {{platform: bluesky, handle: {platforms.bluesky_handle}, api_base: '{platforms.url}'}}\n"
+        f"  pcc-website: {{platform: webhook, url: '{platforms.url}/hooks/website'}}\n"
+    ))
+    consultation = project.config / "consultations" / "soc-strategy-2019.yaml"
+    consultation.write_text(consultation.read_text().replace(
+        "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
+        "channels: [email, pcc-x, pcc-facebook, pcc-mastodon, pcc-bluesky, pcc-website]",
+    ).replace("channels: [email, pcc-x, pcc-facebook, pcc-website]", "channels: [email, pcc-x]"))
+    for event in ("opened", "reminder", "closed", "outcome"):  # the short X wording fits them all
+        for platform in ("mastodon", "bluesky"):
+            project.write(f"templates/{event}/{platform}.j2", (project.templates / event / "x.j2").read_text())
+    project.env.update({
+        "NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
+        "NOTIFIER_PCC_X_TOKEN": platforms.x_token, "NOTIFIER_PCC_FACEBOOK_TOKEN": platforms.facebook_token,
+        "NOTIFIER_PCC_MASTODON_TOKEN": platforms.mastodon_token,
+        "NOTIFIER_PCC_BLUESKY_TOKEN": platforms.bluesky_password,
+    })
+    assert project.run("validate").returncode == 0, project.run("validate").stderr
+
+    project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
+    project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)  # already fired: no-op
+
+    for route in ("x", "facebook", "mastodon", "bluesky", "webhook"):
+        assert len(platforms.accepted(route)) == 1, route
+    assert "https://www.pcc.example/consultations/soc-strategy" in platforms.accepted("x")[0].json()["text"]
+    assert smtp_server.handler.count() > 30
+    report = json.loads(project.run("report", "soc-strategy-2019", "--format", "json", check=True).stdout)
+    posts = {r["channel"]: r for r in report["deliveries"] if r["recipient"] == "*"}
+    assert set(posts) == {"pcc-x", "pcc-facebook", "pcc-mastodon", "pcc-bluesky", "pcc-website"}
+    assert all(p["status"] == "sent" and p["provider_id"] for p in posts.values()), posts
+    assert posts["pcc-x"]["url"].startswith("https://x.com/")
+    assert not (project.data / "outbox" / "social").exists(), "live accounts never write to the outbox"
+    text = json.dumps(report)
+    for secret in (platforms.x_token, platforms.facebook_token, platforms.mastodon_token, platforms.bluesky_password):
+        assert secret not in text
