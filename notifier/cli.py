@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from typing import Any, NoReturn
 
@@ -131,12 +131,12 @@ def plan(consultation: str | None) -> None:
             size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
             table.add_row(
                 _local(event.at, config), item.id, event.name, ", ".join(event.channels), size,
-                _state(ledger, event, now, config),
+                _state(ledger, event, now, config, grace=settings.grace),
             )
     out.print(table)
 
 
-def _state(ledger: Any, event: timeline.Event, now: datetime, config: Config) -> str:
+def _state(ledger: Any, event: timeline.Event, now: datetime, config: Config, *, grace: timedelta) -> str:
     if ledger is None:
         return "?"
     fired = ledger.fired(event.consultation_id, event.name)
@@ -144,12 +144,14 @@ def _state(ledger: Any, event: timeline.Event, now: datetime, config: Config) ->
         occurrence = ledger.occurrence(fired)
         late = " (late)" if occurrence.late else ""
         return f"fired {_local(occurrence.fired_at, config)}{late}"
-    missed = ledger.missed(event.consultation_id, event.name)
-    if missed:
-        return "missed"
+    if ledger.missed(event.consultation_id, event.name):
+        return "missed (send it with `notifier send`)"
     if event.at is None:
         return "on demand"
-    return "scheduled" if event.at > now else "due"
+    if event.at > now:
+        return "scheduled"
+    # Past and not fired: the scheduler fires it on start within the grace period, else records it missed.
+    return "due (late)" if now - event.at < grace else "missed (send it with `notifier send`)"
 
 
 def _preview_key(settings: Settings) -> bytes | None:
@@ -373,7 +375,7 @@ def worker(processes: int, threads: int) -> None:
 
 def _supervise(processes: int, threads: int) -> None:
     command = [sys.executable, "-m", "notifier", "worker", "--processes", "1", "--threads", str(threads)]
-    children = [subprocess.Popen(command) for _ in range(processes)]  # noqa: S603 - our own command
+    children = [subprocess.Popen(command) for _ in range(processes)]
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:

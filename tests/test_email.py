@@ -18,7 +18,9 @@ HTML = "<p>Dear Siân,</p>\n<p>Read the <a href=\"https://pcc.example/c\">draft 
 TEXT = "Dear Siân Prys,\n\n.A line that starts with a dot\n" + "Long line " * 40 + "\n=Equals= and tabs\t\n"
 
 
-def payload(name: str | None = "Siân Prys", html: str | None = HTML, subject: str = "Consultation: draft strategy") -> EmailPayload:
+def payload(
+    name: str | None = "Siân Prys", html: str | None = HTML, subject: str = "Consultation: draft strategy"
+) -> EmailPayload:
     return EmailPayload("sian.prys@nhs.example", name, EmailContent(subject, TEXT, html),
                         "https://notify.pcc.example/unsubscribe/abc.def")
 

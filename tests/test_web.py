@@ -63,10 +63,7 @@ def web_redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def web_redis_url(web_redis_base: str) -> Iterator[str]:
     """A URL on database 13, empty at the start and flushed at the end."""
-    if web_redis_base.startswith("redis://"):
-        url = f"{web_redis_base}/{WEB_DB}"
-    else:
-        url = f"{web_redis_base}?db={WEB_DB}"
+    url = f"{web_redis_base}/{WEB_DB}" if web_redis_base.startswith("redis://") else f"{web_redis_base}?db={WEB_DB}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
