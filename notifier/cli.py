@@ -395,41 +395,25 @@ def _supervise(processes: int, threads: int) -> None:
 @click.option("--event", "event", help="Only this event.")
 def report(consultation: str, fmt: str, event: str | None) -> None:
     """The delivery ledger: counts per event and channel, and a row per delivery."""
+    from notifier import report as reporting
     from notifier.broker import connect
     from notifier.ledger import Ledger
 
     settings = _settings()
     config = _load(settings)
     config.consultation(consultation)
-    ledger = Ledger(connect(settings))
-    occurrences = [o for o in ledger.occurrences(consultation) if event is None or o.event == event]
-    rows: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    for occurrence in occurrences:
-        for channel, counts in sorted(ledger.counts(occurrence.id).items()):
-            summary.append({"occurrence": occurrence.id, "event": occurrence.event, "channel": channel,
-                            "fired_at": occurrence.fired_at.isoformat(), "late": occurrence.late, **counts})
-        for record in sorted(ledger.records(occurrence.id), key=lambda r: (r.channel, r.recipient)):
-            rows.append({
-                "occurrence": occurrence.id, "event": occurrence.event, "channel": record.channel,
-                "recipient": record.recipient, "name": record.name or "", "lists": " ".join(record.lists),
-                "status": record.status, "attempts": record.attempts, "last_error": record.error or "",
-                "provider_id": record.provider_id or "", "url": record.url or "", "created": record.created,
-                "updated": record.updated or "", "sent_at": record.sent_at or "",
-            })
+    found = reporting.build(Ledger(connect(settings)), consultation, event=event)
     if fmt == "json":
-        click.echo(json.dumps({"consultation": consultation, "summary": summary, "deliveries": rows}, indent=2))
+        click.echo(json.dumps(found.as_json(), indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        fields = ["occurrence", "event", "channel", "recipient", "name", "lists", "status", "attempts",
-                  "last_error", "provider_id", "url", "created", "updated", "sent_at"]
-        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer = csv.DictWriter(buffer, fieldnames=reporting.FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(found.deliveries)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        _report_tables(consultation, summary, rows)
-    if any(r["status"] == "failed" for r in rows):
+        _report_tables(consultation, found.summary, found.deliveries)
+    if found.failed:
         sys.exit(EXIT_FAILED)
 
 

@@ -18,6 +18,10 @@ Routes
     A small Prometheus text exposition.
 ``GET /``
     A short page saying what this service is.
+``GET /api/consultations/{id}/report[?event=NAME]``, ``GET /api/suppressions``
+    The admin API: the same JSON as ``notifier report --format json``, and the suppression
+    list. Only with ``Authorization: Bearer $NOTIFIER_ADMIN_TOKEN``; without that setting
+    the admin API is off (404).
 
 The token in the URL is the only credential (see :mod:`notifier.tokens`): it names one
 address and is signed with ``NOTIFIER_SECRET_KEY``, so an invalid, altered, truncated or
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import html
 import logging
 import re
@@ -52,6 +57,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from notifier import __version__
+from notifier import report as reporting
 from notifier.broker import NAMESPACE, redis_url, workers_alive
 from notifier.config import Settings
 from notifier.errors import ConfigError, Problem
@@ -492,6 +498,42 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
             headers={"Cache-Control": "no-store"},
         )
 
+    admin_token = settings.env.get("NOTIFIER_ADMIN_TOKEN") or ""
+
+    def admin_refusal(request: Request) -> Response | None:
+        if not admin_token:
+            return JSONResponse({"error": "the admin API is off: set NOTIFIER_ADMIN_TOKEN to use it"}, 404)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
+            return JSONResponse({"error": "a valid 'Authorization: Bearer <NOTIFIER_ADMIN_TOKEN>' is required"},
+                                401, headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def api_report(request: Request) -> Response:
+        refused = admin_refusal(request)
+        if refused:
+            return refused
+        consultation = request.path_params["consultation"]
+        event = request.query_params.get("event")
+        try:
+            found = await in_redis(lambda: reporting.build(ledger, consultation, event=event))
+        except (redis.RedisError, OSError) as exc:
+            return JSONResponse({"error": f"Redis unavailable: {_describe(exc)}"}, 503)
+        if not found.summary:
+            return JSONResponse({"error": f"nothing recorded for {consultation!r}"}, 404)
+        return JSONResponse(found.as_json(), headers={"Cache-Control": "no-store"})
+
+    async def api_suppressions(request: Request) -> Response:
+        refused = admin_refusal(request)
+        if refused:
+            return refused
+        try:
+            entries = await in_redis(ledger.suppressed)
+        except (redis.RedisError, OSError) as exc:
+            return JSONResponse({"error": f"Redis unavailable: {_describe(exc)}"}, 503)
+        rows = [{"email": email, "reason": reason} for email, reason in sorted(entries.items())]
+        return JSONResponse({"suppressed": rows}, headers={"Cache-Control": "no-store"})
+
     async def index(request: Request) -> Response:
         body = (
             f"<h1>{e(brand.organisation or 'Consultation notices')}</h1>"
@@ -530,6 +572,8 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         Route("/resubscribe/{token}", resubscribe, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/consultations/{consultation}/report", api_report, methods=["GET"]),
+        Route("/api/suppressions", api_suppressions, methods=["GET"]),
     ]
     handlers = {HTTPException: http_error, Exception: http_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -585,3 +585,42 @@ def test_web_bind_rejects_nonsense_naming_the_variable(bind: str) -> None:
     with pytest.raises(ConfigError, match="NOTIFIER_WEB_BIND"):
         parse_bind(bind)
 
+
+
+# ---------------------------------------------------------------------------
+# Admin API
+# ---------------------------------------------------------------------------
+
+
+def test_admin_api_serves_the_report_and_suppressions_only_with_the_token(
+    servers: Servers, tmp_path: Path, web_redis_url: str, http: httpx.Client, ledger: Ledger
+) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from notifier.ledger import Record
+
+    settings = replace(make_settings(tmp_path, web_redis_url), env={"NOTIFIER_ADMIN_TOKEN": "admin-secret"})
+    base = servers.start(settings)
+    occurrence = ledger.claim_occurrence("soc-strategy-2019", "opened", at=datetime(2019, 7, 9, 8, tzinfo=UTC))
+    assert occurrence is not None
+    ledger.add(occurrence, [Record(channel="email", recipient="jane@csp.example", name="Jane", lists=("csp",))])
+    ledger.suppress("gone@csp.example", "unsubscribed")
+    url = f"{base}/api/consultations/soc-strategy-2019/report"
+
+    assert http.get(url).status_code == 401
+    assert http.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    answer = http.get(url, headers={"Authorization": "Bearer admin-secret"})
+    assert answer.status_code == 200
+    [row] = answer.json()["deliveries"]
+    assert (row["recipient"], row["status"], row["lists"]) == ("jane@csp.example", "pending", "csp")
+    unknown = http.get(f"{base}/api/consultations/nope/report", headers={"Authorization": "Bearer admin-secret"})
+    assert unknown.status_code == 404
+    suppressed = http.get(f"{base}/api/suppressions", headers={"Authorization": "Bearer admin-secret"})
+    assert suppressed.json() == {"suppressed": [{"email": "gone@csp.example", "reason": "unsubscribed"}]}
+
+
+def test_admin_api_is_off_without_a_token_setting(base: str, http: httpx.Client) -> None:
+    answer = http.get(f"{base}/api/suppressions", headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 404
+    assert "NOTIFIER_ADMIN_TOKEN" in answer.json()["error"]
