@@ -1,0 +1,108 @@
+"""The commands as the policy team runs them on the bundled example: exit codes and output."""
+
+from __future__ import annotations
+
+from email import message_from_string, policy
+
+import pytest
+
+from tests.conftest import Project, SmtpServer
+
+JANE = "jane.smith@telford-wrekin-csp.example"
+
+
+@pytest.fixture
+def wide(project: Project, redis_url: str) -> Project:
+    """The example on the test Redis, printing tables wide enough not to wrap."""
+    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "COLUMNS": "300"})
+    return project
+
+
+def test_validate_passes_the_example_and_warns_about_outbox_accounts(wide: Project) -> None:
+    result = wide.run("validate")
+    assert result.returncode == 0, result.stderr
+    assert "OK: 1 consultation(s)" in result.stdout
+    assert "warning: account 'pcc-x' is in outbox mode (NOTIFIER_PCC_X_TOKEN is not set)" in result.stderr
+
+
+def test_plan_lists_the_2019_timeline_in_british_summer_time_with_audience_sizes(wide: Project) -> None:
+    result = wide.run("plan", "soc-strategy-2019", check=True)
+    lines = result.stdout.splitlines()
+    opened = next(line for line in lines if " opened " in line)
+    assert "Tue 09 Jul 2019 09:00 BST" in opened
+    assert "36 (1 suppressed)" in opened
+    reminder = next(line for line in lines if " reminder " in line)
+    assert "Thu 08 Aug 2019 23:59 BST" in reminder
+    assert "Europe/London" in result.stdout
+    # long past and never fired: the scheduler would not fire it now
+    assert "missed" in opened
+
+
+def test_plan_shows_an_event_as_fired_after_send(wide: Project) -> None:
+    wide.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
+    opened = next(line for line in wide.run("plan", check=True).stdout.splitlines() if " opened " in line)
+    assert "fired" in opened
+
+
+def test_preview_prints_the_whole_email_for_one_stakeholder(wide: Project) -> None:
+    result = wide.run("preview", "soc-strategy-2019", "opened", "--to", JANE, check=True)
+    out = result.stdout
+    assert "From: PCC Policy Team <policy@pcc.example>" in out
+    assert f"To: Jane Smith <{JANE}>" in out
+    assert "Subject: Consultation open: Serious and Organised Crime Strategy" in out
+    assert "text/plain" in out and "text/html" in out
+    assert "Dear Jane Smith" in out or "Dear Jane" in out
+    assert "<html lang=\"en-GB\">" in out and "<p style=" in out, "the HTML part is printed as HTML"
+
+
+def test_preview_of_a_post_shows_its_length_against_the_limit(wide: Project) -> None:
+    result = wide.run("preview", "soc-strategy-2019", "opened", "--channel", "pcc-x", check=True)
+    assert "https://www.pcc.example/consultations/soc-strategy" in result.stdout
+    assert "280" in result.stdout
+
+
+def test_preview_of_someone_not_in_the_audience_is_a_clear_error(wide: Project) -> None:
+    result = wide.run("preview", "soc-strategy-2019", "opened", "--to", "nobody@nowhere.example")
+    assert result.returncode == 1
+    assert "nobody@nowhere.example" in result.stderr
+
+
+def test_send_dry_run_renders_everything_and_sends_nothing(wide: Project, smtp_server: SmtpServer) -> None:
+    wide.env["NOTIFIER_SMTP_URL"] = smtp_server.url
+    result = wide.run("send", "soc-strategy-2019", "opened", "--dry-run", check=True)
+    assert "would send" in result.stdout and "nothing sent" in result.stdout
+    assert smtp_server.handler.count() == 0
+    assert "nothing has been sent yet" in wide.run("report", "soc-strategy-2019", check=True).stdout
+    # and the event can still be sent for real afterwards
+    assert "fired soc-strategy-2019:opened:1" in wide.run("send", "soc-strategy-2019", "opened").stdout
+
+
+def test_send_wait_on_the_embedded_redis_delivers_to_the_maildir_outbox(project: Project) -> None:
+    # no NOTIFIER_REDIS_URL and no SMTP: the embedded Redis and the Maildir, as on a fresh clone
+    result = project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
+    assert "no worker is running: delivering in this process" in result.stdout
+    maildir = project.data / "outbox" / "email" / "new"
+    messages = [message_from_string(p.read_text(), policy=policy.default) for p in maildir.iterdir()]
+    assert len(messages) == 36
+    assert any(JANE in str(m["To"]).lower() for m in messages)
+    report = project.run("report", "soc-strategy-2019", "--format", "csv", check=True)
+    rows = report.stdout.splitlines()
+    assert rows[0].startswith("occurrence,event,channel,recipient")
+    assert len(rows) == 1 + 36 + 1 + 4, "36 e-mails, one suppressed, four account posts"
+    assert not list((project.data / "redis").glob("*.sock")), "the embedded Redis stops with the last user"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("send", "no-such-consultation", "opened"), "no-such-consultation"),
+        (("preview", "soc-strategy-2019", "opened", "--channel", "no-such-account"), "no-such-account"),
+        (("report", "no-such-consultation"), "no-such-consultation"),
+        (("plan", "no-such-consultation"), "no-such-consultation"),
+    ],
+)
+def test_unknown_names_exit_1_with_a_message_naming_them(wide: Project, args: tuple[str, ...], message: str) -> None:
+    result = wide.run(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
