@@ -363,6 +363,50 @@ class Ledger:
         value = self.client.hget(self._k("suppressed"), email.lower())
         return json.loads(value)["reason"] if value else None
 
+    # -- scheduler ----------------------------------------------------------
+
+    def latest(self, events: list[tuple[str, str]]) -> list[Occurrence | None]:
+        """The latest occurrence of each ``(consultation, event)``, None where it never fired.
+        Two round trips however many events."""
+        pipe = self.client.pipeline(transaction=False)
+        for consultation, event in events:
+            pipe.get(self._k("fired", consultation, event))
+        ids = [v.decode() if v else None for v in pipe.execute()] if events else []
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            if i:
+                pipe.hgetall(self._k("occ", i))
+        found = iter(pipe.execute() if any(ids) else [])
+        out: list[Occurrence | None] = []
+        for i in ids:
+            data = next(found) if i else None
+            out.append(Occurrence.from_hash(i, data) if i and data else None)
+        return out
+
+    def unstarted(self, consultations: Iterable[str], *, older_than: float, within: float) -> list[Occurrence]:
+        """Occurrences claimed between ``within`` and ``older_than`` seconds ago that are still
+        ``claimed`` with no delivery recorded: their ``fire`` message may never have been sent."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for consultation in consultations:
+            pipe.zrangebyscore(self._k("occs", consultation), now - within, now - older_than)
+        ids = [i.decode() for found in pipe.execute() for i in found]
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self._k("occ", i))
+            pipe.exists(self._k("st", i))
+        replies = pipe.execute()
+        out = []
+        for n, i in enumerate(ids):
+            data, recorded = replies[2 * n], replies[2 * n + 1]
+            if data and not recorded:
+                occurrence = Occurrence.from_hash(i, data)
+                if occurrence.state == "claimed":
+                    out.append(occurrence)
+        return out
+
 
 def _chunks(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
     chunk: list[Record] = []
