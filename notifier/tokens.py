@@ -37,7 +37,12 @@ def sign(key: bytes, email: str) -> str:
 
 
 def verify(key: bytes, token: str) -> str:
-    """The address a token names; BadToken if it is not one of ours."""
+    """The address a token names; BadToken if it is not one of ours.
+
+    Only the exact text :func:`sign` makes is accepted: base64 is lenient (padding, unused
+    low bits, ignored characters), so a token that merely decodes to a valid address and
+    signature, but is spelt differently, is rejected too.
+    """
     try:
         body, mac = token.split(".", 1)
         email = _unb64(body).decode()
@@ -46,6 +51,8 @@ def verify(key: bytes, token: str) -> str:
         raise BadToken("malformed token") from None
     if len(given) != 16 or not hmac.compare_digest(given, _mac(key, email)):
         raise BadToken("signature does not match")
+    if not hmac.compare_digest(token.encode(), sign(key, email).encode()):
+        raise BadToken("not in canonical form")
     return email
 
 
