@@ -218,7 +218,8 @@ class Scheduler:
         self._signature: Any = None
         self._events: dict[str, timeline.Event] = {}  # every event with an ``at``, by key
         self._planned: dict[str, datetime] = {}  # job id -> the instant it was scheduled for
-        self._requeued: dict[str, float] = {}
+        self._requeued: dict[str, float] = {}  # occurrence id -> when the sweep last re-sent it
+        self._noted_missed: set[tuple[str, datetime]] = set()
         self._aps: BackgroundScheduler | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -236,9 +237,13 @@ class Scheduler:
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
         self._aps.start()
-        with self._lock:
-            self._install(config, signature)
-        self._refresh_lease()
+        try:
+            with self._lock:
+                self._install(config, signature)
+            self._refresh_lease()
+        except BaseException:
+            self.stop()
+            raise
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="notifier-scheduler", daemon=True)
         self._thread.start()
@@ -400,6 +405,9 @@ class Scheduler:
                     self._fire(s.event, now)
                 elif s.state == "missed" and s.event.at is not None:
                     key = s.event.key
+                    if (key, s.event.at) in self._noted_missed:
+                        continue
+                    self._noted_missed.add((key, s.event.at))
                     if self.ledger.missed(s.event.consultation_id, s.event.name) is None:
                         self.ledger.mark_missed(s.event.consultation_id, s.event.name, s.event.at)
                         log.warning("missed %s (due %s, more than %s ago); fire it with `notifier send`",
@@ -423,11 +431,12 @@ class Scheduler:
             return  # with no worker alive a queued message just waits; re-sending adds nothing
         window = max(self.service.settings.grace.total_seconds(), self.sweep_after + 1)
         stale = self.ledger.unstarted(config.consultations, older_than=self.sweep_after, within=window)
+        now = time.monotonic()
+        self._requeued = {k: t for k, t in self._requeued.items() if now - t < SWEEP_RETRY_S}
         for occurrence in stale:
-            last = self._requeued.get(occurrence.id)
-            if last is not None and time.monotonic() - last < SWEEP_RETRY_S:
+            if occurrence.id in self._requeued:
                 continue
-            self._requeued[occurrence.id] = time.monotonic()
+            self._requeued[occurrence.id] = now
             self.service.actors.fire.send(occurrence.id)
             log.warning("re-sent fire for %s: claimed at %s and never fanned out", occurrence.id,
                         occurrence.fired_at.isoformat())
