@@ -13,10 +13,11 @@ tokens) come from the environment through :class:`Settings`.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -125,7 +126,17 @@ def token_variable(account_id: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-Lines = dict[tuple[Any, ...], int]
+@dataclass
+class Lines:
+    """Where things are in one YAML file, by key path (``("lists", "police", "include", 1)``).
+
+    ``entries`` has the line of each mapping entry (its key's line, so an error about the list
+    ``police`` points at ``police:``, not at the block below it) and of each sequence item.
+    ``values`` has the line of each scalar value, for messages about the value itself.
+    """
+
+    entries: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    values: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +205,11 @@ class StakeholderList(_Model):
     members: tuple[Member, ...] = ()
     include: tuple[str, ...] = ()
     where: Where = Where("")
+    _lines: Lines = PrivateAttr(default_factory=Lines)
+
+    def line(self, *key: Any) -> int | None:
+        """The line of ``key`` in this list (e.g. ``"include", 0``); the list's own line if unknown."""
+        return _line(self._lines, ("lists", self.id, *key)) or self.where.line
 
 
 class Account(_Model):
@@ -253,7 +269,7 @@ class Consultation(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
     events: dict[str, EventSpec] = Field(default_factory=dict)
     where: Where = Where("")
-    _lines: Lines = PrivateAttr(default_factory=dict)
+    _lines: Lines = PrivateAttr(default_factory=Lines)
 
     def line(self, *key: Any) -> int | None:
         """The line in this consultation's file of ``key`` (e.g. ``"audience", 0``)."""
@@ -309,37 +325,65 @@ _Loader.yaml_implicit_resolvers = {
 
 
 def read_yaml(path: Path, problems: list[Problem]) -> tuple[Any, Lines]:
-    """Parse one YAML file into plain data and a map from key path to line number.
+    """Parse one YAML file into plain data and the lines of its keys and values.
 
-    Syntax errors and duplicate keys are added to ``problems``; returns ``(None, {})`` then.
+    Syntax errors, duplicate keys and an empty file are added to ``problems``; returns
+    ``(None, Lines())`` then.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem.at(path, None, f"cannot read: {exc}"))
-        return None, {}
+        return None, Lines()
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        if node is None:
-            return None, {}
-        lines: Lines = {}
+        lines = Lines()
         before = len(problems)
-        data = _build(loader, node, (), lines, path, problems)
-        return (data if len(problems) == before else None), lines
+        data = None if node is None else _build(loader, node, (), lines, path, problems)
+        if len(problems) != before:
+            return None, lines
+        if data is None:
+            problems.append(Problem.at(path, None, "empty file"))
+        return data, lines
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        problems.append(Problem.at(path, mark.line + 1 if mark else None, f"invalid YAML: {reason}"))
-        return None, {}
+        problems.append(_yaml_problem(exc, path))
+        return None, Lines()
     finally:
         loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: Path) -> Problem:
+    """A YAML syntax error at the line to fix.
+
+    PyYAML notices an unclosed ``[``, ``{`` or quote only where the next thing cannot
+    belong to it (the ``problem_mark``); the line where it opened is the ``context_mark``.
+    The context of a block (``while parsing a block mapping``) is where that whole block
+    starts, which is no help, so it is not used.
+    """
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    opened = getattr(exc, "context_mark", None)
+    if (
+        mark is not None
+        and opened is not None
+        and context
+        and not context.startswith("while parsing a block")
+        and opened.line < mark.line
+    ):
+        at_end = mark.buffer is not None and mark.index >= len(mark.buffer.rstrip("\0"))
+        what = "it is never closed (the file ends first)" if at_end else f"{problem} on line {mark.line + 1}"
+        message = f"invalid YAML: {context} that starts here: {what}"
+        return Problem.at(path, opened.line + 1, message)
+    return Problem.at(path, mark.line + 1 if mark else None, f"invalid YAML: {problem}")
 
 
 def _build(
     loader: _Loader, node: yaml.Node, key: tuple[Any, ...], lines: Lines, path: Path, problems: list[Problem]
 ) -> Any:
-    lines[key] = node.start_mark.line + 1
+    """``node`` as plain data; records in ``lines`` where each entry and scalar value is."""
+    lines.entries.setdefault(key, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k_node, v_node in node.value:
@@ -349,35 +393,42 @@ def _build(
                 continue
             if k in out:
                 problems.append(Problem.at(path, k_node.start_mark.line + 1, f"duplicate key {k!r}"))
+            lines.entries[(*key, k)] = k_node.start_mark.line + 1
             out[k] = _build(loader, v_node, (*key, k), lines, path, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*key, i), lines, path, problems) for i, item in enumerate(node.value)]
+    lines.values[key] = node.start_mark.line + 1
     return loader.construct_object(node, deep=True)
 
 
 def _line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
-    """The line of the deepest known prefix of ``loc``."""
+    """The line of the entry ``loc``, or of its deepest known parent."""
     for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
+        if loc[:n] in lines.entries:
+            return lines.entries[loc[:n]]
     return None
+
+
+def _value_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
+    """The line of the scalar value at ``loc`` (for ``key:`` then the value on the next
+    line, the value's line); the entry's line when the value is not a scalar."""
+    return lines.values.get(loc) or _line(lines, loc)
 
 
 def _pydantic_problems(
     exc: ValidationError, path: Path, lines: Lines, prefix: tuple[Any, ...] = ()
 ) -> Iterator[Problem]:
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
+        loc = (*prefix, *err["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            message = f"unknown key {field!r}"
+            yield Problem.at(path, _line(lines, loc), f"unknown key {field!r}")
         elif err["type"] == "missing":
-            message = f"missing required key {field!r}"
+            yield Problem.at(path, _line(lines, loc), f"missing required key {field!r}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            message = f"{field}: {msg}"
-        yield Problem.at(path, _line(lines, (*prefix, *loc)), message)
+            yield Problem.at(path, _value_line(lines, loc), f"{field}: {msg}")
 
 
 # ---------------------------------------------------------------------------
@@ -405,43 +456,76 @@ def _parse_moment(value: Any, tz: ZoneInfo) -> datetime:
 
 def load_config(config_dir: Path | str) -> Config:
     """Load and validate the whole config directory; raise ConfigError with every problem."""
+    config, problems = load_partial(config_dir)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
+    """Every problem in the config directory, and a Config of what loaded despite them.
+
+    For ``notifier validate``, which goes on to check the templates of what loaded so that
+    every problem is reported at once. A list, account or consultation with a problem is
+    left out of the Config, and so are references to what is not there (an unknown list in
+    an audience or an include, an unknown channel); a reference to something that exists
+    but failed to load is not reported again as unknown. When there are problems the Config
+    is not validated as a whole (it may lack the organisation or the sender), so it is only
+    fit for checking, never for sending. Only a missing config directory or notifier.yaml
+    stops everything (ConfigError).
+    """
     root = Path(config_dir)
     problems: list[Problem] = []
-    warnings: list[Problem] = []
     main_path = root / "notifier.yaml"
     if not root.is_dir():
         raise ConfigError([Problem.at(root, None, "config directory not found (set NOTIFIER_CONFIG)")])
     if not main_path.exists():
         raise ConfigError([Problem.at(main_path, None, "missing: every config directory needs notifier.yaml")])
 
+    failed = _Failed()
     main, lines = read_yaml(main_path, problems)
     tz = ZoneInfo("Europe/London")
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"templates": root.parent / "templates"}
     accounts: dict[str, Account] = {}
-    if main is not None and not isinstance(main, dict):
-        problems.append(Problem.at(main_path, 1, "must be a mapping of settings"))
-    elif isinstance(main, dict):
-        settings, accounts, tz = _load_main(main, main_path, lines, root, problems)
+    if isinstance(main, dict):
+        settings, accounts, tz = _load_main(main, main_path, lines, root, problems, failed)
+    else:
+        failed.any_account = True
+        if main is not None:
+            problems.append(Problem.at(main_path, 1, "must be a mapping of settings"))
 
-    lists = _load_lists(root / "stakeholders", problems)
+    lists = _load_lists(root / "stakeholders", problems, failed)
     consultations = _load_consultations(root / "consultations", tz, problems)
-
+    _check_references(lists, consultations, accounts, failed, problems)
     if not problems:
-        _check_references(lists, consultations, accounts, problems, warnings)
-    if problems:
-        raise ConfigError(problems)
-    return Config(
+        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts, **settings), []
+    lists, consultations = _without_dangling(lists, consultations, accounts)
+    partial = Config.model_construct(
         root=root,
+        organisation=settings.get("organisation", ""),
+        timezone=tz.key,
+        email=settings.get("email"),
+        accounts=accounts,
+        templates=settings["templates"],
         lists=lists,
         consultations=consultations,
-        accounts=accounts,
-        warnings=tuple(warnings),
-        **settings,
+        warnings=(),
     )
+    return partial, problems
+
+
+@dataclass
+class _Failed:
+    """What exists but did not load, so cross-file checks do not call it unknown as well."""
+
+    lists: set[str] = field(default_factory=set)
+    accounts: set[str] = field(default_factory=set)
+    any_list: bool = False  # a stakeholders file could not be read: any list id may be in it
+    any_account: bool = False  # notifier.yaml or its accounts could not be read
 
 
 def _load_main(
-    main: dict[str, Any], path: Path, lines: Lines, root: Path, problems: list[Problem]
+    main: dict[str, Any], path: Path, lines: Lines, root: Path, problems: list[Problem], failed: _Failed
 ) -> tuple[dict[str, Any], dict[str, Account], ZoneInfo]:
     known = {"organisation", "timezone", "email", "accounts", "templates"}
     for key in main:
@@ -453,7 +537,7 @@ def _load_main(
         tz = ZoneInfo(str(tz_name))
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(
-            Problem.at(path, _line(lines, ("timezone",)), f"unknown timezone {tz_name!r} (e.g. Europe/London)")
+            Problem.at(path, _value_line(lines, ("timezone",)), f"unknown timezone {tz_name!r} (e.g. Europe/London)")
         )
     settings: dict[str, Any] = {"timezone": tz.key}
     if "organisation" not in main:
@@ -475,35 +559,67 @@ def _load_main(
     settings["templates"] = (root / str(templates)) if templates else root.parent / "templates"
     if not Path(settings["templates"]).is_dir():
         problems.append(
-            Problem.at(path, _line(lines, ("templates",)) or 1, f"templates directory {settings['templates']} not found")
+            Problem.at(path, _value_line(lines, ("templates",)) or 1,
+                       f"templates directory {settings['templates']} not found")
         )
 
     accounts: dict[str, Account] = {}
     raw_accounts = main.get("accounts") or {}
     if not isinstance(raw_accounts, dict):
         problems.append(Problem.at(path, _line(lines, ("accounts",)), "accounts must be a mapping of id: settings"))
+        failed.any_account = True
         raw_accounts = {}
     for account_id, raw in raw_accounts.items():
         where = Where(str(path), _line(lines, ("accounts", account_id)))
-        if not _ID.match(str(account_id)) or account_id == EMAIL_CHANNEL:
-            problems.append(
-                where.problem(f"account id {account_id!r} must be lower-case letters, digits, - or _, and not 'email'")
-            )
-            continue
-        if not isinstance(raw, dict):
-            problems.append(where.problem(f"account {account_id!r} must be a mapping with a platform"))
-            continue
-        try:
-            account = Account.model_validate(raw).model_copy(update={"id": account_id, "where": where})
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, path, lines, ("accounts", account_id)))
-            continue
-        needs = {"facebook": "page_id", "mastodon": "instance", "bluesky": "handle", "webhook": "url"}
-        need = needs.get(account.platform)
-        if need and not getattr(account, need) and not (need == "instance" and account.api_base):
-            problems.append(where.problem(f"account {account_id!r} ({account.platform}) needs {need!r}"))
-        accounts[account_id] = account
+        account = _account(account_id, raw, where, path, lines, problems)
+        if account is None:
+            failed.accounts.add(str(account_id))
+        else:
+            accounts[account_id] = account
     return settings, accounts, tz
+
+
+def _account(
+    account_id: Any, raw: Any, where: Where, path: Path, lines: Lines, problems: list[Problem]
+) -> Account | None:
+    """One entry of ``accounts``, or None when it has a problem (added to ``problems``)."""
+    if not _ID.match(str(account_id)) or account_id == EMAIL_CHANNEL:
+        problems.append(
+            where.problem(f"account id {account_id!r} must be lower-case letters, digits, - or _, and not 'email'")
+        )
+        return None
+    if not isinstance(raw, dict):
+        problems.append(where.problem(f"account {account_id!r} must be a mapping with a platform"))
+        return None
+    try:
+        account = Account.model_validate(raw).model_copy(update={"id": account_id, "where": where})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, path, lines, ("accounts", account_id)))
+        return None
+    needs = {"facebook": "page_id", "mastodon": "instance", "bluesky": "handle", "webhook": "url"}
+    need = needs.get(account.platform)
+    if need and not getattr(account, need) and not (need == "instance" and account.api_base):
+        problems.append(where.problem(f"account {account_id!r} ({account.platform}) needs {need!r}"))
+        return None
+    before = len(problems)
+    for key in ("url", "instance", "api_base"):
+        value = getattr(account, key)
+        if value is not None and not _is_http_url(value):
+            line = _value_line(lines, ("accounts", account_id, key))
+            problems.append(Problem.at(path, line, f"{key} must be an http(s) URL like https://example.org/…, "
+                                                   f"not {value!r}"))
+    return account if len(problems) == before else None
+
+
+def _is_http_url(value: str) -> bool:
+    """True for an absolute ``http://`` or ``https://`` URL with a host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _check_sender(email: EmailSettings, path: Path, lines: Lines, problems: list[Problem]) -> None:
@@ -523,7 +639,7 @@ def _check_sender(email: EmailSettings, path: Path, lines: Lines, problems: list
             problems.append(Problem.at(path, line, f"email.{key}: invalid address {value!r}: {exc}"))
 
 
-def _load_lists(folder: Path, problems: list[Problem]) -> dict[str, StakeholderList]:
+def _load_lists(folder: Path, problems: list[Problem], failed: _Failed) -> dict[str, StakeholderList]:
     lists: dict[str, StakeholderList] = {}
     if not folder.is_dir():
         problems.append(Problem.at(folder, None, "stakeholders directory not found"))
@@ -542,42 +658,58 @@ def _load_lists(folder: Path, problems: list[Problem]) -> dict[str, StakeholderL
 
     for path in sorted(folder.iterdir()):
         if path.suffix in (".yaml", ".yml"):
-            for item in _lists_from_yaml(path, problems):
+            for item in _lists_from_yaml(path, problems, failed):
                 add(item)
         elif path.suffix == ".csv":
-            item = _list_from_csv(path, problems)
-            if item is not None:
-                add(item)
+            from_csv = _list_from_csv(path, problems)
+            if from_csv is None:
+                failed.lists.add(path.stem)
+            else:
+                add(from_csv)
     return lists
 
 
-def _lists_from_yaml(path: Path, problems: list[Problem]) -> Iterator[StakeholderList]:
+def _lists_from_yaml(path: Path, problems: list[Problem], failed: _Failed) -> Iterator[StakeholderList]:
     data, lines = read_yaml(path, problems)
-    if data is None:
-        return
     if not isinstance(data, dict) or set(data) - {"lists"}:
+        failed.any_list = True
+        if data is None:
+            return  # read_yaml said why
         extra = sorted(set(data) - {"lists"}) if isinstance(data, dict) else []
         what = f"unknown key {extra[0]!r}" if extra else "a stakeholders file is a mapping with one key, 'lists'"
         problems.append(Problem.at(path, _line(lines, (extra[0],)) if extra else 1, what))
         return
     raw_lists = data.get("lists") or {}
     if not isinstance(raw_lists, dict):
+        failed.any_list = True
         problems.append(Problem.at(path, _line(lines, ("lists",)), "'lists' must map list ids to lists"))
         return
     for list_id, raw in raw_lists.items():
-        where = Where(str(path), _line(lines, ("lists", list_id)))
-        if not _ID.match(str(list_id)):
-            problems.append(where.problem(f"list id {list_id!r} must be lower-case letters, digits, - or _"))
-            continue
-        if not isinstance(raw, dict):
-            problems.append(where.problem(f"list {list_id!r} must be a mapping with members and/or include"))
-            continue
-        try:
-            item = StakeholderList.model_validate(raw)
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, path, lines, ("lists", list_id)))
-            continue
-        yield item.model_copy(update={"id": list_id, "where": where})
+        item = _list_from_yaml(list_id, raw, path, lines, problems)
+        if item is None:
+            failed.lists.add(str(list_id))
+        else:
+            yield item
+
+
+def _list_from_yaml(
+    list_id: Any, raw: Any, path: Path, lines: Lines, problems: list[Problem]
+) -> StakeholderList | None:
+    """One entry of ``lists``, or None when it has a problem (added to ``problems``)."""
+    where = Where(str(path), _line(lines, ("lists", list_id)))
+    if not _ID.match(str(list_id)):
+        problems.append(where.problem(f"list id {list_id!r} must be lower-case letters, digits, - or _"))
+        return None
+    if not isinstance(raw, dict):
+        problems.append(where.problem(f"list {list_id!r} must be a mapping with members and/or include"))
+        return None
+    try:
+        item = StakeholderList.model_validate(raw).model_copy(update={"id": list_id, "where": where})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, path, lines, ("lists", list_id)))
+        return None
+    item._lines = lines
+    return item
 
 
 _TRUE = {"true", "yes", "y", "1"}
@@ -585,55 +717,93 @@ _FALSE = {"false", "no", "n", "0"}
 
 
 def _list_from_csv(path: Path, problems: list[Problem]) -> StakeholderList | None:
+    """The list in one CSV file (id = file stem), or None when it has a problem."""
     list_id = path.stem
     where = Where(str(path), 1)
     if not _ID.match(list_id):
-        problems.append(where.problem(f"list id {list_id!r} (the file name) must be lower-case letters, digits, - or _"))
+        problems.append(
+            where.problem(f"list id {list_id!r} (the file name) must be lower-case letters, digits, - or _")
+        )
+        return None
+    text = _read_csv_text(path, problems)
+    if text is None:
         return None
     before = len(problems)
     members: list[Member] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            if "email" not in header:
-                problems.append(where.problem("the header row must have an 'email' column"))
-                return None
-            reader.fieldnames = header
-            if len(set(header)) != len(header):
-                problems.append(where.problem("the header row repeats a column name"))
-                return None
-            for row in reader:
-                line = reader.line_num
-                if None in row:
-                    problems.append(Problem.at(path, line, f"row has more cells than the header ({len(header)})"))
-                    continue
-                values = {k: (v or "").strip() for k, v in row.items()}
-                if not any(values.values()):
-                    continue
-                subscribed = values.get("subscribed", "").lower()
-                raw: dict[str, Any] = {k: v for k, v in values.items() if v != "" or k not in _OPTIONAL}
-                if "subscribed" in values:
-                    if subscribed in _TRUE or subscribed == "":
-                        raw["subscribed"] = True
-                    elif subscribed in _FALSE:
-                        raw["subscribed"] = False
-                    else:
-                        problems.append(Problem.at(path, line, f"subscribed must be true or false, not {subscribed!r}"))
-                        continue
-                try:
-                    members.append(Member.model_validate(raw))
-                except ValidationError as exc:
-                    for err in exc.errors():
-                        field_name = ".".join(str(p) for p in err["loc"])
-                        msg = err["msg"].removeprefix("Value error, ")
-                        problems.append(Problem.at(path, line, f"{field_name}: {msg}"))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        problems.append(Problem.at(path, None, f"cannot read CSV: {exc}"))
+        header = [h.strip() for h in next(reader, [])]
+        if "email" not in header:
+            problems.append(where.problem("the header row must have an 'email' column"))
+            return None
+        if len(set(header)) != len(header):
+            problems.append(where.problem("the header row repeats a column name"))
+            return None
+        while True:
+            line = reader.line_num + 1  # where the next row starts: a quoted cell may span lines
+            cells = next(reader, None)
+            if cells is None:
+                break
+            member = _csv_member(header, cells, Where(str(path), line), problems)
+            if member is not None:
+                members.append(member)
+    except csv.Error as exc:
+        problems.append(Problem.at(path, reader.line_num, f"cannot read CSV: {exc}"))
         return None
     if len(problems) != before:
         return None
     return StakeholderList(id=list_id, name=None, members=tuple(members), where=where)
+
+
+def _read_csv_text(path: Path, problems: list[Problem]) -> str | None:
+    """The text of a CSV file, or None with a problem saying how to save it as UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem.at(path, None, f"cannot read CSV: {exc}"))
+        return None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem.at(
+            path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x} on this line): save the file as "
+            '"CSV UTF-8" (in Excel: File > Save As > CSV UTF-8 (Comma delimited))'
+        ))
+        return None
+    if not text.strip():
+        problems.append(Problem.at(path, None, "empty file: a CSV list needs a header row with an 'email' column"))
+        return None
+    return text
+
+
+def _csv_member(header: list[str], cells: list[str], where: Where, problems: list[Problem]) -> Member | None:
+    """The member in one CSV row, or None for a blank row or one with a problem."""
+    if len(cells) > len(header):
+        problems.append(where.problem(f"row has more cells than the header ({len(header)})"))
+        return None
+    padded = cells + [""] * (len(header) - len(cells))
+    values = {k: v.strip() for k, v in zip(header, padded, strict=True)}
+    if not any(values.values()):
+        return None
+    raw: dict[str, Any] = {k: v for k, v in values.items() if v != "" or k not in _OPTIONAL}
+    if "subscribed" in values:
+        subscribed = values["subscribed"].lower()
+        if subscribed in _TRUE or subscribed == "":
+            raw["subscribed"] = True
+        elif subscribed in _FALSE:
+            raw["subscribed"] = False
+        else:
+            problems.append(where.problem(f"subscribed must be true or false, not {subscribed!r}"))
+            return None
+    try:
+        return Member.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field_name = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(where.problem(f"{field_name}: {msg}"))
+        return None
 
 
 _OPTIONAL = {"name", "organisation", "subscribed"}
@@ -658,7 +828,7 @@ def _load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> 
             continue
         data, lines = read_yaml(path, problems)
         if data is None:
-            continue
+            continue  # read_yaml said why
         if not isinstance(data, dict):
             problems.append(Problem.at(path, 1, "a consultation file is a mapping (title, url, opens, …)"))
             continue
@@ -679,14 +849,9 @@ def _consultation(
         if key in data:
             problems.append(Problem.at(path, _line(lines, (key,)), f"unknown key {key!r}"))
             data.pop(key)
-    for key in ("opens", "closes"):
-        if key in data:
-            try:
-                data[key] = _parse_moment(data[key], tz)
-            except ValueError as exc:
-                problems.append(Problem.at(path, _line(lines, (key,)), f"{key}: {exc}"))
-                data.pop(key)
-                return None
+    moments = [_moment(data, key, path, lines, tz, problems) for key in ("opens", "closes") if key in data]
+    if not all(moments):
+        return None
     raw_events = data.get("events")
     if raw_events is None:
         raw_events = {name: {"at": at} for name, at in DEFAULT_EVENTS.items()}
@@ -697,7 +862,9 @@ def _consultation(
     for name, raw in raw_events.items():
         at_line = _line(lines, ("events", name))
         if not _ID.match(str(name)):
-            problems.append(Problem.at(path, at_line, f"event name {name!r} must be lower-case letters, digits, - or _"))
+            problems.append(
+                Problem.at(path, at_line, f"event name {name!r} must be lower-case letters, digits, - or _")
+            )
             continue
         if raw is None:
             raw = {}
@@ -723,31 +890,49 @@ def _consultation(
             try:
                 parse_at(event.at, tz)
             except ValueError as exc:
-                problems.append(Problem.at(path, _line(lines, ("events", event.name, "at")), str(exc)))
+                problems.append(Problem.at(path, _value_line(lines, ("events", event.name, "at")), str(exc)))
     return consultation if len(problems) == before else None
+
+
+def _moment(data: dict[str, Any], key: str, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]) -> bool:
+    """Replace ``data[key]`` with the aware datetime it says; False (and a problem) if it cannot."""
+    try:
+        data[key] = _parse_moment(data[key], tz)
+    except ValueError as exc:
+        problems.append(Problem.at(path, _value_line(lines, (key,)), f"{key}: {exc}"))
+        return False
+    return True
 
 
 def _check_references(
     lists: dict[str, StakeholderList],
     consultations: dict[str, Consultation],
     accounts: dict[str, Account],
+    failed: _Failed,
     problems: list[Problem],
-    warnings: list[Problem],
 ) -> None:
-    """Cross-file checks: includes, cycles, audiences and channels that name real things."""
+    """Cross-file checks: includes, cycles, audiences and channels that name real things.
+
+    A name that exists but failed to load (``failed``) has been reported already.
+    """
     from notifier.audience import find_cycle
 
+    def unknown_list(name: str) -> bool:
+        return name not in lists and name not in failed.lists and not failed.any_list
+
     for item in lists.values():
-        for included in item.include:
-            if included not in lists:
-                problems.append(item.where.problem(f"list {item.id!r} includes unknown list {included!r}"))
-    if not problems:
-        reported: set[frozenset[str]] = set()
-        for item in lists.values():
-            cycle = find_cycle(lists, item.id)
-            if cycle and frozenset(cycle) not in reported:
-                reported.add(frozenset(cycle))
-                problems.append(item.where.problem("include cycle: " + " -> ".join(cycle)))
+        for i, included in enumerate(item.include):
+            if unknown_list(included):
+                problems.append(
+                    Problem.at(item.where.path, item.line("include", i),
+                               f"list {item.id!r} includes unknown list {included!r}")
+                )
+    reported: set[frozenset[str]] = set()
+    for item in lists.values():
+        cycle = find_cycle(lists, item.id)
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            problems.append(item.where.problem("include cycle: " + " -> ".join(cycle)))
 
     channels = {EMAIL_CHANNEL, *accounts}
     for consultation in consultations.values():
@@ -757,12 +942,40 @@ def _check_references(
             *((("events", e.name), e.audience or (), e.channels or ()) for e in consultation.events.values()),
         ]:
             for i, name in enumerate(audience):
-                if name not in lists:
+                if unknown_list(name):
                     known = ", ".join(sorted(lists))
                     line = consultation.line(*key, "audience", i)
                     problems.append(Problem.at(path, line, f"unknown list {name!r} in audience (known: {known})"))
             for i, name in enumerate(channel_names):
-                if name not in channels:
+                if name not in channels and name not in failed.accounts and not failed.any_account:
                     known = ", ".join(sorted(channels))
                     line = consultation.line(*key, "channels", i)
                     problems.append(Problem.at(path, line, f"unknown channel {name!r} (known: {known})"))
+
+
+def _without_dangling(
+    lists: dict[str, StakeholderList], consultations: dict[str, Consultation], accounts: dict[str, Account]
+) -> tuple[dict[str, StakeholderList], dict[str, Consultation]]:
+    """``lists`` and ``consultations`` less their references to lists and channels that are
+    not there, so what did load can still be checked (see :func:`load_partial`)."""
+    channels = {EMAIL_CHANNEL, *accounts}
+
+    def known(names: tuple[str, ...] | None, among: Collection[str]) -> tuple[str, ...] | None:
+        return None if names is None else tuple(n for n in names if n in among)
+
+    kept_lists = {
+        list_id: item.model_copy(update={"include": known(item.include, lists)}) for list_id, item in lists.items()
+    }
+    kept_consultations = {}
+    for consultation_id, consultation in consultations.items():
+        events = {
+            name: event.model_copy(update={"audience": known(event.audience, lists),
+                                           "channels": known(event.channels, channels)})
+            for name, event in consultation.events.items()
+        }
+        kept_consultations[consultation_id] = consultation.model_copy(update={
+            "audience": known(consultation.audience, lists),
+            "channels": known(consultation.channels, channels),
+            "events": events,
+        })
+    return kept_lists, kept_consultations

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import Settings, load_config, token_variable
-from notifier.errors import ConfigError
-
+from notifier.config import Settings, load_config, load_partial, read_yaml, token_variable
+from notifier.errors import ConfigError, Problem
 from tests.conftest import Project
 
 
@@ -71,3 +70,89 @@ def test_embedded_secret_key_is_generated_once_and_kept_private(tmp_path: Path) 
 def test_production_needs_an_explicit_secret_key() -> None:
     with pytest.raises(ConfigError, match="NOTIFIER_SECRET_KEY"):
         Settings.from_env({"NOTIFIER_REDIS_URL": "redis://localhost:6379/0"}).secret_key()
+
+
+def test_an_entry_is_at_its_key_line_and_a_scalar_value_at_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text("police:\n  name: West Mercia Police\n  include:\n    - csp\n    - socjag\ntitle:\n  Strategy\n")
+    problems: list[Problem] = []
+    data, lines = read_yaml(path, problems)
+    assert data and not problems
+    assert lines.entries[("police",)] == 1  # not 2, where the block under it starts
+    assert lines.entries[("police", "include")] == 3
+    assert lines.entries[("police", "include", 1)] == 5
+    assert lines.values[("police", "name")] == 2
+    assert (lines.entries[("title",)], lines.values[("title",)]) == (6, 7)
+
+
+def test_a_list_that_fails_is_left_out_and_everything_else_is_still_checked(project: Project) -> None:
+    police = project.config / "stakeholders" / "police.yaml"
+    police.write_text(police.read_text().replace("mark.ellery@westmercia-police.example", "mark.ellery@"))
+    consultation = project.config / "consultations" / "soc-strategy-2019.yaml"
+    consultation.write_text(consultation.read_text().replace(
+        "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
+        "channels: [email, pcc-x, pcc-facebok, pcc-website, police-website]", 1))
+
+    config, problems = load_partial(project.config)
+
+    messages = [str(p) for p in problems]
+    assert any("police.yaml:15:" in m and "mark.ellery@" in m for m in messages), messages
+    assert any("soc-strategy-2019.yaml:25:" in m and "unknown channel 'pcc-facebok'" in m for m in messages), messages
+    # key-partners includes west-mercia-police, which exists but failed: not "unknown" as well
+    assert not any("unknown list" in m for m in messages), messages
+    assert len(problems) == 2, messages
+    assert "west-mercia-police" not in config.lists and "csp" in config.lists
+    assert "west-mercia-police" not in config.lists["key-partners"].include
+    assert "pcc-facebok" not in config.consultations["soc-strategy-2019"].channels
+    with pytest.raises(ConfigError) as caught:
+        load_config(project.config)
+    assert [str(p) for p in caught.value.problems] == messages
+
+
+@pytest.mark.parametrize(
+    "relative", ["notifier.yaml", "stakeholders/police.yaml", "stakeholders/media.csv",
+                 "consultations/soc-strategy-2019.yaml"],
+)
+def test_an_empty_file_is_an_error_not_nothing(project: Project, relative: str) -> None:
+    (project.config / relative).write_text("# to do\n" if relative.endswith(".yaml") else "")
+    _, problems = load_partial(project.config)
+    assert any(p.path == str(project.config / relative) and p.message.startswith("empty file") for p in problems), (
+        [str(p) for p in problems]
+    )
+
+
+def test_a_csv_row_is_reported_where_it_starts(project: Project) -> None:
+    (project.config / "stakeholders" / "media.csv").write_text(
+        'email,name,role\n\nok@gazette.example,Tom,"Crime\nreporter"\nbad@gazette,Zoe,"Courts\nand\npolice"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(project.config)
+    assert [(p.line, "bad@gazette" in p.message) for p in caught.value.problems] == [(5, True)]
+
+
+def test_a_csv_that_is_not_utf8_names_the_line_and_the_fix(project: Project) -> None:
+    (project.config / "stakeholders" / "media.csv").write_bytes(
+        "email,name\na@gazette.example,Zoe\nb@gazette.example,Zoë\n".encode("cp1252")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(project.config)
+    (problem,) = caught.value.problems
+    assert problem.line == 3 and '"CSV UTF-8"' in problem.message
+
+
+@pytest.mark.parametrize(
+    ("account", "key"),
+    [
+        ("{platform: webhook, url: www.pcc.example/hooks}", "url"),
+        ("{platform: mastodon, instance: mastodon.example}", "instance"),
+        ("{platform: x, api_base: 'ftp://api.example'}", "api_base"),
+    ],
+)
+def test_account_addresses_must_be_http_urls(project: Project, account: str, key: str) -> None:
+    main = project.config / "notifier.yaml"
+    main.write_text(main.read_text().replace("  pcc-x:          {platform: x}", f"  pcc-x: {account}"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(project.config)
+    (problem,) = caught.value.problems
+    assert problem.message.startswith(f"{key} must be an http(s) URL")
+    assert main.read_text().splitlines()[(problem.line or 0) - 1].startswith("  pcc-x:")
