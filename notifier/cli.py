@@ -33,7 +33,7 @@ from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.errors import ConfigError, NotifierError, Problem, UsageError
 from notifier.ledger import Record
 from notifier.rendering import Renderer
-from notifier.validation import check
+from notifier.validation import check, load_and_check
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -86,8 +86,7 @@ def cli(verbose: bool) -> None:
 def validate() -> None:
     """Check config, lists and every template the configured events need."""
     settings = _settings()
-    config = _load(settings)
-    problems = check(config, settings)
+    config, problems = load_and_check(settings)
     _problems(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:

@@ -12,6 +12,7 @@ are not (they are not HTML). A subject is one line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,16 +47,25 @@ class EmailContent:
 
 def format_date(value: datetime, fmt: str | None = None) -> str:
     """The ``date`` filter: ``15 August 2019`` (or ``strftime`` with ``fmt``)."""
-    if not isinstance(value, datetime):
-        raise TypeError(f"the date filter needs a date and time, not {type(value).__name__}")
+    value = _moment(value, "date")
     return value.strftime(fmt) if fmt else f"{value.day} {value:%B %Y}"
 
 
 def format_time(value: datetime) -> str:
     """The ``time`` filter: ``9am``, ``11:59pm``."""
+    value = _moment(value, "time")
     hour = value.hour % 12 or 12
     minutes = f":{value.minute:02d}" if value.minute else ""
     return f"{hour}{minutes}{'am' if value.hour < 12 else 'pm'}"
+
+
+def _moment(value: Any, filter_name: str) -> datetime:
+    """``value``, if it is a datetime; otherwise an error the template's author can act on."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError, naming what is undefined
+    if not isinstance(value, datetime):
+        raise TypeError(f"the {filter_name} filter needs a date and time, not {type(value).__name__}")
+    return value
 
 
 def _environment(templates: Path, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -157,20 +167,16 @@ class Renderer:
         """Render the e-mail of ``event`` for ``recipient``; ConfigError names file and line."""
         name = self.email_template(event)
         variables = {**context, "recipient": recipient.context(), "unsubscribe_url": unsubscribe_url}
+        plain = self._template(self._plain, name)
+        if "subject" not in plain.blocks or "text" not in plain.blocks:
+            raise ConfigError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
         try:
-            plain = self._plain.get_template(name)
-            ctx = plain.new_context(variables)
-            if "subject" not in plain.blocks or "text" not in plain.blocks:
-                raise ConfigError(
-                    [Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")]
-                )
-            subject = "".join(plain.blocks["subject"](ctx)).strip()
-            text = "".join(plain.blocks["text"](ctx)).strip() + "\n"
+            subject = _render_block(plain, "subject", variables).strip()
+            text = _render_block(plain, "text", variables).strip() + "\n"
             html = None
             if "html" in plain.blocks:
-                rich = self._html.get_template(name)
-                html = "".join(rich.blocks["html"](rich.new_context(variables))).strip() + "\n"
-        except jinja2.TemplateError as exc:
+                html = _render_block(self._template(self._html, name), "html", variables).strip() + "\n"
+        except Exception as exc:  # any error a template causes, a filter's TypeError say, is the template's
             raise ConfigError([template_problem(exc, self.templates, name)]) from None
         if "\r" in subject or "\n" in subject:
             raise ConfigError(
@@ -183,32 +189,63 @@ class Renderer:
     def social(self, event: Event, platform: str, *, context: Mapping[str, Any]) -> str:
         """Render the post of ``event`` for an account on ``platform``."""
         name = self.social_template(event, platform)
+        template = self._template(self._plain, name)
         try:
-            text = self._plain.get_template(name).render(context)
-        except jinja2.TemplateError as exc:
+            text = template.render(context)
+        except Exception as exc:  # as in email()
             raise ConfigError([template_problem(exc, self.templates, name)]) from None
         return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+    def _template(self, env: ImmutableSandboxedEnvironment, name: str) -> jinja2.Template:
+        """Template ``name`` compiled in ``env``; ConfigError if it does not compile."""
+        try:
+            return env.get_template(name)
+        except jinja2.TemplateError as exc:
+            raise ConfigError([template_problem(exc, self.templates, name)]) from None
 
     # -- checks -------------------------------------------------------------
 
     def check_names(self, name: str, allowed: frozenset[str]) -> list[Problem]:
-        """Parse template ``name``; report syntax errors and names outside the context."""
+        """Compile template ``name``; report syntax errors and names outside the context."""
         path = self.templates / name
         try:
-            source = path.read_text(encoding="utf-8")
-            ast = self._plain.parse(source, name, str(path))
-        except jinja2.TemplateSyntaxError as exc:
+            source, undeclared = self._undeclared(name)
+        except jinja2.TemplateSyntaxError as exc:  # also an unknown filter or test
             return [template_problem(exc, self.templates, name)]
         except (OSError, UnicodeDecodeError) as exc:
             return [Problem.at(path, None, f"cannot read: {exc}")]
         problems = []
-        for unknown in sorted(meta.find_undeclared_variables(ast) - allowed):
+        for unknown in sorted(undeclared - allowed):
             line = _first_line(source, unknown)
             hint = " (recipient is only known in e-mails)" if unknown == "recipient" else ""
             problems.append(
                 Problem.at(path, line, f"unknown name {unknown!r}{hint}; known: {', '.join(sorted(allowed))}")
             )
         return problems
+
+    def unknown_names(self, name: str, allowed: frozenset[str]) -> frozenset[str]:
+        """The names template ``name`` uses that are not in ``allowed`` (none if it does not
+        compile or cannot be read: :meth:`check_names` says why)."""
+        try:
+            return self._undeclared(name)[1] - allowed
+        except (jinja2.TemplateSyntaxError, OSError, UnicodeDecodeError):
+            return frozenset()
+
+    def _undeclared(self, name: str) -> tuple[str, frozenset[str]]:
+        """The source of template ``name`` and the names it uses without defining them."""
+        path = self.templates / name
+        source = path.read_text(encoding="utf-8")
+        ast = self._plain.parse(source, name, str(path))
+        return source, frozenset(meta.find_undeclared_variables(ast))  # compiles: may raise too
+
+
+def _render_block(template: jinja2.Template, block: str, variables: Mapping[str, Any]) -> str:
+    """One block of ``template``. Errors are raised as ``render`` raises them, with the
+    traceback rewritten to point at template lines rather than the compiled Python."""
+    try:
+        return "".join(template.blocks[block](template.new_context(dict(variables))))
+    except Exception:
+        template.environment.handle_exception()
 
 
 def _first_line(source: str, name: str) -> int | None:
@@ -221,14 +258,20 @@ def _first_line(source: str, name: str) -> int | None:
     return None
 
 
-def template_problem(exc: jinja2.TemplateError, templates: Path, name: str) -> Problem:
-    """A Jinja2 error as ``templates/<name>:<line>: message``."""
-    path = templates / name
-    line: int | None = getattr(exc, "lineno", None)
-    if line is None:
-        line = _traceback_line(exc.__traceback__, str(path))
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return Problem.at(path, line, f"template syntax error: {exc.message}")
+def template_problem(exc: Exception, templates: Path, name: str) -> Problem:
+    """An error raised compiling or rendering template ``name``, as ``PATH:LINE: message``.
+
+    A syntax error knows its file and line. Any other error is placed at the innermost
+    template line of its traceback (which Jinja rewrites from the compiled code to the
+    templates), so an error inside an included template names that template.
+    """
+    if isinstance(exc, jinja2.TemplateSyntaxError):  # also TemplateAssertionError: an unknown filter
+        path = _under(exc.filename, templates) or templates / name
+        return Problem.at(path, exc.lineno, f"template syntax error: {_sentence(exc.message or str(exc))}")
+    path, line = _traceback_place(exc.__traceback__, templates) or (templates / name, None)
+    if isinstance(exc, jinja2.TemplateNotFound):
+        missing = str(exc.name)
+        return Problem.at(path, line, f"included template {missing!r} is missing: there is no {templates / missing}")
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return Problem.at(path, line, f"unsafe template: {exc}")
     if isinstance(exc, jinja2.UndefinedError):
@@ -236,10 +279,26 @@ def template_problem(exc: jinja2.TemplateError, templates: Path, name: str) -> P
     return Problem.at(path, line, f"template error: {exc}")
 
 
-def _traceback_line(tb: TracebackType | None, filename: str) -> int | None:
-    line = None
+def _sentence(message: str) -> str:
+    """Jinja's ``No filter named 'daet'.`` as ``no filter named 'daet'``, to follow a colon."""
+    message = message.strip().removesuffix(".")
+    return message[:1].lower() + message[1:]
+
+
+def _under(filename: str | None, templates: Path) -> Path | None:
+    """``filename`` as a path under ``templates`` (as the user wrote that), or None if outside."""
+    if not filename:
+        return None
+    relative = os.path.relpath(os.path.normpath(filename), os.path.normpath(templates))
+    return None if relative.startswith(os.pardir) else templates / relative
+
+
+def _traceback_place(tb: TracebackType | None, templates: Path) -> tuple[Path, int] | None:
+    """The innermost frame of ``tb`` that runs a template under ``templates``: file and line."""
+    place = None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
+        path = _under(tb.tb_frame.f_code.co_filename, templates)
+        if path is not None:
+            place = (path, tb.tb_lineno)
         tb = tb.tb_next
-    return line
+    return place

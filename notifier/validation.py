@@ -9,42 +9,64 @@ names) do not fail validation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 from notifier import timeline
 from notifier.audience import Recipient, resolve
 from notifier.channels import limits
+from notifier.channels.base import PostPayload
+from notifier.channels.http import post_text
 from notifier.channels.registry import is_outbox
-from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, token_variable
+from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_partial, token_variable
 from notifier.errors import ConfigError, Problem
 from notifier.rendering import EMAIL_NAMES, SOCIAL_NAMES, Renderer
 
 SAMPLE_UNSUBSCRIBE = "https://notifier.example/unsubscribe/sample-token"
+# Platforms whose post carries the consultation's link in its text (see channels.http.post_text);
+# Facebook sends the link as a field of its own, a webhook carries both separately.
+LINK_IN_TEXT = frozenset({"x", "mastodon", "bluesky"})
+
+
+def load_and_check(settings: Settings) -> tuple[Config, list[Problem]]:
+    """``notifier validate``: load the config directory as far as it will load, check the
+    templates of whatever did, and return every problem and warning at once.
+
+    The Config is complete only when no problem is an error. Raises ConfigError only when
+    there is nothing to check (no config directory, no notifier.yaml).
+    """
+    config, problems = load_partial(settings.config_dir)
+    return config, _in_order([*problems, *check(config, settings)])
 
 
 def check(config: Config, settings: Settings) -> list[Problem]:
     """Every problem and warning in ``config`` and its templates, in a stable order."""
     renderer = Renderer(config)
-    found: dict[str, Problem] = {}
-
-    def add(problems: list[Problem] | tuple[Problem, ...]) -> None:
-        for problem in problems:
-            found.setdefault(str(problem), problem)
-
-    add(config.warnings)
-    checked: set[str] = set()
-    for consultation in config.consultations.values():
-        for event in timeline.events(consultation, config.tz):
-            add(check_event(config, renderer, consultation, event, checked=checked))
+    found: list[Problem] = list(config.warnings)
+    if Path(config.templates).is_dir():  # else loading said so, and every template would be missing
+        checked: dict[str, frozenset[str]] = {}
+        for consultation in config.consultations.values():
+            for event in timeline.events(consultation, config.tz):
+                found += check_event(config, renderer, consultation, event, checked=checked)
     for account in config.accounts.values():
         if is_outbox(account, settings):
             why = "outbox: true" if account.outbox else f"{token_variable(account.id)} is not set"
-            add([account.where.warning(
+            found.append(account.where.warning(
                 f"account {account.id!r} is in outbox mode ({why}): posts go to "
                 f"{settings.data_dir}/outbox/social/{account.id}.jsonl"
-            )])
+            ))
     if not settings.public_url.startswith("https://"):
-        add([Problem.warn("NOTIFIER_PUBLIC_URL", None,
-                          f"{settings.public_url} is not https: mail providers ignore http List-Unsubscribe links")])
-    return sorted(found.values(), key=lambda p: (p.severity != "error", p.path, p.line or 0))
+        found.append(Problem.warn("NOTIFIER_PUBLIC_URL", None,
+                                  f"{settings.public_url} is not https: mail providers ignore http List-Unsubscribe "
+                                  "links"))
+    return _in_order(found)
+
+
+def _in_order(problems: Iterable[Problem]) -> list[Problem]:
+    """``problems`` without repeats, errors first, then by file and line."""
+    unique = {str(problem): problem for problem in problems}
+    return sorted(unique.values(), key=lambda p: (p.severity != "error", p.path, p.line or 0))
 
 
 def check_event(
@@ -53,14 +75,15 @@ def check_event(
     consultation: Consultation,
     event: timeline.Event,
     *,
-    checked: set[str] | None = None,
+    checked: dict[str, frozenset[str]] | None = None,
 ) -> list[Problem]:
     """Problems rendering ``event`` on each of its channels for its real audience.
 
-    ``checked`` collects template names whose names were already checked, so a template
-    shared by several events is reported once.
+    ``checked`` maps the templates whose names were already checked to the unknown names
+    found, so a template shared by several events is reported once, and a render that
+    fails on a name already reported as unknown is not reported again.
     """
-    checked = set() if checked is None else checked
+    checked = {} if checked is None else checked
     problems: list[Problem] = []
     audience = resolve(config.lists, event.audience)
     problems += [consultation.where.warning(w) for w in audience.warnings]
@@ -68,29 +91,63 @@ def check_event(
         problems.append(consultation.where.warning(f"event {event.name!r} has nobody to e-mail"))
     context = renderer.context(consultation, event)
     for channel in event.channels:
+        name = None
         try:
             if channel == EMAIL_CHANNEL:
                 name = renderer.email_template(event)
-                if name not in checked:
-                    checked.add(name)
-                    problems += renderer.check_names(name, EMAIL_NAMES)
+                problems += _check_names(renderer, name, EMAIL_NAMES, checked)
                 for recipient in _samples(audience.recipients):
                     renderer.email(event, recipient, context=context, unsubscribe_url=SAMPLE_UNSUBSCRIBE)
                 continue
             platform = config.accounts[channel].platform
             name = renderer.social_template(event, platform)
-            if name not in checked:
-                checked.add(name)
-                problems += renderer.check_names(name, SOCIAL_NAMES)
-            post = renderer.social(event, platform, context=context)
-            too_long = limits.overflow(platform, post)
+            problems += _check_names(renderer, name, SOCIAL_NAMES, checked)
+            text = renderer.social(event, platform, context=context)
+            posted = post_text(_payload(consultation, event, text, context)) if platform in LINK_IN_TEXT else text
+            too_long = limits.overflow(platform, posted)
             if too_long:
                 problems.append(
                     Problem.at(renderer.templates / name, None, f"the {event.name} post for {channel} is {too_long}")
                 )
         except ConfigError as exc:
-            problems += exc.problems
+            if name is not None:
+                path, unknown = renderer.templates / name, checked.get(name, frozenset())
+                problems += [p for p in exc.problems if not _repeats_unknown_name(p, path, unknown)]
+            else:
+                problems += exc.problems
     return problems
+
+
+def _check_names(
+    renderer: Renderer, name: str, allowed: frozenset[str], checked: dict[str, frozenset[str]]
+) -> list[Problem]:
+    """:meth:`Renderer.check_names` once per template; records its unknown names in ``checked``."""
+    if name in checked:
+        return []
+    checked[name] = renderer.unknown_names(name, allowed)
+    return renderer.check_names(name, allowed)
+
+
+def _repeats_unknown_name(problem: Problem, template: Path, unknown: frozenset[str]) -> bool:
+    """True for a render error in ``template`` on a name check_names already reported as
+    unknown (Jinja says ``'consultaton' is undefined``; template_problem adds ``undefined:``)."""
+    return problem.path == str(template) and any(
+        problem.message == f"undefined: {name!r} is undefined" for name in unknown
+    )
+
+
+def _payload(consultation: Consultation, event: timeline.Event, text: str, context: dict[str, Any]) -> PostPayload:
+    """The post as delivery builds it, to measure what is actually posted."""
+    return PostPayload(
+        text=text,
+        link=consultation.url,
+        consultation_id=consultation.id,
+        consultation_title=consultation.title,
+        event=event.name,
+        event_at=context["event"]["at"],
+        opens=context["consultation"]["opens"],
+        closes=context["consultation"]["closes"],
+    )
 
 
 def _samples(recipients: tuple[Recipient, ...]) -> list[Recipient]:

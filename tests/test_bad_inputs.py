@@ -45,6 +45,8 @@ ALSO_SEND_AND_PREVIEW = (
     "unknown-list-in-audience",
     "unknown-attribute",
     "recipient-in-social-post",
+    "include-missing-file",
+    "unknown-name-in-included-template",
 )
 
 # ``path:line: message`` or ``path: message``; the path is everything up to the first ": ".

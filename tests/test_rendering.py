@@ -6,10 +6,9 @@ import pytest
 
 from notifier.audience import Recipient
 from notifier.config import load_config
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, Problem
 from notifier.rendering import Renderer, format_date
 from notifier.timeline import event
-
 from tests.conftest import Project
 
 URL = "https://notify.pcc.example/unsubscribe/t"
@@ -77,3 +76,76 @@ def test_a_subject_with_a_line_break_is_an_error_not_a_header(project: Project) 
 def test_the_date_filter_reads_like_a_letter(project: Project) -> None:
     _, _, ctx = setup(project)
     assert format_date(ctx["consultation"]["closes"]) == "15 August 2019"  # type: ignore[index]
+
+
+EMAIL = (
+    "{% block subject %}Hello{% endblock %}\n"  # 1
+    "{% block text %}\n"  # 2
+    "Dear {{ recipient.name }},\n"  # 3
+    "{{ TEXT }}\n"  # 4
+    "{% endblock %}\n"  # 5
+    "{% block html %}\n"  # 6
+    "<p>{{ HTML }}</p>\n"  # 7
+    "{% endblock %}\n"  # 8
+)
+
+
+def _email_problem(project: Project, text: str = "", html: str = "") -> Problem:
+    project.write("templates/opened/email.j2", EMAIL.replace("{{ TEXT }}", text).replace("{{ HTML }}", html))
+    renderer, ev, ctx = setup(project)
+    with pytest.raises(ConfigError) as caught:
+        renderer.email(ev, Recipient("a@x.example", "A"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+    (problem,) = caught.value.problems
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("text", "html", "line", "message"),
+    [
+        ("{{ consultation.closing_date }}", "", 4, "undefined: 'dict object' has no attribute 'closing_date'"),
+        ("", "{{ unsubscribe_link }}", 7, "undefined: 'unsubscribe_link' is undefined"),
+        ("{{ consultation.data.nothing | date }}", "", 4, "undefined"),
+        ("{{ consultation.title | date }}", "", 4, "template error: the date filter needs a date and time, not str"),
+        ("{{ consultation.url | time }}", "", 4, "template error: the time filter needs a date and time, not str"),
+        ("{{ 1 // 0 }}", "", 4, "template error: integer division or modulo by zero"),
+        ('{% include "footer.j2" %}', "", 4, "included template 'footer.j2' is missing"),
+    ],
+    ids=["attribute", "html-block", "filter-of-undefined", "date-of-text", "time-of-text", "arithmetic", "include"],
+)
+def test_an_error_in_an_email_block_names_the_template_line(
+    project: Project, text: str, html: str, line: int, message: str
+) -> None:
+    problem = _email_problem(project, text, html)
+    assert (problem.path, problem.line) == (str(project.templates / "opened" / "email.j2"), line)
+    assert problem.message.startswith(message), problem.message
+
+
+def test_an_error_in_an_included_template_names_that_template(project: Project) -> None:
+    project.write("templates/footer.j2", "--\n{{ organisation }}\n{{ organisaton }}\n")
+    problem = _email_problem(project, '{% include "footer.j2" %}')
+    assert (problem.path, problem.line) == (str(project.templates / "footer.j2"), 3)
+
+
+def test_a_filter_error_in_a_post_is_a_template_error(project: Project) -> None:
+    project.write("templates/opened/x.j2", "Closes\n{{ consultation.summary | date }}\n")
+    renderer, ev, ctx = setup(project)
+    with pytest.raises(ConfigError) as caught:
+        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"{project.templates}/opened/x.j2:2: template error: the date filter needs a date and time, not str"
+    )
+
+
+def test_an_unknown_filter_is_a_syntax_error_not_a_crash(project: Project) -> None:
+    project.write("templates/opened/x.j2", "Closes\n{{ consultation.closes | daet }}\n")
+    renderer = Renderer(load_config(project.config))
+    assert [str(p) for p in renderer.check_names("opened/x.j2", frozenset({"consultation"}))] == [
+        f"{project.templates}/opened/x.j2:2: template syntax error: no filter named 'daet'"
+    ]
+    assert renderer.unknown_names("opened/x.j2", frozenset({"consultation"})) == frozenset()
+
+
+def test_unknown_names_are_the_names_outside_the_context(project: Project) -> None:
+    project.write("templates/opened/x.j2", "{{ consultaton.title }} {{ recipient.name }} {{ organisation }}")
+    renderer = Renderer(load_config(project.config))
+    assert renderer.unknown_names("opened/x.j2", frozenset({"organisation"})) == {"consultaton", "recipient"}
