@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from notifier import delivery
 from notifier.errors import ConfigError, UsageError
@@ -44,13 +45,17 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
 
     def fire(occurrence_id: str) -> None:
         rt = runtime()
+        if rt.ledger.occurrence(occurrence_id).state == "fanned-out":
+            return  # a second fire message (the scheduler's sweep, a redelivery): already done
         batches = delivery.fan_out(rt, occurrence_id)
         for batch in batches:
             deliver_actor.send(batch.occurrence_id, batch.channel, list(batch.recipients))
         rt.ledger.set_state(occurrence_id, "fanned-out")
 
     def deliver(occurrence_id: str, channel: str, recipients: list[str]) -> None:
-        retry_in = delivery.deliver(runtime(), delivery.Batch(occurrence_id, channel, tuple(recipients)))
+        message = CurrentMessage.get_current_message()
+        batch = delivery.Batch(occurrence_id, channel, tuple(recipients))
+        retry_in = delivery.deliver(runtime(), batch, message_id=message.message_id if message else None)
         if retry_in is not None:
             raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
 

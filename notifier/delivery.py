@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,12 +78,17 @@ def backoff(rt: Runtime, attempt: int) -> float:
     return min(3600.0, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
 
 
-def deliver(rt: Runtime, batch: Batch) -> float | None:
+def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> float | None:
     """Send what is still pending in ``batch``; seconds until a retry is due, or None when
-    every delivery is final."""
+    every delivery is final.
+
+    ``message_id`` names the queue message carrying the batch: its retries may take back
+    their own claims, while a duplicate message (a second ``fire``) finds them busy.
+    """
     ledger = rt.ledger
+    owner = f"{rt.worker_id}|{message_id or uuid.uuid4().hex}"
     fields = [f"{batch.channel}|{r}" for r in batch.recipients]
-    claims = ledger.claim(batch.occurrence_id, fields, owner=rt.worker_id)
+    claims = ledger.claim(batch.occurrence_id, fields, owner=owner)
     retry: float | None = None
     mine = [c for c in claims if c.state == "claimed"]
     if any(c.state == "busy" for c in claims):
@@ -104,9 +110,9 @@ def deliver(rt: Runtime, batch: Batch) -> float | None:
             if wait is not None:
                 retry = max(retry or 0.0, wait)
         if len(marks) >= FLUSH_EVERY:
-            ledger.mark(batch.occurrence_id, marks, owner=rt.worker_id)
+            ledger.mark(batch.occurrence_id, marks, owner=owner)
             marks = []
-    ledger.mark(batch.occurrence_id, marks, owner=rt.worker_id)
+    ledger.mark(batch.occurrence_id, marks, owner=owner)
     return retry
 
 

@@ -127,6 +127,8 @@ class Claim:
 
 
 # KEYS: st, dl, workers.  ARGV: owner, lease_ms, now_ms, dead_after_ms, claim_prefix, fields...
+# An owner is "<worker id>|<message id>": the same message (a Dramatiq retry) may take its own
+# claims back, another message of the same worker may not; a claim whose worker is dead is free.
 _CLAIM = """
 local out = {}
 for i = 6, #ARGV do
@@ -141,7 +143,7 @@ for i = 6, #ARGV do
       state = 'claimed'
     else
       local holder = redis.call('GET', key)
-      local seen = holder and redis.call('ZSCORE', KEYS[3], holder)
+      local seen = holder and redis.call('ZSCORE', KEYS[3], string.match(holder, '^([^|]*)'))
       if holder == ARGV[1] or not seen or tonumber(seen) < tonumber(ARGV[3]) - tonumber(ARGV[4]) then
         redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
         state = 'claimed'
@@ -295,8 +297,8 @@ class Ledger:
         return added
 
     def claim(self, occurrence_id: str, fields: list[str], *, owner: str) -> list[Claim]:
-        """Claim deliveries for ``owner``: ``claimed`` ones are yours to send, ``busy`` ones a
-        live worker is sending, ``final`` ones are done. One round trip."""
+        """Claim deliveries for ``owner`` (``<worker id>|<message id>``): ``claimed`` ones are
+        yours to send, ``busy`` ones a live worker is sending, ``final`` ones are done. One round trip."""
         now_ms = int(time.time() * 1000)
         raw = self._claim(
             keys=[self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("workers")],

@@ -123,6 +123,26 @@ def test_firing_the_same_event_twice_sends_one_email_per_person(
     assert max(Counter(smtp_server.handler.recipients()).values()) == 1
 
 
+def test_duplicate_delivery_messages_in_one_worker_send_each_email_once(
+    project: Project, service: Service, smtp_server: SmtpServer
+) -> None:
+    from notifier import delivery
+
+    occurrence = service.fire("soc-strategy-2019", "opened")
+    assert occurrence is not None
+    # What a second fire (or a redelivered one) enqueues: every batch again, for the same worker.
+    for batch in delivery.fan_out(service.runtime, occurrence):
+        service.actors.deliver.send(batch.occurrence_id, batch.channel, list(batch.recipients))
+    service.actors.fire.send(occurrence)
+    with service.worker(threads=8):
+        assert service.wait(occurrence, timeout=60).finished
+        time.sleep(0.5)  # let any straggling duplicate run
+
+    received = Counter(smtp_server.handler.recipients())
+    assert set(received) == example_emails(project)
+    assert max(received.values()) == 1
+
+
 def test_send_twice_on_the_command_line_says_already_fired(env: dict[str, str], project: Project,
                                                             smtp_server: SmtpServer) -> None:
     first = project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
