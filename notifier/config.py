@@ -5,6 +5,8 @@ Everything the policy team edits is read here: ``notifier.yaml``, ``stakeholders
 line it comes from (YAML node marks, CSV row numbers), and all problems are collected in
 one pass: :func:`load_config` raises one :class:`~notifier.errors.ConfigError` listing
 them all, or returns a :class:`Config` whose ``warnings`` may still say something.
+:func:`load_partial` returns the problems with a Config of whatever loaded, so that
+``notifier validate`` can go on to check its templates.
 
 Settings that are not the policy team's business (where Redis is, SMTP credentials,
 tokens) come from the environment through :class:`Settings`.

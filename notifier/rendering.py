@@ -170,12 +170,11 @@ class Renderer:
         plain = self._template(self._plain, name)
         if "subject" not in plain.blocks or "text" not in plain.blocks:
             raise ConfigError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
+        rich = self._template(self._html, name) if "html" in plain.blocks else None
         try:
             subject = _render_block(plain, "subject", variables).strip()
             text = _render_block(plain, "text", variables).strip() + "\n"
-            html = None
-            if "html" in plain.blocks:
-                html = _render_block(self._template(self._html, name), "html", variables).strip() + "\n"
+            html = None if rich is None else _render_block(rich, "html", variables).strip() + "\n"
         except Exception as exc:  # any error a template causes, a filter's TypeError say, is the template's
             raise ConfigError([template_problem(exc, self.templates, name)]) from None
         if "\r" in subject or "\n" in subject:
@@ -290,7 +289,8 @@ def _under(filename: str | None, templates: Path) -> Path | None:
     if not filename:
         return None
     relative = os.path.relpath(os.path.normpath(filename), os.path.normpath(templates))
-    return None if relative.startswith(os.pardir) else templates / relative
+    outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
+    return None if outside else templates / relative
 
 
 def _traceback_place(tb: TracebackType | None, templates: Path) -> tuple[Path, int] | None:

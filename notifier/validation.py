@@ -44,7 +44,7 @@ def check(config: Config, settings: Settings) -> list[Problem]:
     """Every problem and warning in ``config`` and its templates, in a stable order."""
     renderer = Renderer(config)
     found: list[Problem] = list(config.warnings)
-    if Path(config.templates).is_dir():  # else loading said so, and every template would be missing
+    if config.templates.is_dir():  # else loading said so, and every template would be missing
         checked: dict[str, frozenset[str]] = {}
         for consultation in config.consultations.values():
             for event in timeline.events(consultation, config.tz):
