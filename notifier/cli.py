@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from typing import Any, NoReturn
 
@@ -77,6 +77,11 @@ def cli(verbose: bool) -> None:
     )
 
 
+def _service_logging() -> None:
+    """Long-running commands say what they do (fired, scheduled, deferred) without -v."""
+    logging.getLogger("notifier").setLevel(logging.INFO)
+
+
 # ---------------------------------------------------------------------------
 # validate / plan / preview
 # ---------------------------------------------------------------------------
@@ -123,34 +128,30 @@ def plan(consultation: str | None) -> None:
     table = Table(title=f"Timeline ({config.timezone})", title_justify="left")
     for column in ("When", "Consultation", "Event", "Channels", "Audience", "State"):
         table.add_column(column, no_wrap=column in ("When", "Event"))
+    from notifier.scheduler import status
+
     now = datetime.now(UTC)
     for item in consultations:
-        for event in timeline.events(item, config.tz):
+        events = timeline.events(item, config.tz)
+        states = status(ledger, events, now, grace=settings.grace) if ledger else []
+        for i, event in enumerate(events):
             audience = resolve(config.lists, event.audience, suppressed=suppressed)
             size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
             table.add_row(
                 _local(event.at, config), item.id, event.name, ", ".join(event.channels), size,
-                _state(ledger, event, now, config, grace=settings.grace),
+                _describe_state(states[i], config) if states else "?",
             )
     out.print(table)
 
 
-def _state(ledger: Any, event: timeline.Event, now: datetime, config: Config, *, grace: timedelta) -> str:
-    if ledger is None:
-        return "?"
-    fired = ledger.fired(event.consultation_id, event.name)
-    if fired:
-        occurrence = ledger.occurrence(fired)
-        late = " (late)" if occurrence.late else ""
-        return f"fired {_local(occurrence.fired_at, config)}{late}"
-    if ledger.missed(event.consultation_id, event.name):
-        return "missed (send it with `notifier send`)"
-    if event.at is None:
-        return "on demand"
-    if event.at > now:
-        return "scheduled"
-    # Past and not fired: the scheduler fires it on start within the grace period, else records it missed.
-    return "due (late)" if now - event.at < grace else "missed (send it with `notifier send`)"
+def _describe_state(state: Any, config: Config) -> str:
+    if state.state == "fired":
+        return f"fired {_local(state.occurrence.fired_at, config)}" + (" (late)" if state.late else "")
+    if state.state == "missed":
+        return "missed (only `notifier send` fires it)"
+    if state.state == "due":
+        return "due: fires late when the scheduler runs"
+    return str(state.state)
 
 
 def _preview_key(settings: Settings) -> bytes | None:
@@ -354,6 +355,7 @@ def _stop_on(signals: Iterable[signal.Signals], stop: threading.Event) -> None:
               help="Threads per process.")
 def worker(processes: int, threads: int) -> None:
     """Dramatiq workers that deliver. Stop cleanly on SIGTERM or Ctrl-C."""
+    _service_logging()
     if processes > 1:
         _supervise(processes, threads)
         return
@@ -441,11 +443,71 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
 @cli.command()
 def web() -> None:
     """The HTTP service: unsubscribe pages, health and metrics, on NOTIFIER_WEB_BIND."""
+    _service_logging()
     from notifier.web import serve
 
     settings = _settings()
     err.print(f"web listening on http://{settings.web_bind} (links in e-mails use {settings.public_url})")
     serve(settings)
+
+
+@cli.command()
+def scheduler() -> None:
+    """Fire scheduled events on time; with several running, only the leader fires."""
+    _service_logging()
+    from notifier.scheduler import serve
+
+    settings = _settings()
+    stop = threading.Event()
+    _stop_on((signal.SIGTERM, signal.SIGINT), stop)
+    err.print("scheduler started (SIGHUP or an edited file reloads the config)")
+    serve(settings, stop=stop)
+    err.print("scheduler stopped")
+
+
+@cli.command()
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Delivery threads of the in-process worker.")
+@click.option("--now", "now", metavar="'YYYY-MM-DD HH:MM'",
+              help="Start the clock at this local time (it then runs on in real time): replays a "
+                   "past timeline live. For trials only, never on a real ledger.")
+def run(threads: int, now: str | None) -> None:
+    """Scheduler, worker and web together on one machine (embedded Redis unless NOTIFIER_REDIS_URL)."""
+    _service_logging()
+    from notifier.scheduler import offset_clock, serve
+    from notifier.service import Service
+    from notifier.web import make_server
+
+    settings = _settings()
+    config = _load(settings)
+    clock = offset_clock(_parse_now(now, config)) if now else None
+    service = Service(settings)
+    stop = threading.Event()
+    _stop_on((signal.SIGTERM, signal.SIGINT), stop)
+    web_server = make_server(settings, client=service.client)
+    web_thread = threading.Thread(target=web_server.run, name="notifier-web", daemon=True)
+    try:
+        with service.worker(threads=threads):
+            web_thread.start()
+            where = "SMTP" if settings.smtp_url else f"the Maildir {settings.data_dir / 'outbox' / 'email'}"
+            err.print(f"notifier running: worker ({threads} threads), scheduler, web on http://{settings.web_bind}; "
+                      f"e-mail goes to {where}. Ctrl-C stops.")
+            if clock:
+                err.print(f"clock starts at {_local(clock(), config)} (--now)")
+            serve(settings, stop=stop, clock=clock, service=service)
+            err.print("stopping: finishing in-flight deliveries")
+            web_server.should_exit = True
+            web_thread.join(timeout=15)
+    finally:
+        service.close()
+
+
+def _parse_now(value: str, config: Config) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UsageError(f"--now: {value!r} is not a date and time like '2019-07-09 08:59'") from None
+    return timeline.normalise(moment if moment.tzinfo else moment.replace(tzinfo=config.tz), config.tz)
 
 
 # ---------------------------------------------------------------------------

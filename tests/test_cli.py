@@ -106,3 +106,48 @@ def test_unknown_names_exit_1_with_a_message_naming_them(wide: Project, args: tu
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_run_fires_an_event_when_it_comes_due_and_stops_cleanly(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
+                        "NOTIFIER_WEB_BIND": f"127.0.0.1:{port}"})
+    # the example opens at 09:00 on 9 July 2019: start the clock eight seconds before
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier", "run", "--threads", "4", "--now", "2019-07-09 08:59:52"],
+        cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz?require=workers,scheduler", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert health is not None and health.status_code == 200, "run serves /healthz with a worker and a leader"
+        assert smtp_server.handler.count() == 0, "nothing is sent before the event is due"
+        while smtp_server.handler.count() < 36 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert smtp_server.handler.count() == 36
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "fired soc-strategy-2019:opened:1" in stderr
+    assert "scheduled soc-strategy-2019:reminder at 2019-08-08 23:59:00+01:00" in stderr
