@@ -21,7 +21,6 @@ import httpx
 import pytest
 import redis
 
-from notifier.broker import EmbeddedRedis
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.tokens import sign
@@ -44,26 +43,10 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def web_redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis URL without a db: the local server if it answers, else an embedded one."""
-    try:
-        probe = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5)
-        probe.ping()
-        probe.close()
-        yield "redis://127.0.0.1:6379"
-        return
-    except (redis.RedisError, OSError):
-        pass
-    embedded = EmbeddedRedis(tmp_path_factory.mktemp("web-redis"))
-    yield embedded.acquire()
-    embedded.shutdown()
-
-
 @pytest.fixture
-def web_redis_url(web_redis_base: str) -> Iterator[str]:
+def web_redis_url(redis_server: str) -> Iterator[str]:
     """A URL on database 13, empty at the start and flushed at the end."""
-    url = f"{web_redis_base}/{WEB_DB}" if web_redis_base.startswith("redis://") else f"{web_redis_base}?db={WEB_DB}"
+    url = f"{redis_server}/{WEB_DB}" if redis_server.startswith("redis://") else f"{redis_server}?db={WEB_DB}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
