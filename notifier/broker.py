@@ -30,8 +30,6 @@ from typing import Any
 
 import dramatiq
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -42,6 +40,8 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from notifier.config import Settings
 from notifier.errors import NotifierError

@@ -153,16 +153,7 @@ def _send(rt: Runtime, delivery: Delivery, record: Record) -> Receipt:
             to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url
         )
     else:
-        consultation = prepared.consultation
         platform = rt.config.accounts[delivery.channel].platform
-        payload = PostPayload(
-            text=rt.renderer.social(event, platform, context=context),
-            link=consultation.url,
-            consultation_id=consultation.id,
-            consultation_title=consultation.title,
-            event=event.name,
-            event_at=context["event"]["at"],
-            opens=context["consultation"]["opens"],
-            closes=context["consultation"]["closes"],
-        )
+        text = rt.renderer.social(event, platform, context=context)
+        payload = PostPayload.of(prepared.consultation, event.name, text, context)
     return channel.send(delivery, payload)

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from notifier import timeline
 from notifier.audience import Recipient, resolve
 from notifier.channels import limits
 from notifier.channels.base import PostPayload
-from notifier.channels.http import post_text
+from notifier.channels.http import posted_text
 from notifier.channels.registry import is_outbox
 from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_partial, token_variable
 from notifier.errors import ConfigError, Problem
 from notifier.rendering import EMAIL_NAMES, SOCIAL_NAMES, Renderer
 
 SAMPLE_UNSUBSCRIBE = "https://notifier.example/unsubscribe/sample-token"
-# Platforms whose post carries the consultation's link in its text (see channels.http.post_text);
-# Facebook sends the link as a field of its own, a webhook carries both separately.
-LINK_IN_TEXT = frozenset({"x", "mastodon", "bluesky"})
-
 
 def load_and_check(settings: Settings) -> tuple[Config, list[Problem]]:
     """``notifier validate``: load the config directory as far as it will load, check the
@@ -103,7 +98,7 @@ def check_event(
             name = renderer.social_template(event, platform)
             problems += _check_names(renderer, name, SOCIAL_NAMES, checked)
             text = renderer.social(event, platform, context=context)
-            posted = post_text(_payload(consultation, event, text, context)) if platform in LINK_IN_TEXT else text
+            posted = posted_text(platform, PostPayload.of(consultation, event.name, text, context))
             too_long = limits.overflow(platform, posted)
             if too_long:
                 problems.append(
@@ -133,20 +128,6 @@ def _repeats_unknown_name(problem: Problem, template: Path, unknown: frozenset[s
     unknown (Jinja says ``'consultaton' is undefined``; template_problem adds ``undefined:``)."""
     return problem.path == str(template) and any(
         problem.message == f"undefined: {name!r} is undefined" for name in unknown
-    )
-
-
-def _payload(consultation: Consultation, event: timeline.Event, text: str, context: dict[str, Any]) -> PostPayload:
-    """The post as delivery builds it, to measure what is actually posted."""
-    return PostPayload(
-        text=text,
-        link=consultation.url,
-        consultation_id=consultation.id,
-        consultation_title=consultation.title,
-        event=event.name,
-        event_at=context["event"]["at"],
-        opens=context["consultation"]["opens"],
-        closes=context["consultation"]["closes"],
     )
 
 

@@ -9,11 +9,15 @@ It never decides whether to send: the ledger did that before calling it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from notifier.rendering import EmailContent
+
+if TYPE_CHECKING:
+    from notifier.config import Consultation
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,20 @@ class PostPayload:
     event_at: datetime
     opens: datetime
     closes: datetime
+
+    @classmethod
+    def of(cls, consultation: Consultation, event: str, text: str, context: Mapping[str, Any]) -> PostPayload:
+        """The post of ``event`` with rendered ``text``; times from the rendering ``context``."""
+        return cls(
+            text=text,
+            link=consultation.url,
+            consultation_id=consultation.id,
+            consultation_title=consultation.title,
+            event=event,
+            event_at=context["event"]["at"],
+            opens=context["consultation"]["opens"],
+            closes=context["consultation"]["closes"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

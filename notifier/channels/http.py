@@ -58,6 +58,15 @@ def make_client(*, timeout: float | httpx.Timeout | None = None, **kwargs: Any) 
     )
 
 
+#: Platforms whose posts have no separate link field: the link goes in the text.
+LINK_IN_TEXT = frozenset({"x", "mastodon", "bluesky"})
+
+
+def posted_text(platform: str, payload: PostPayload) -> str:
+    """The text as ``platform`` will show it (see :func:`post_text`)."""
+    return post_text(payload) if platform in LINK_IN_TEXT else payload.text
+
+
 def post_text(payload: PostPayload) -> str:
     """The text of a post that has no separate link field: the rendered text, plus the link
     on a line of its own when the template did not already include it.

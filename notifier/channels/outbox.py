@@ -25,9 +25,6 @@ from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import Account
 from notifier.errors import TransientDeliveryError
 
-# Platforms without a separate link field get the link in the text, as the live channel does.
-_LINK_IN_TEXT = frozenset({"x", "mastodon", "bluesky"})
-
 
 def outbox_path(data_dir: Path, account_id: str) -> Path:
     """``<data_dir>/outbox/social/<account>.jsonl``."""
@@ -50,7 +47,7 @@ class OutboxChannel:
 
     def line_for(self, delivery: Delivery, payload: PostPayload) -> dict[str, Any]:
         """The JSON object written for one delivery (without the time, added when written)."""
-        text = http.post_text(payload) if self.account.platform in _LINK_IN_TEXT else payload.text
+        text = http.posted_text(self.account.platform, payload)  # the link in the text, as live
         return {
             "account": self.name,
             "platform": self.account.platform,
