@@ -7,11 +7,15 @@ report can show why they were told.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from notifier.config import Member, StakeholderList
+
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,37 +119,67 @@ def resolve(
     marked ``subscribed: false`` in any list are suppressed too. Conflicting names for one
     address across lists are a warning, and the first name seen wins.
     """
-    suppressed = suppressed or {}
-    merged: dict[str, list[Any]] = {}  # key -> [first member, [list ids], opted-out list]
+    # At 100,000 members, building the result allocates hundreds of thousands of objects,
+    # and the cyclic collector would run full passes over the whole heap (the config's
+    # members included) several times while it does: most of the cost. Nothing made here
+    # can form a cycle, so the collector is paused for the duration.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _resolve(lists, names, suppressed or {})
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _resolve(lists: Mapping[str, StakeholderList], names: Iterable[str], suppressed: Mapping[str, str]) -> Audience:
+    # One dict entry per address and no containers per member.
+    first: dict[str, Member] = {}  # key -> first member seen
+    found_in: dict[str, str | list[str]] = {}  # key -> its list id, or ids when several
+    opted_out: dict[str, str] = {}  # key -> first list with subscribed: false
     warnings: list[str] = []
     for list_id in expand(lists, names):
         for member in lists[list_id].members:
             key = member.email.lower()
-            entry = merged.get(key)
-            if entry is None:
-                merged[key] = [member, [list_id], None if member.subscribed else list_id]
-                continue
-            first: Member = entry[0]
-            if list_id not in entry[1]:
-                entry[1].append(list_id)
-            if not member.subscribed and entry[2] is None:
-                entry[2] = list_id
-            if member.name and first.name and member.name != first.name:
-                warnings.append(
-                    f"{member.email}: named {first.name!r} in {entry[1][0]!r} but {member.name!r} in {list_id!r}"
-                )
+            seen = first.get(key)
+            if seen is None:
+                first[key] = member
+                found_in[key] = list_id
+            else:
+                where = found_in[key]
+                if isinstance(where, str):
+                    if where != list_id:
+                        found_in[key] = [where, list_id]
+                elif list_id not in where:
+                    where.append(list_id)
+                if member.name and seen.name and member.name != seen.name:
+                    origin = where if isinstance(where, str) else where[0]
+                    warnings.append(
+                        f"{member.email}: named {seen.name!r} in {origin!r} but {member.name!r} in {list_id!r}"
+                    )
+            if not member.subscribed and key not in opted_out:
+                opted_out[key] = list_id
     recipients: list[Recipient] = []
     left_out: list[Suppressed] = []
-    for key, (member, list_ids, opted_out_in) in merged.items():
+    single: dict[str, tuple[str, ...]] = {}  # one shared tuple per list for people in one list
+    for key, member in first.items():
+        where = found_in[key]
+        if isinstance(where, str):
+            list_ids = single.get(where)
+            if list_ids is None:
+                list_ids = single[where] = (where,)
+        else:
+            list_ids = tuple(where)
+        extra = member.model_extra
         recipient = Recipient(
             email=member.email,
             name=member.name,
             organisation=member.organisation,
-            extra=member.extra,
-            lists=tuple(list_ids),
+            extra=dict(extra) if extra else _NO_EXTRA,
+            lists=list_ids,
         )
-        if opted_out_in is not None:
-            left_out.append(Suppressed(recipient, f"subscribed: false in {opted_out_in}"))
+        if key in opted_out:
+            left_out.append(Suppressed(recipient, f"subscribed: false in {opted_out[key]}"))
         elif key in suppressed:
             left_out.append(Suppressed(recipient, suppressed[key]))
         else:
