@@ -14,6 +14,7 @@ bounced, so later events suppress it).
 from __future__ import annotations
 
 import binascii
+import contextlib
 import mailbox
 import smtplib
 import socket
@@ -53,6 +54,22 @@ def _qp(text: str) -> bytes:
     body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
     encoded = binascii.b2a_qp(body, istext=True)
     return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
+
+
+_MAX_LINE = 998  # RFC 5322 2.1.1: a line MUST be at most 998 characters, CRLF excluded
+
+
+def _part(content_type: str, text: str) -> bytes:
+    """One text part, headers and body. ASCII text whose lines fit the RFC 5322 limit goes
+    as it is (``7bit``: no encoding, most e-mails); anything else as quoted-printable."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if text.isascii() and "\r" not in text and "\0" not in text and max(map(len, lines)) <= _MAX_LINE:
+        body = "\r\n".join(lines).encode("ascii")
+        body = body if body.endswith(b"\r\n") else body + b"\r\n"
+        return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
+                f"Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + body
+    return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
+            f"Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + _qp(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +120,20 @@ def build_message(
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
     ]
-    text_part = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    text_part = _part("text/plain", content.text)
     if content.html is None:
-        head = "\r\n".join(headers).encode("ascii") + b"\r\n"
-        return head + text_part + _qp(content.text)
-    # "=_" can never occur in quoted-printable output, so it makes a safe boundary.
+        return "\r\n".join(headers).encode("ascii") + b"\r\n" + text_part
+    html_part = _part("text/html", content.html)
+    # "=_" never occurs in quoted-printable output; in 7bit text it could, so check.
     boundary = f"=_{msgid.strip('<>').partition('@')[0]}"
+    while f"--{boundary}".encode() in text_part or f"--{boundary}".encode() in html_part:
+        boundary += "_"
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     sep = f"--{boundary}\r\n".encode()
     return b"".join((
         "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
-        sep, text_part, _qp(content.text), b"\r\n",
-        sep, b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n',
-        _qp(content.html), b"\r\n",
+        sep, text_part, b"\r\n",
+        sep, html_part, b"\r\n",
         f"--{boundary}--\r\n".encode(),
     ))
 
@@ -187,6 +205,72 @@ def _by_code(code: int, message: bytes | str) -> TransientDeliveryError | Perman
     return PermanentDeliveryError(f"SMTP server refused: {reply}", bounce=bounce, provider_reply=reply)
 
 
+def _stuffed(data: bytes) -> bytes:
+    """``data`` (CRLF line ends) as the DATA section: leading dots doubled (RFC 5321
+    4.5.2), then the final ``.`` line. ``bytes.replace`` where smtplib runs a regex: that
+    regex alone cost more than building the message."""
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    return data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+def _path(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO (addresses were validated with the config)."""
+    if address.isascii() and not any(c in address for c in "<>\r\n \t"):
+        return f"<{address}>"
+    return smtplib.quoteaddr(_one_line(address))
+
+
+def transaction(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> None:
+    """Send one message to one recipient on an open connection, as ``conn.sendmail`` would
+    and raising what it raises, but with MAIL, RCPT and DATA in one write where the server
+    offers PIPELINING (RFC 2920): two round trips a message instead of four."""
+    conn.ehlo_or_helo_if_needed()
+    size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
+    commands = (f"MAIL FROM:{_path(from_address)}{size}\r\n", f"RCPT TO:{_path(to_address)}\r\n", "DATA\r\n")
+    replies: list[tuple[int, bytes]] = []
+    if conn.has_extn("pipelining"):
+        conn.send("".join(commands))
+        replies = [conn.getreply() for _ in commands]
+    else:
+        for command, ok in zip(commands, ((250,), (250, 251), (354,)), strict=True):
+            conn.send(command)
+            replies.append(conn.getreply())
+            if replies[-1][0] not in ok:
+                break
+    (mail_code, mail_reply), *rest = replies
+    rcpt_code, rcpt_reply = rest[0] if rest else (0, b"")
+    data_code, data_reply = rest[1] if len(rest) > 1 else (0, b"")
+    if data_code == 354 and mail_code == 250 and rcpt_code in (250, 251):
+        conn.send(_stuffed(data))
+        code, reply = conn.getreply()
+        if code == 250:
+            return
+        _abandon(conn, code)
+        raise smtplib.SMTPDataError(code, reply)
+    if data_code == 354:  # DATA accepted though MAIL or RCPT was not: end the empty message
+        conn.send(".\r\n")
+        conn.getreply()
+    if mail_code != 250:
+        _abandon(conn, mail_code)
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, from_address)
+    if rcpt_code not in (250, 251):
+        _abandon(conn, rcpt_code)
+        raise smtplib.SMTPRecipientsRefused({to_address: (rcpt_code, rcpt_reply)})
+    _abandon(conn, data_code)
+    raise smtplib.SMTPDataError(data_code, data_reply)
+
+
+def _abandon(conn: smtplib.SMTP, code: int) -> None:
+    """After a refusal: close on 421 (the server is going away), else RSET, as smtplib does."""
+    if code == 421:
+        conn.close()
+    else:
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            conn.rset()
+
+
 class SmtpChannel:
     """Sends over SMTP, with one connection per thread kept open and reused."""
 
@@ -225,10 +309,8 @@ class SmtpChannel:
             with self._lock:
                 if conn in self._all:
                     self._all.remove(conn)
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Send one e-mail; the Message-ID is the provider id."""
@@ -238,7 +320,7 @@ class SmtpChannel:
         for attempt in (1, 2):
             try:
                 conn = self._connection()
-                conn.sendmail(self.sender.from_address, [payload.to_email], data)
+                transaction(conn, self.sender.from_address, payload.to_email, data)
                 return Receipt(provider_id=msgid)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()  # a kept-open connection the server closed: reconnect once
@@ -258,10 +340,8 @@ class SmtpChannel:
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
                 conn.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
 
 
 class MaildirChannel:
