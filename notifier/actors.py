@@ -12,6 +12,9 @@ objects: a message that waits in Redis while the config changes still means the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +22,13 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from notifier import delivery
+from notifier import delivery, timeline
+from notifier.audience import Recipient
+from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, UsageError
 from notifier.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 QUEUE = "notifier"
 #: Longest one message may run; docker compose's stop_grace_period is set above this.
@@ -38,8 +45,37 @@ class Actors:
     deliver: Any
 
 
+class Warmup(dramatiq.Middleware):  # type: ignore[misc]
+    """Loads the config and templates in the background as soon as a worker boots, so the
+    first message does not wait for them (at 100,000 stakeholders that takes seconds)."""
+
+    def __init__(self, runtime: Callable[[], Runtime]) -> None:
+        self.runtime = runtime
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Start loading."""
+        threading.Thread(target=self._load, name="notifier-warmup", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            rt = self.runtime()
+            config, renderer = rt.config, rt.renderer
+            # Render one e-mail of each e-mailing event so its templates are compiled now,
+            # once, rather than by every worker thread at once on the first batch.
+            probe = Recipient(email="warm-up@example.invalid", name="Warm Up", organisation="Warm-up")
+            for consultation in config.consultations.values():
+                for event in timeline.events(consultation, config.tz):
+                    if EMAIL_CHANNEL in event.channels:
+                        context = renderer.context(consultation, event)
+                        with contextlib.suppress(ConfigError):  # the probe lacks a key the template uses
+                            renderer.email(event, probe, context=context, unsubscribe_url="https://example.invalid/u")
+        except Exception as exc:  # a message that needs the config reports the problem itself
+            log.warning("could not load the config and templates at start: %s", exc)
+
+
 def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
     """Declare notifier's actors on ``broker``; ``runtime()`` gives this process' Runtime."""
+    broker.add_middleware(Warmup(runtime))
     options = {"time_limit": TIME_LIMIT_MS, "max_age": MAX_AGE_MS, "max_retries": MAX_RETRIES,
                "min_backoff": 1_000, "max_backoff": 3_600_000, "throws": (ConfigError, UsageError)}
 
@@ -47,8 +83,7 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
         rt = runtime()
         if rt.ledger.occurrence(occurrence_id).state == "fanned-out":
             return  # a second fire message (the scheduler's sweep, a redelivery): already done
-        batches = delivery.fan_out(rt, occurrence_id)
-        for batch in batches:
+        for batch in delivery.fan_out(rt, occurrence_id):  # each batch sent as soon as it is recorded
             deliver_actor.send(batch.occurrence_id, batch.channel, list(batch.recipients))
         rt.ledger.set_state(occurrence_id, "fanned-out")
 

@@ -1,9 +1,9 @@
 """Fan-out and delivery: the core the actors, ``send --wait`` and ``rehearse`` all call.
 
-``fan_out`` turns an occurrence into ledger records (pending or suppressed) and returns the
-batches to deliver. ``deliver`` sends one batch of one channel: it claims the batch in one
-round trip, sends what it claimed, and writes results back every ``FLUSH_EVERY`` sends, so
-a killed worker can have sent at most that many e-mails per thread that the ledger does not
+``fan_out`` turns an occurrence into ledger records (pending or suppressed) and yields the
+batches to deliver as they are recorded. ``deliver`` sends one batch of one channel: it
+claims the batch in one round trip, sends what it claimed, and writes results back every
+``FLUSH_EVERY`` sends, so a killed worker can have sent at most that many e-mails per thread that the ledger does not
 know of yet (those, and only those, can be sent twice).
 """
 
@@ -27,6 +27,7 @@ from notifier.tokens import unsubscribe_url
 log = logging.getLogger(__name__)
 
 BATCH = 100
+RECORD_CHUNK = 10 * BATCH  # deliveries recorded per round trip while fanning out
 FLUSH_EVERY = 10
 ACCOUNT = "*"  # the recipient of an account's one post
 
@@ -40,31 +41,36 @@ class Batch:
     recipients: tuple[str, ...]
 
 
-def fan_out(rt: Runtime, occurrence_id: str) -> list[Batch]:
-    """Record every delivery of an occurrence (idempotent) and return the batches to send."""
+def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
+    """Record every delivery of an occurrence (idempotent) and yield the batches to send.
+
+    Each batch is yielded as soon as its deliveries are recorded, ``RECORD_CHUNK`` at a time,
+    so the first e-mails go out while the rest of a large audience is still being recorded.
+    """
     occurrence = rt.ledger.occurrence(occurrence_id)
     config = rt.config
     consultation = config.consultation(occurrence.consultation)
     event = timeline.event(consultation, occurrence.event, config.tz)
     audience = resolve(config.lists, event.audience, suppressed=rt.ledger.suppressed())
-    records: list[Record] = []
-    batches: list[Batch] = []
+    created = now_iso()
     for channel in event.channels:
         if channel != EMAIL_CHANNEL:
-            records.append(Record(channel=channel, recipient=ACCOUNT))
-            batches.append(Batch(occurrence_id, channel, (ACCOUNT,)))
+            rt.ledger.add(occurrence_id, [Record(channel=channel, recipient=ACCOUNT, created=created)])
+            yield Batch(occurrence_id, channel, (ACCOUNT,))
             continue
-        for item in audience.suppressed:
-            r = item.recipient
-            records.append(Record(channel=channel, recipient=r.key, status="suppressed", name=r.name,
-                                  lists=r.lists, error=item.reason))
-        keys = []
-        for r in audience.recipients:
-            records.append(Record(channel=channel, recipient=r.key, name=r.name, lists=r.lists))
-            keys.append(r.key)
-        batches += [Batch(occurrence_id, channel, tuple(chunk)) for chunk in _chunks(keys, BATCH)]
-    rt.ledger.add(occurrence_id, records)
-    return batches
+        rt.ledger.add(occurrence_id, [
+            Record(channel=channel, recipient=item.recipient.key, status="suppressed", name=item.recipient.name,
+                   lists=item.recipient.lists, error=item.reason, created=created)
+            for item in audience.suppressed
+        ])
+        recipients = audience.recipients
+        for start in range(0, len(recipients), RECORD_CHUNK):
+            chunk = recipients[start : start + RECORD_CHUNK]
+            rt.ledger.add(occurrence_id, [
+                Record(channel=channel, recipient=r.key, name=r.name, lists=r.lists, created=created) for r in chunk
+            ])
+            for part in _chunks([r.key for r in chunk], BATCH):
+                yield Batch(occurrence_id, channel, tuple(part))
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

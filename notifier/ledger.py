@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -41,6 +41,8 @@ Status = Literal["pending", "sent", "failed", "suppressed"]
 FINAL: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
 CLAIM_LEASE_MS = 300_000
 CHUNK = 1_000
+#: ``json.dumps`` with options builds an encoder on every call; this one is built once.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def now_iso() -> str:
@@ -72,7 +74,7 @@ class Record:
 
     def to_json(self) -> str:
         """Compact JSON for Redis."""
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        return _encode({name: getattr(self, name) for name in _RECORD_FIELDS})  # asdict() is 5x slower
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Record:
@@ -84,6 +86,9 @@ class Record:
     def but(self, **changes: Any) -> Record:
         """A copy with ``changes`` and ``updated`` set to now."""
         return replace(self, updated=now_iso(), **changes)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
 @dataclass(frozen=True, slots=True)
