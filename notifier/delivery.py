@@ -3,8 +3,8 @@
 ``fan_out`` turns an occurrence into ledger records (pending or suppressed) and yields the
 batches to deliver as they are recorded. ``deliver`` sends one batch of one channel: it
 claims the batch in one round trip, sends what it claimed, and writes results back every
-``FLUSH_EVERY`` sends, so a killed worker can have sent at most that many e-mails per thread that the ledger does not
-know of yet (those, and only those, can be sent twice).
+``FLUSH_EVERY`` sends, so a killed worker can have sent at most that many e-mails per thread
+that the ledger does not know of yet (those, and only those, can be sent twice).
 """
 
 from __future__ import annotations
