@@ -53,7 +53,7 @@ DEAD_AFTER_MS = 10_000
 HEARTBEAT_EVERY_S = 2.0
 
 
-class RedisUnavailable(NotifierError):
+class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
     """Redis could not be reached or started."""
 
 

@@ -141,8 +141,9 @@ def _attempt(rt: Runtime, occurrence_id: str, record: Record) -> tuple[Record, f
         return record.but(status="failed", attempts=attempt, error=str(exc)), None
     except ConfigError as exc:
         return record.but(status="failed", attempts=attempt, error=f"cannot render: {exc}"), None
+    now = now_iso()
     return record.but(status="sent", attempts=attempt, error=None, provider_id=receipt.provider_id,
-                      url=receipt.url, sent_at=now_iso()), None
+                      url=receipt.url, sent_at=now, updated=now), None
 
 
 def _send(rt: Runtime, delivery: Delivery, record: Record) -> Receipt:

@@ -84,8 +84,9 @@ class Record:
         return cls(**raw)
 
     def but(self, **changes: Any) -> Record:
-        """A copy with ``changes`` and ``updated`` set to now."""
-        return replace(self, updated=now_iso(), **changes)
+        """A copy with ``changes`` and ``updated`` set to now (unless ``changes`` sets it)."""
+        changes.setdefault("updated", now_iso())
+        return replace(self, **changes)
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))

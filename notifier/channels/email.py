@@ -20,6 +20,7 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -92,6 +93,18 @@ class Sender:
         return cls(format_address(name, address), address, reply, address.rpartition("@")[2] or "localhost")
 
 
+_date: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """Now as a Date header value, formatted once a second rather than once a message."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, formatdate(second, localtime=False, usegmt=True))
+    return _date[1]
+
+
 def message_id(delivery: Delivery, domain: str) -> str:
     """The Message-ID of a delivery: the same on every attempt, so retries are recognisable."""
     return f"<{delivery.key}@{domain}>"
@@ -110,7 +123,7 @@ def build_message(
         f"From: {sender.from_header}",
         f"To: {format_address(payload.to_name, payload.to_email)}",
         f"Subject: {_encode_header(content.subject)}",
-        f"Date: {date or formatdate(localtime=False, usegmt=True)}",
+        f"Date: {date or _date_now()}",
         f"Message-ID: {msgid}",
     ]
     if sender.reply_to:
