@@ -132,8 +132,24 @@ def resolve(
             gc.enable()
 
 
-def _resolve(lists: Mapping[str, StakeholderList], names: Iterable[str], suppressed: Mapping[str, str]) -> Audience:
-    # One dict entry per address and no containers per member.
+def opted_out(lists: Mapping[str, StakeholderList], names: Iterable[str]) -> tuple[Suppressed, ...]:
+    """Who :func:`resolve` leaves out for ``subscribed: false``, with the same lists and
+    reasons, without building a recipient for everyone else."""
+    order = expand(lists, names)
+    keys = {m.email.lower() for list_id in order for m in lists[list_id].members if not m.subscribed}
+    if not keys:
+        return ()
+    return _resolve(lists, order, {}, only=keys).suppressed
+
+
+def _resolve(
+    lists: Mapping[str, StakeholderList],
+    names: Iterable[str],
+    suppressed: Mapping[str, str],
+    *,
+    only: set[str] | None = None,
+) -> Audience:
+    # One dict entry per address and no containers per member. ``only``: these keys alone.
     first: dict[str, Member] = {}  # key -> first member seen
     found_in: dict[str, str | list[str]] = {}  # key -> its list id, or ids when several
     opted_out: dict[str, str] = {}  # key -> first list with subscribed: false
@@ -141,6 +157,8 @@ def _resolve(lists: Mapping[str, StakeholderList], names: Iterable[str], suppres
     for list_id in expand(lists, names):
         for member in lists[list_id].members:
             key = member.email.lower()
+            if only is not None and key not in only:
+                continue
             seen = first.get(key)
             if seen is None:
                 first[key] = member
@@ -175,7 +193,7 @@ def _resolve(lists: Mapping[str, StakeholderList], names: Iterable[str], suppres
             email=member.email,
             name=member.name,
             organisation=member.organisation,
-            extra=dict(extra) if extra else _NO_EXTRA,
+            extra=MappingProxyType(extra) if extra else _NO_EXTRA,  # a read-only view, not a copy
             lists=list_ids,
         )
         if key in opted_out:

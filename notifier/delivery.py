@@ -15,8 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from notifier import timeline
-from notifier.audience import resolve
+from notifier.audience import Recipient, Suppressed, opted_out
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
@@ -47,23 +46,29 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
     Each batch is yielded as soon as its deliveries are recorded, ``RECORD_CHUNK`` at a time,
     so the first e-mails go out while the rest of a large audience is still being recorded.
     """
-    occurrence = rt.ledger.occurrence(occurrence_id)
-    config = rt.config
-    consultation = config.consultation(occurrence.consultation)
-    event = timeline.event(consultation, occurrence.event, config.tz)
-    audience = resolve(config.lists, event.audience, suppressed=rt.ledger.suppressed())
+    # The audience the deliveries will render for (resolved once per process and kept), less
+    # the suppressed: the same as resolve(..., suppressed=...) without a second copy in memory.
+    prepared = rt.prepare(occurrence_id)
+    event = prepared.event
     created = now_iso()
     for channel in event.channels:
         if channel != EMAIL_CHANNEL:
             rt.ledger.add(occurrence_id, [Record(channel=channel, recipient=ACCOUNT, created=created)])
             yield Batch(occurrence_id, channel, (ACCOUNT,))
             continue
+        suppressed = rt.ledger.suppressed()
+        left_out = list(opted_out(rt.config.lists, event.audience))
+        recipients: list[Recipient] = []
+        for key, recipient in prepared.recipients.items():
+            if key in suppressed:
+                left_out.append(Suppressed(recipient, suppressed[key]))
+            else:
+                recipients.append(recipient)
         rt.ledger.add(occurrence_id, [
             Record(channel=channel, recipient=item.recipient.key, status="suppressed", name=item.recipient.name,
                    lists=item.recipient.lists, error=item.reason, created=created)
-            for item in audience.suppressed
+            for item in left_out
         ])
-        recipients = audience.recipients
         for start in range(0, len(recipients), RECORD_CHUNK):
             chunk = recipients[start : start + RECORD_CHUNK]
             rt.ledger.add(occurrence_id, [
