@@ -4,7 +4,13 @@
 ``EmailMessage``, which spends most of its time in its header policy machinery (about
 1,200 messages/s on this machine; this path is several times faster). Its output parses
 back to the same headers and parts (``tests/test_email.py`` checks that). Every value that
-reaches a header is stripped of CR and LF first, so no config value can add a header.
+reaches a header is stripped of CR and LF first, so no config value can add a header. A
+part that is ASCII with lines within RFC 5322's 998 goes ``7bit`` (as it is); any other
+part is quoted-printable.
+
+:func:`transaction` sends one message on a kept-open connection as ``SMTP.sendmail``
+would, but pipelines MAIL, RCPT and DATA where the server offers PIPELINING and
+dot-stuffs with ``bytes.replace``: about half the client CPU of ``sendmail`` per message.
 
 SMTP errors are translated at this boundary: 4xx replies, connection errors and timeouts
 are transient; 5xx replies are permanent (550/551/553 and 5.1.x also mark the address
