@@ -45,7 +45,7 @@ class Actors:
     deliver: Any
 
 
-class Warmup(dramatiq.Middleware):  # type: ignore[misc]
+class Warmup(dramatiq.Middleware):
     """Loads the config and templates in the background as soon as a worker boots, so the
     first message does not wait for them (at 100,000 stakeholders that takes seconds)."""
 

@@ -86,7 +86,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 def backoff(rt: Runtime, attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
     base = rt.settings.retry_base.total_seconds()
-    return min(3600.0, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(3600.0, base * 2.0 ** (attempt - 1)) * random.uniform(0.8, 1.2)
 
 
 def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> float | None:
