@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import redis
@@ -205,13 +205,13 @@ def _safe(url: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-class NotifierBroker(RedisBroker):  # type: ignore[misc]
+class NotifierBroker(RedisBroker):
     """RedisBroker whose maintenance runs on a timer, not by chance (see module docstring)."""
 
     maintenance_every_ms = 2_000
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self._last_maintenance = 0.0
 
     def _should_do_maintenance(self, command: str) -> int:
@@ -224,7 +224,7 @@ class NotifierBroker(RedisBroker):  # type: ignore[misc]
         return 0
 
 
-class Heartbeat(dramatiq.Middleware):  # type: ignore[misc]
+class Heartbeat(dramatiq.Middleware):
     """Keeps a worker's liveness fresh in Redis while it runs, busy or idle.
 
     Every few seconds it touches Dramatiq's heartbeat (and so runs queue maintenance, which
@@ -238,27 +238,33 @@ class Heartbeat(dramatiq.Middleware):  # type: ignore[misc]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def after_worker_boot(self, broker: NotifierBroker, worker: Any) -> None:
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(broker,), name="notifier-heartbeat", daemon=True)
+        redis_broker = cast(RedisBroker, broker)  # Heartbeat is only ever added by make_broker
+        self._thread = threading.Thread(target=self._run, args=(redis_broker,), name="notifier-heartbeat", daemon=True)
         self._thread.start()
 
-    def before_worker_shutdown(self, broker: NotifierBroker, worker: Any) -> None:
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.set()
 
-    def after_worker_shutdown(self, broker: NotifierBroker, worker: Any) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._thread:
             self._thread.join(timeout=5)
         with contextlib.suppress(redis.RedisError, OSError):
-            broker.client.zrem(f"{NAMESPACE}:workers", self.worker_id)
+            cast(RedisBroker, broker).client.zrem(f"{NAMESPACE}:workers", self.worker_id)
 
-    def _run(self, broker: NotifierBroker) -> None:
+    def _run(self, broker: RedisBroker) -> None:
         while not self._stop.is_set():
             beat(broker.client, self.worker_id)
             with contextlib.suppress(redis.RedisError, OSError):
                 for queue in sorted(broker.queues | broker.delay_queues):
                     broker.do_requeue(queue)  # no ids: only a heartbeat, plus maintenance when due
             self._stop.wait(HEARTBEAT_EVERY_S)
+
+
+def text(value: Any) -> str:
+    """A Redis reply as ``str``: clients here return bytes, the typing allows either."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def beat(client: redis.Redis, worker_id: str) -> None:
@@ -270,7 +276,7 @@ def beat(client: redis.Redis, worker_id: str) -> None:
 def workers_alive(client: redis.Redis) -> list[str]:
     """The ids of workers seen alive within ``DEAD_AFTER_MS``."""
     since = time.time() * 1000 - DEAD_AFTER_MS
-    return [m.decode() for m in client.zrangebyscore(f"{NAMESPACE}:workers", since, "+inf")]
+    return [text(m) for m in client.zrangebyscore(f"{NAMESPACE}:workers", since, "+inf")]
 
 
 def make_broker(settings: Settings, *, worker_id: str) -> NotifierBroker:

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
-from notifier.broker import DEAD_AFTER_MS, NAMESPACE
+from notifier.broker import DEAD_AFTER_MS, NAMESPACE, text
 
 Status = Literal["pending", "sent", "failed", "suppressed"]
 FINAL: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
@@ -107,9 +107,9 @@ class Occurrence:
     rehearsal: bool = False
 
     @classmethod
-    def from_hash(cls, occurrence_id: str, data: dict[bytes, bytes]) -> Occurrence:
+    def from_hash(cls, occurrence_id: str, data: Mapping[Any, Any]) -> Occurrence:
         """Decode the ``occ:<id>`` hash."""
-        d = {k.decode(): v.decode() for k, v in data.items()}
+        d = {text(k): text(v) for k, v in data.items()}
         return cls(
             id=occurrence_id,
             consultation=d["consultation"],
@@ -123,12 +123,15 @@ class Occurrence:
         )
 
 
+ClaimState = Literal["claimed", "busy", "final"]
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """The result of claiming one delivery."""
 
     field: str
-    state: Literal["claimed", "busy", "final"]
+    state: ClaimState
     record: Record | None
 
 
@@ -254,12 +257,12 @@ class Ledger:
                 "1" if late else "0", "1" if rehearsal else "0", fired_at.timestamp(),
             ],
         )
-        return result.decode() if result else None
+        return text(result) if result else None
 
     def fired(self, consultation: str, event: str) -> str | None:
         """The id of the latest occurrence of this event, if it fired."""
         value = self.client.get(self._k("fired", consultation, event))
-        return value.decode() if value else None
+        return text(value) if value else None
 
     def occurrence(self, occurrence_id: str) -> Occurrence:
         """The occurrence with this id (KeyError if unknown)."""
@@ -274,7 +277,7 @@ class Ledger:
 
     def occurrences(self, consultation: str) -> list[Occurrence]:
         """Every occurrence of the consultation's events, oldest first."""
-        ids = [i.decode() for i in self.client.zrange(self._k("occs", consultation), 0, -1)]
+        ids = [text(i) for i in self.client.zrange(self._k("occs", consultation), 0, -1)]
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(self._k("occ", i))
@@ -287,7 +290,7 @@ class Ledger:
     def missed(self, consultation: str, event: str) -> datetime | None:
         """When the event was missed, if it was."""
         value = self.client.get(self._k("missed", consultation, event))
-        return datetime.fromisoformat(value.decode()) if value else None
+        return datetime.fromisoformat(text(value)) if value else None
 
     # -- deliveries ---------------------------------------------------------
 
@@ -312,8 +315,8 @@ class Ledger:
         )
         claims = []
         for i, f in enumerate(fields):
-            state, data = raw[2 * i].decode(), raw[2 * i + 1]
-            claims.append(Claim(f, state, Record.from_json(data) if data else None))  # type: ignore[arg-type]
+            state, data = text(raw[2 * i]), raw[2 * i + 1]
+            claims.append(Claim(f, cast(ClaimState, state), Record.from_json(data) if data else None))
         return claims
 
     def mark(self, occurrence_id: str, records: Iterable[Record], *, owner: str) -> None:
@@ -329,7 +332,7 @@ class Ledger:
         """``{channel: {status: count}}`` for one occurrence."""
         out: dict[str, dict[str, int]] = {}
         for key, value in self.client.hgetall(self._k("cnt", occurrence_id)).items():
-            channel, status = key.decode().split("|", 1)
+            channel, status = text(key).split("|", 1)
             if int(value):
                 out.setdefault(channel, {})[status] = int(value)
         return out
@@ -358,7 +361,7 @@ class Ledger:
     def suppressed(self) -> dict[str, str]:
         """Every suppressed address (lower-cased) and why."""
         return {
-            k.decode(): json.loads(v)["reason"] for k, v in self.client.hgetall(self._k("suppressed")).items()
+            text(k): json.loads(v)["reason"] for k, v in self.client.hgetall(self._k("suppressed")).items()
         }
 
     def suppressions(self, emails: list[str]) -> dict[str, str]:
@@ -379,7 +382,7 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for consultation, event in events:
             pipe.get(self._k("fired", consultation, event))
-        ids = [v.decode() if v else None for v in pipe.execute()] if events else []
+        ids = [text(v) if v else None for v in pipe.execute()] if events else []
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
             if i:
@@ -398,7 +401,7 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for consultation in consultations:
             pipe.zrangebyscore(self._k("occs", consultation), now - within, now - older_than)
-        ids = [i.decode() for found in pipe.execute() for i in found]
+        ids = [text(i) for found in pipe.execute() for i in found]
         if not ids:
             return []
         pipe = self.client.pipeline(transaction=False)
