@@ -557,8 +557,17 @@ def test_bluesky_post_over_300_graphemes_is_refused_before_posting(
 def test_mastodon_validation_error_is_permanent_with_its_message(
     platforms: Platforms, channel_for: Callable[..., Any]
 ) -> None:
-    with pytest.raises(PermanentDeliveryError, match="Text character limit of 500 exceeded"):
-        channel_for("mastodon").send(delivery("pcc-mastodon"), payload("x" * 501, link=""))
+    with pytest.raises(PermanentDeliveryError, match="Text can't be blank"):
+        channel_for("mastodon").send(delivery("pcc-mastodon"), payload("", link=""))
+
+
+@pytest.mark.parametrize(("account", "platform"), [("pcc-mastodon", "mastodon"), ("pcc-x", "x")])
+def test_a_post_over_the_limit_is_refused_before_it_reaches_the_platform(
+    platforms: Platforms, channel_for: Callable[..., Any], account: str, platform: str
+) -> None:
+    with pytest.raises(PermanentDeliveryError, match=f"over {platform}'s limit"):
+        channel_for(platform).send(delivery(account), payload("x" * 501, link=""))
+    assert platforms.seen(platform) == []
 
 
 def test_unsupported_scheme_is_permanent() -> None:

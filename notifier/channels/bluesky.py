@@ -31,9 +31,9 @@ import httpx
 
 from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
-from notifier.channels.limits import overflow, urls
+from notifier.channels.limits import urls
 from notifier.config import Account, token_variable
-from notifier.errors import DeliveryError, PermanentDeliveryError
+from notifier.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class _Session:
     refresh: str = field(repr=False)
 
 
-class BlueskyChannel:
+class BlueskyChannel(http.HttpChannel):
     """Posts an event's message to one Bluesky account."""
 
     platform = "bluesky"
@@ -104,14 +104,10 @@ class BlueskyChannel:
         (and then not closed by :meth:`close`)."""
         if not account.handle:
             raise ValueError(f"bluesky account {account.id!r} needs handle")
-        self.name = account.id
-        self.account = account
+        super().__init__(account, client=client)
         self.handle = account.handle.removeprefix("@")
         self._password = token
-        self._client = client or http.make_client()
-        self._owns_client = client is None
         self._pds = http.api_root(account.api_base or DEFAULT_PDS)
-        self._what = f"bluesky account {account.id!r}"
         self._lock = threading.Lock()
         self._current: _Session | None = None
 
@@ -122,11 +118,7 @@ class BlueskyChannel:
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Create the delivery's post record once; an existing record under its key is success."""
-        post = http.as_post(payload, what=self._what)
-        text = http.post_text(post)
-        too_long = overflow("bluesky", text)
-        if too_long:
-            raise PermanentDeliveryError(f"{self._what}: the post is {too_long}")
+        post, text = self._text(payload)
         rkey = record_key(delivery)
         session = self._session()
         if delivery.attempt > 1:
@@ -279,11 +271,6 @@ class BlueskyChannel:
             return None
         handle = str(body.get("handle") or self.handle)
         return _Session(did=did, handle=handle, access=access, refresh=refresh)
-
-    def close(self) -> None:
-        """Close the HTTP client if this channel made it."""
-        if self._owns_client:
-            self._client.close()
 
 
 def _expired(response: httpx.Response) -> bool:

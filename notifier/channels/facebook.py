@@ -37,7 +37,7 @@ TRANSIENT_CODES = frozenset({1, 2})
 AUTH_CODES = frozenset({10, 102, 190, 200})
 
 
-class FacebookChannel:
+class FacebookChannel(http.HttpChannel):
     """Posts an event's message and link to one Facebook Page."""
 
     platform = "facebook"
@@ -47,23 +47,19 @@ class FacebookChannel:
         closed by :meth:`close`). The account needs ``page_id``."""
         if not account.page_id:
             raise ValueError(f"facebook account {account.id!r} needs page_id")
-        self.name = account.id
-        self.account = account
+        super().__init__(account, client=client)
         self._token = token
-        self._client = client or http.make_client()
-        self._owns_client = client is None
         self._page_id = account.page_id
         root = http.api_root(account.api_base or DEFAULT_API)
         self._url = f"{root}/{account.graph_version}/{account.page_id}/feed"
-        self._what = f"facebook account {account.id!r}"
 
     def __repr__(self) -> str:
         return f"FacebookChannel({self.name!r}, url={self._url!r})"
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Post the rendered text as ``message`` and the consultation link as ``link``, once."""
-        post = http.as_post(payload, what=self._what)
-        form = {"message": post.text, "access_token": self._token}
+        post, text = self._text(payload)
+        form = {"message": text, "access_token": self._token}
         if post.link:
             form["link"] = post.link
         response = http.send(
@@ -100,11 +96,6 @@ class FacebookChannel:
         if not sep or not page or not story:
             return None
         return f"https://www.facebook.com/{page}/posts/{story}"
-
-    def close(self) -> None:
-        """Close the HTTP client if this channel made it."""
-        if self._owns_client:
-            self._client.close()
 
 
 def _graph_error(response: httpx.Response) -> Mapping[str, Any]:

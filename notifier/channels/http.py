@@ -23,12 +23,16 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+if TYPE_CHECKING:
+    from notifier.config import Account
+
 from notifier import __version__
 from notifier.channels.base import PostPayload
+from notifier.channels.limits import overflow
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
@@ -297,3 +301,33 @@ def as_post(payload: object, *, what: str) -> PostPayload:
 def api_root(url: str) -> str:
     """An API base URL without its trailing slash, so paths join predictably."""
     return url.strip().rstrip("/")
+
+
+class HttpChannel:
+    """What every HTTP channel holds: the account it speaks for, an HTTP client (the one given,
+    shared and left open, or its own, closed by :meth:`close`) and how it names itself in
+    errors and logs."""
+
+    platform: str
+
+    def __init__(self, account: Account, *, client: httpx.Client | None) -> None:
+        self.name = account.id
+        self.account = account
+        self._client = client or make_client()
+        self._owns_client = client is None
+        self._what = f"{self.platform} account {account.id!r}"
+
+    def _text(self, payload: object) -> tuple[PostPayload, str]:
+        """The post and its text as this platform shows it. A text over the platform's limit
+        is permanent: ``validate`` catches it first, so this only guards a bypassed check."""
+        post = as_post(payload, what=self._what)
+        text = posted_text(self.platform, post)
+        too_long = overflow(self.platform, text)
+        if too_long:
+            raise PermanentDeliveryError(f"{self._what}: the post is {too_long}")
+        return post, text
+
+    def close(self) -> None:
+        """Close the HTTP client if this channel made it."""
+        if self._owns_client:
+            self._client.close()

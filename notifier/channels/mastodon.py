@@ -29,7 +29,7 @@ def idempotency_key(delivery: Delivery) -> str:
     return f"notifier-{delivery.key}"
 
 
-class MastodonChannel:
+class MastodonChannel(http.HttpChannel):
     """Posts an event's message to one Mastodon account."""
 
     platform = "mastodon"
@@ -40,27 +40,23 @@ class MastodonChannel:
         root = account.api_base or account.instance
         if not root:
             raise ValueError(f"mastodon account {account.id!r} needs instance")
-        self.name = account.id
-        self.account = account
+        super().__init__(account, client=client)
         self._token = token
-        self._client = client or http.make_client()
-        self._owns_client = client is None
         self._url = http.api_root(root) + "/api/v1/statuses"
-        self._what = f"mastodon account {account.id!r}"
 
     def __repr__(self) -> str:
         return f"MastodonChannel({self.name!r}, url={self._url!r})"
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Post the rendered text (with the link) once, keyed so a retry returns the same status."""
-        post = http.as_post(payload, what=self._what)
+        _, text = self._text(payload)
         response = http.send(
             self._client,
             "POST",
             self._url,
             what=self._what,
             secrets=[self._token],
-            content=http.dumps({"status": http.post_text(post)}),
+            content=http.dumps({"status": text}),
             headers={
                 "Authorization": f"Bearer {self._token}",
                 "Content-Type": "application/json",
@@ -83,8 +79,3 @@ class MastodonChannel:
         url = body.get("url") or body.get("uri") if isinstance(body, dict) else None
         log.info("%s: posted %s", self._what, status_id)
         return Receipt(provider_id=status_id, url=str(url) if url else None)
-
-    def close(self) -> None:
-        """Close the HTTP client if this channel made it."""
-        if self._owns_client:
-            self._client.close()

@@ -66,7 +66,7 @@ def webhook_body(delivery: Delivery, payload: PostPayload, *, account: str) -> b
     })
 
 
-class WebhookChannel:
+class WebhookChannel(http.HttpChannel):
     """POSTs each event, signed, to one URL."""
 
     platform = "webhook"
@@ -76,13 +76,10 @@ class WebhookChannel:
         (and then not closed by :meth:`close`). The account needs ``url``."""
         if not account.url:
             raise ValueError(f"webhook account {account.id!r} needs url")
-        self.name = account.id
-        self.account = account
+        super().__init__(account, client=client)
         self.url = account.url
         self._secret = secret
         self._secrets = [secret.decode("utf-8", "replace")]
-        self._client = client or http.make_client()
-        self._owns_client = client is None
         self._what = f"webhook {account.id!r}"
 
     def __repr__(self) -> str:
@@ -125,8 +122,3 @@ class WebhookChannel:
         provider_id = provider_id or response.headers.get("x-request-id") or delivery.key
         log.info("%s: delivered (HTTP %s)", self._what, response.status_code)
         return Receipt(provider_id=provider_id, url=url)
-
-    def close(self) -> None:
-        """Close the HTTP client if this channel made it."""
-        if self._owns_client:
-            self._client.close()

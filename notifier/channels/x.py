@@ -21,9 +21,7 @@ import httpx
 
 from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
-from notifier.channels.limits import overflow
 from notifier.config import Account, token_variable
-from notifier.errors import PermanentDeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ DEFAULT_API = "https://api.x.com"
 STATUS_URL = "https://x.com/i/web/status/{id}"
 
 
-class XChannel:
+class XChannel(http.HttpChannel):
     """Posts an event's message to one X account."""
 
     platform = "x"
@@ -39,24 +37,16 @@ class XChannel:
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the account's OAuth 2.0 user access token; ``client`` is shared if given
         (and then not closed by :meth:`close`)."""
-        self.name = account.id
-        self.account = account
+        super().__init__(account, client=client)
         self._token = token
-        self._client = client or http.make_client()
-        self._owns_client = client is None
         self._url = http.api_root(account.api_base or DEFAULT_API) + "/2/tweets"
-        self._what = f"x account {account.id!r}"
 
     def __repr__(self) -> str:
         return f"XChannel({self.name!r}, url={self._url!r})"
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Post the rendered text (with the link) once; see the module doc for retries."""
-        post = http.as_post(payload, what=self._what)
-        text = http.post_text(post)
-        too_long = overflow("x", text)
-        if too_long:
-            raise PermanentDeliveryError(f"{self._what}: the post is {too_long}")
+        _, text = self._text(payload)
         response = http.send(
             self._client,
             "POST",
@@ -93,11 +83,6 @@ class XChannel:
             auth_hint=f"check {token_variable(self.name)}: X needs an OAuth 2.0 user-context "
             "access token with the tweet.write scope",
         )
-
-    def close(self) -> None:
-        """Close the HTTP client if this channel made it."""
-        if self._owns_client:
-            self._client.close()
 
 
 def _is_duplicate(response: httpx.Response) -> bool:
