@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -38,10 +39,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A base Redis URL (no db): the local server if it answers, else an embedded one."""
+    """A base Redis URL (no db): the local server if it answers, else an embedded one.
+
+    ``NOTIFIER_TEST_REDIS=embedded`` always uses an embedded server (so two test runs on one
+    machine cannot flush each other's database); a ``redis://host:port`` value uses that server.
+    """
+    chosen = os.environ.get("NOTIFIER_TEST_REDIS", "")
+    if chosen.startswith("redis://"):
+        yield chosen.rstrip("/")
+        return
     try:
+        if chosen == "embedded":
+            raise OSError("embedded Redis asked for")
         client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5)
         client.ping()
         client.close()

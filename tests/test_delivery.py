@@ -7,6 +7,7 @@ what the SMTP server received and what the ledger says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +23,7 @@ from notifier.config import Settings
 from notifier.delivery import FLUSH_EVERY
 from notifier.service import Service
 from notifier.tokens import verify
-from tests.conftest import Project, SmtpServer
+from tests.conftest import Project, SmtpServer, wait_until
 
 JANE = "jane.smith@telford-wrekin-csp.example"  # in both the csp and socjag lists
 ZOE = "zoe.olafsdottir@shropshire-csp.example"  # a name with accents
@@ -65,15 +66,6 @@ def fire_and_deliver(service: Service, event: str = "opened", *, timeout: float 
         progress = service.wait(occurrence, timeout=timeout)
     assert progress.finished, f"not finished in {timeout}s: {progress}"
     return occurrence
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -295,36 +287,52 @@ def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_fan_out_loses_nothing(
-    env: dict[str, str], project: Project, smtp_server: SmtpServer
-) -> None:
+@contextlib.contextmanager
+def _bulk_fan_out(
+    env: dict[str, str], project: Project, smtp_server: SmtpServer, *, delay: float, started: int
+) -> Iterator[tuple[Service, str, subprocess.Popen[bytes]]]:
+    """Fire the bulk consultation and start a worker on it: yields once ``started`` e-mails
+    have arrived, for the test to stop that worker its own way."""
     _bulk_project(project)
-    smtp_server.handler.delay = 0.01
+    smtp_server.handler.delay = delay  # slow enough that the stop lands mid fan-out
     service = Service(Settings.from_env(env))
     try:
         occurrence = service.fire("bulk-2019", "opened")
         assert occurrence is not None
         first = _worker(env)
         try:
-            wait_until(lambda: smtp_server.handler.count() >= 300, 60, "the first worker to get going")
+            wait_until(lambda: smtp_server.handler.count() >= started, 60, "the first worker to get going")
+            yield service, occurrence, first
         finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-        at_kill = smtp_server.handler.count()
-        assert at_kill < BULK, "the kill must land mid fan-out"
-
-        killed_at = time.monotonic()
-        second = _worker(env)
-        try:
-            wait_until(lambda: service.progress(occurrence).finished, 60,
-                       "a new worker to deliver every remaining e-mail")
-            recovered_in = time.monotonic() - killed_at
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(timeout=30)
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
     finally:
         service.close()
+
+
+def _finish_with_a_new_worker(env: dict[str, str], service: Service, occurrence: str) -> float:
+    """Start another worker, wait until the occurrence is delivered; how long it took."""
+    began = time.monotonic()
+    second = _worker(env)
+    try:
+        wait_until(lambda: service.progress(occurrence).finished, 60, "a new worker to deliver every remaining e-mail")
+        return time.monotonic() - began
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_fan_out_loses_nothing(
+    env: dict[str, str], project: Project, smtp_server: SmtpServer
+) -> None:
+    with _bulk_fan_out(env, project, smtp_server, delay=0.01, started=300) as (service, occurrence, first):
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert smtp_server.handler.count() < BULK, "the kill must land mid fan-out"
+        recovered_in = _finish_with_a_new_worker(env, service, occurrence)
+        progress = service.progress(occurrence)
 
     assert recovered_in < 60
     received = Counter(smtp_server.handler.recipients())
@@ -333,7 +341,6 @@ def test_a_worker_killed_mid_fan_out_loses_nothing(
     assert max(received.values()) <= 2
     # only deliveries in flight at the kill (sent, not yet written to the ledger) may repeat
     assert len(twice) <= THREADS * FLUSH_EVERY, twice
-    progress = service.progress(occurrence)
     assert progress.counts["email"].get("sent") == BULK
 
 
@@ -341,26 +348,11 @@ def test_a_worker_killed_mid_fan_out_loses_nothing(
 def test_a_worker_stopped_with_sigterm_finishes_cleanly_and_nothing_repeats(
     env: dict[str, str], project: Project, smtp_server: SmtpServer
 ) -> None:
-    _bulk_project(project)
-    smtp_server.handler.delay = 0.005
-    service = Service(Settings.from_env(env))
-    try:
-        occurrence = service.fire("bulk-2019", "opened")
-        assert occurrence is not None
-        first = _worker(env)
-        wait_until(lambda: smtp_server.handler.count() >= 200, 60, "the first worker to get going")
+    with _bulk_fan_out(env, project, smtp_server, delay=0.005, started=200) as (service, occurrence, first):
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0, "a worker told to stop exits cleanly"
         assert smtp_server.handler.count() < BULK, "the stop must land mid fan-out"
-
-        second = _worker(env)
-        try:
-            wait_until(lambda: service.progress(occurrence).finished, 60, "the next worker to finish")
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(timeout=30)
-    finally:
-        service.close()
+        _finish_with_a_new_worker(env, service, occurrence)
 
     received = Counter(smtp_server.handler.recipients())
     assert len(received) == BULK

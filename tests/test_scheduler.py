@@ -29,21 +29,12 @@ from notifier.config import Settings
 from notifier.ledger import Ledger, Occurrence
 from notifier.scheduler import LEADER_KEY, Lease, Scheduler, offset_clock, serve, state_of, status
 from notifier.service import Service
-from tests.conftest import ROOT, Project
+from tests.conftest import ROOT, Project, wait_until
 
 SOC = "soc-strategy-2019"
 OPENED = datetime(2019, 7, 9, 8, 0, tzinfo=UTC)  # opens: 2019-07-09 09:00 BST
 LONDON = ZoneInfo("Europe/London")
 CONSULTATION = "config/consultations/soc-strategy-2019.yaml"
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def occurrences(ledger: Ledger, consultation: str = SOC, event: str | None = None) -> list[Occurrence]:

@@ -27,7 +27,6 @@ from notifier.tokens import sign
 from notifier.web import LEADER_KEY, bound_port, make_server, mask_email, parse_bind
 
 ROOT = Path(__file__).resolve().parent.parent
-WEB_DB = 13
 KEY = b"web-test-secret"
 JANE = "jane.smith@telford.example"
 
@@ -44,28 +43,9 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def web_redis_url(redis_server: str) -> Iterator[str]:
-    """A URL on database 13, empty at the start and flushed at the end."""
-    url = f"{redis_server}/{WEB_DB}" if redis_server.startswith("redis://") else f"{redis_server}?db={WEB_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def rclient(web_redis_url: str) -> Iterator[redis.Redis]:
-    """A Redis client on the test database."""
-    client = redis.Redis.from_url(web_redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ledger(rclient: redis.Redis) -> Ledger:
+def ledger(redis_client: redis.Redis) -> Ledger:
     """The real ledger on the test database, to check what the web service did."""
-    return Ledger(rclient)
+    return Ledger(redis_client)
 
 
 def make_settings(tmp_path: Path, redis_url: str, config_dir: Path = ROOT / "config") -> Settings:
@@ -117,9 +97,9 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture
-def base(servers: Servers, tmp_path: Path, web_redis_url: str) -> str:
+def base(servers: Servers, tmp_path: Path, redis_url: str) -> str:
     """The base URL of a live ``notifier web`` on the test database."""
-    return servers.start(make_settings(tmp_path, web_redis_url))
+    return servers.start(make_settings(tmp_path, redis_url))
 
 
 @pytest.fixture
@@ -336,7 +316,7 @@ def test_a_bad_token_gets_400_and_changes_nothing(
 
 
 def test_everything_put_in_a_page_is_escaped(
-    servers: Servers, tmp_path: Path, web_redis_url: str, http: httpx.Client
+    servers: Servers, tmp_path: Path, redis_url: str, http: httpx.Client
 ) -> None:
     # The organisation comes from config, and the address from a token that any address
     # (valid or not) can be signed into; neither may inject markup.
@@ -346,7 +326,7 @@ def test_everything_put_in_a_page_is_escaped(
         'organisation: "Office <b>& Co</b>"\n'
         'email: {from: "Team <team@pcc.example>", reply_to: "x\\"><script>y@pcc.example"}\n'
     )
-    base = servers.start(make_settings(tmp_path, web_redis_url, config_dir=config))
+    base = servers.start(make_settings(tmp_path, redis_url, config_dir=config))
     token = sign(KEY, "o'brien@<script>alert(1)</script>.example")
 
     for response in (
@@ -441,12 +421,12 @@ def test_healthz_reports_redis_ok_and_nobody_alive_yet(base: str, http: httpx.Cl
 
 
 def test_healthz_lists_live_workers_and_the_leader(
-    base: str, http: httpx.Client, rclient: redis.Redis
+    base: str, http: httpx.Client, redis_client: redis.Redis
 ) -> None:
     now_ms = time.time() * 1000
-    rclient.zadd("notifier:workers", {"host-a:12:w1": now_ms, "host-b:7:w2": now_ms - 1000,
+    redis_client.zadd("notifier:workers", {"host-a:12:w1": now_ms, "host-b:7:w2": now_ms - 1000,
                                       "host-c:9:dead": now_ms - 3_600_000})
-    rclient.set(LEADER_KEY, "host-a:11:scheduler")
+    redis_client.set(LEADER_KEY, "host-a:11:scheduler")
 
     body = http.get(f"{base}/healthz").json()
     assert body["workers"] == {"alive": ["host-a:12:w1", "host-b:7:w2"], "count": 2}
@@ -497,9 +477,9 @@ def test_healthz_gives_up_on_a_redis_that_accepts_but_never_answers(
 
 
 def test_metrics_count_workers_and_suppressions(
-    base: str, http: httpx.Client, rclient: redis.Redis, ledger: Ledger
+    base: str, http: httpx.Client, redis_client: redis.Redis, ledger: Ledger
 ) -> None:
-    rclient.zadd("notifier:workers", {"w1": time.time() * 1000})
+    redis_client.zadd("notifier:workers", {"w1": time.time() * 1000})
     http.post(f"{base}/unsubscribe/{sign(KEY, JANE)}", data={"List-Unsubscribe": "One-Click"})
     ledger.suppress("gone@telford.example", "bounced")
     response = http.get(f"{base}/metrics")
@@ -530,17 +510,17 @@ def test_index_names_the_organisation_and_unknown_pages_are_404(base: str, http:
 
 
 def test_a_client_given_to_the_app_is_used_and_left_open(
-    servers: Servers, tmp_path: Path, rclient: redis.Redis, http: httpx.Client, ledger: Ledger
+    servers: Servers, tmp_path: Path, redis_client: redis.Redis, http: httpx.Client, ledger: Ledger
 ) -> None:
     # `notifier run` passes its own client; the settings' URL must then not matter.
     settings = make_settings(tmp_path, f"redis://127.0.0.1:{_closed_port()}/0")
-    base = servers.start(settings, client=rclient)
+    base = servers.start(settings, client=redis_client)
     http.post(f"{base}/unsubscribe/{sign(KEY, JANE)}")
     assert ledger.suppression(JANE) == "unsubscribed"
     assert http.get(f"{base}/healthz").json()["redis"]["ok"] is True
     servers.stop()
     servers.running.clear()
-    assert rclient.ping()
+    assert redis_client.ping()
 
 
 def test_make_server_refuses_a_missing_secret_key_with_an_external_redis(tmp_path: Path) -> None:
@@ -576,14 +556,14 @@ def test_web_bind_rejects_nonsense_naming_the_variable(bind: str) -> None:
 
 
 def test_admin_api_serves_the_report_and_suppressions_only_with_the_token(
-    servers: Servers, tmp_path: Path, web_redis_url: str, http: httpx.Client, ledger: Ledger
+    servers: Servers, tmp_path: Path, redis_url: str, http: httpx.Client, ledger: Ledger
 ) -> None:
     from dataclasses import replace
     from datetime import UTC, datetime
 
     from notifier.ledger import Record
 
-    settings = replace(make_settings(tmp_path, web_redis_url), env={"NOTIFIER_ADMIN_TOKEN": "admin-secret"})
+    settings = replace(make_settings(tmp_path, redis_url), env={"NOTIFIER_ADMIN_TOKEN": "admin-secret"})
     base = servers.start(settings)
     occurrence = ledger.claim_occurrence("soc-strategy-2019", "opened", at=datetime(2019, 7, 9, 8, tzinfo=UTC))
     assert occurrence is not None
