@@ -396,20 +396,27 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         except BadToken:
             return None
 
-    async def in_redis(func: Callable[[], Any]) -> Any:
-        return await anyio.to_thread.run_sync(func)
-
-    async def unsubscribe_form(request: Request) -> Response:
-        # GET (and HEAD) only show a page: prefetchers and link scanners must not unsubscribe.
+    async def for_address(
+        request: Request, doing: str, act: Callable[[str], Any], page: Callable[[str, str, Any], Response]
+    ) -> Response:
+        """The shape of every token page: check the token, do ``act`` on its address in Redis
+        (off the event loop), then show ``page``; a bad token or a Redis outage gets its page."""
         email = verified(request)
         if email is None:
             return invalid_link_page(brand)
         try:
-            reason = await in_redis(lambda: ledger.suppression(email))
+            result = await anyio.to_thread.run_sync(act, email)
         except (redis.RedisError, OSError) as exc:
-            log.error("unsubscribe page: Redis unavailable: %s", _describe(exc))
+            log.error("%s of %s failed: Redis unavailable: %s", doing, mask_email(email), _describe(exc))
             return unavailable_page(brand)
-        return confirm_page(request.path_params["token"], email, reason, brand)
+        return page(request.path_params["token"], email, result)
+
+    async def unsubscribe_form(request: Request) -> Response:
+        # GET (and HEAD) only show a page: prefetchers and link scanners must not unsubscribe.
+        return await for_address(
+            request, "unsubscribe page", ledger.suppression,
+            lambda token, email, reason: confirm_page(token, email, reason, brand),
+        )
 
     # No CSRF token on these POSTs, on purpose. The signed token in the URL is the
     # capability: only someone who has the e-mail (or the link from it) can make a valid
@@ -417,38 +424,27 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
     # cross-site attacker would need that token already; a mail provider's RFC 8058
     # one-click POST carries no cookies or page state, so a CSRF token would break it.
     # Clickjacking is prevented by frame-ancestors 'none' / X-Frame-Options: DENY.
-    async def unsubscribe(request: Request) -> Response:
-        # The body (RFC 8058: "List-Unsubscribe=One-Click", form-encoded or multipart) is
-        # not required: a POST with a valid token is the request, however it is encoded.
-        email = verified(request)
-        if email is None:
-            return invalid_link_page(brand)
-
-        def act() -> None:
-            # Keep an existing entry (a bounce, or an earlier unsubscribe and its time).
-            if ledger.suppression(email) is None:
-                ledger.suppress(email, UNSUBSCRIBED)
-
-        try:
-            await in_redis(act)
-        except (redis.RedisError, OSError) as exc:
-            log.error("unsubscribe of %s failed: Redis unavailable: %s", mask_email(email), _describe(exc))
-            return unavailable_page(brand)
+    # The body (RFC 8058: "List-Unsubscribe=One-Click", form-encoded or multipart) is not
+    # required: a POST with a valid token is the request, however it is encoded.
+    def suppress(email: str) -> None:
+        # Keep an existing entry (a bounce, or an earlier unsubscribe and its time).
+        if ledger.suppression(email) is None:
+            ledger.suppress(email, UNSUBSCRIBED)
         log.info("unsubscribed %s", mask_email(email))
-        return unsubscribed_page(request.path_params["token"], email, brand)
+
+    def unsuppress(email: str) -> None:
+        if ledger.unsuppress(email):
+            log.info("resubscribed %s", mask_email(email))
+
+    async def unsubscribe(request: Request) -> Response:
+        return await for_address(
+            request, "unsubscribe", suppress, lambda token, email, _: unsubscribed_page(token, email, brand)
+        )
 
     async def resubscribe(request: Request) -> Response:
-        email = verified(request)
-        if email is None:
-            return invalid_link_page(brand)
-        try:
-            was = await in_redis(lambda: ledger.unsuppress(email))
-        except (redis.RedisError, OSError) as exc:
-            log.error("resubscribe of %s failed: Redis unavailable: %s", mask_email(email), _describe(exc))
-            return unavailable_page(brand)
-        if was:
-            log.info("resubscribed %s", mask_email(email))
-        return resubscribed_page(request.path_params["token"], email, brand)
+        return await for_address(
+            request, "resubscribe", unsuppress, lambda token, email, _: resubscribed_page(token, email, brand)
+        )
 
     async def healthz(request: Request) -> Response:
         required = {
@@ -516,7 +512,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         consultation = request.path_params["consultation"]
         event = request.query_params.get("event")
         try:
-            found = await in_redis(lambda: reporting.build(ledger, consultation, event=event))
+            found = await anyio.to_thread.run_sync(lambda: reporting.build(ledger, consultation, event=event))
         except (redis.RedisError, OSError) as exc:
             return JSONResponse({"error": f"Redis unavailable: {_describe(exc)}"}, 503)
         if not found.summary:
@@ -528,7 +524,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         if refused:
             return refused
         try:
-            entries = await in_redis(ledger.suppressed)
+            entries = await anyio.to_thread.run_sync(ledger.suppressed)
         except (redis.RedisError, OSError) as exc:
             return JSONResponse({"error": f"Redis unavailable: {_describe(exc)}"}, 503)
         rows = [{"email": email, "reason": reason} for email, reason in sorted(entries.items())]
