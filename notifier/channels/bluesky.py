@@ -203,14 +203,8 @@ class BlueskyChannel(http.HttpChannel):
         return response, session
 
     def _post(self, session: _Session, method: str, body: dict[str, Any]) -> httpx.Response:
-        return http.send(
-            self._client,
-            "POST",
-            f"{self._pds}/xrpc/{method}",
-            what=self._what,
-            secrets=self._secrets(session),
-            content=http.dumps(body),
-            headers={"Authorization": f"Bearer {session.access}", "Content-Type": "application/json"},
+        return self._post_json(
+            f"{self._pds}/xrpc/{method}", body, bearer=session.access, secrets=self._secrets(session)
         )
 
     def _session(self) -> _Session:

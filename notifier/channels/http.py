@@ -327,6 +327,21 @@ class HttpChannel:
             raise PermanentDeliveryError(f"{self._what}: the post is {too_long}")
         return post, text
 
+    def _post_json(
+        self, url: str, body: object, *, bearer: str, secrets: Iterable[str | None] = (), **headers: str
+    ) -> httpx.Response:
+        """POST ``body`` as JSON with ``Authorization: Bearer``; the bearer and ``secrets`` are
+        kept out of every error message."""
+        return send(
+            self._client,
+            "POST",
+            url,
+            what=self._what,
+            secrets=[bearer, *secrets],
+            content=dumps(body),
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json", **headers},
+        )
+
     def close(self) -> None:
         """Close the HTTP client if this channel made it."""
         if self._owns_client:

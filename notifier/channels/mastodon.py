@@ -50,19 +50,8 @@ class MastodonChannel(http.HttpChannel):
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Post the rendered text (with the link) once, keyed so a retry returns the same status."""
         _, text = self._text(payload)
-        response = http.send(
-            self._client,
-            "POST",
-            self._url,
-            what=self._what,
-            secrets=[self._token],
-            content=http.dumps({"status": text}),
-            headers={
-                "Authorization": f"Bearer {self._token}",
-                "Content-Type": "application/json",
-                "Idempotency-Key": idempotency_key(delivery),
-            },
-        )
+        headers = {"Idempotency-Key": idempotency_key(delivery)}
+        response = self._post_json(self._url, {"status": text}, bearer=self._token, **headers)
         if not response.is_success:
             raise http.error_for(
                 response,

@@ -47,15 +47,7 @@ class XChannel(http.HttpChannel):
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
         """Post the rendered text (with the link) once; see the module doc for retries."""
         _, text = self._text(payload)
-        response = http.send(
-            self._client,
-            "POST",
-            self._url,
-            what=self._what,
-            secrets=[self._token],
-            content=http.dumps({"text": text}),
-            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
-        )
+        response = self._post_json(self._url, {"text": text}, bearer=self._token)
         if response.is_success:
             body = http.json_body(response)
             data = body.get("data") if isinstance(body, dict) else None
