@@ -156,3 +156,70 @@ def test_account_addresses_must_be_http_urls(project: Project, account: str, key
     (problem,) = caught.value.problems
     assert problem.message.startswith(f"{key} must be an http(s) URL")
     assert main.read_text().splitlines()[(problem.line or 0) - 1].startswith("  pcc-x:")
+
+
+# The fast path for plain ASCII addresses must agree with email_validator on everything
+# it accepts, and leave everything else (to be accepted or rejected) to it.
+TRICKY_ADDRESSES = [
+    "jane.smith@org1.example", "Tom.Baxter.12@ORG12.Example", "a@b.co", "A@X.Example",
+    "o'connor+tag@sub.domain.co.uk", "a!#$%&'*+/=?^`{|}~-@x.org", "x_y-z@xn--bcher-kva.example",
+    "Info@x.example", "POSTMASTER@x.example", "webmaster@x.example",  # RFC 2142: lower-cased
+    "a@localhost", "a@x.local", "a@x.onion", "a@x.test", "a@x.invalid", "a@x.arpa", "a@example",
+    "a@x.123", "a@1.2.3.4", "a@[1.2.3.4]", "a@[IPv6:::1]", "a@ab--cd.example", "a@xn--a.example",
+    "a@-a.example", "a@a-.example", "a@x..example", "a@x.example.", "a@.x.example", "a@x-.example",
+    ".a@x.example", "a.@x.example", "a..b@x.example", '"a b"@x.example', '"a"@x.example',
+    "a@@x.example", "a@b@x.example", "@x.example", "a@", "a", "", " a@x.example", "a @x.example",
+    "Jane <a@x.example>", "<a@x.example>", "a(b)@x.example", "a,b@x.example", "a;b@x.example",
+    "a\\b@x.example", "a[b]@x.example", "a:b@x.example", "a\t@x.example", "a\n@x.example",
+    "siân@x.example", "a@bücher.example", "a@BÜCHER.example", "a@ｘ.example", "a＠x.example",
+    "a\u200b@x.example", "a@x\u200b.example", "a\u0338@x.example", "a@x.exampl\u0338e", "İ@x.example",
+    "a@x_y.example", "a@x.ex_ample", "a@" + "b" * 63 + ".example", "a@" + "b" * 64 + ".example",
+    "a" * 64 + "@x.example", "a" * 65 + "@x.example", "a" * 240 + "@" + "b" * 9 + ".com",
+    "a" * 241 + "@" + "b" * 9 + ".com", "x@" + ("a" * 63 + ".") * 3 + "a" * 61,
+    "x@" + ("a" * 63 + ".") * 3 + "a" * 62, "a@xn--bcher-kva.XN--P1AI", "a@xn--p1ai.example",
+]
+
+
+def _mutations(count: int) -> list[str]:
+    """``count`` near-miss addresses: valid ones with characters inserted, dropped or re-cased."""
+    import random
+
+    rng = random.Random(2019)
+    bases = ["jane.smith@org1.example", "o'connor+tag@sub.domain.co.uk", "a@b.co", "Tom.B@ORG12.Example",
+             "x_y-z@xn--bcher-kva.example", "a!#$%&'*+/=?^`{|}~-@x.org"]
+    risky = [*"aZ9.-_+@!#$%&'*/=?^`{|}~\"(),:;<>[]\\ \t", "é", "\u0338", "Ａ", "\u200b", "ß", "İ", "\u212a",
+             "\u00a0", "xn--", "--", "postmaster", "localhost", ".test", ".local", "123", "a" * 70, "ab--"]
+    found = []
+    for _ in range(count):
+        text = rng.choice(bases)
+        for _ in range(rng.randint(1, 3)):
+            i, op = rng.randint(0, len(text)), rng.random()
+            if op < 0.5:
+                text = text[:i] + rng.choice(risky) + text[i:]
+            elif op < 0.8:
+                text = text[:i] + text[i + 1 :]
+            else:
+                text = text.upper() if rng.random() < 0.5 else text.lower()
+        found.append(text)
+    return found
+
+
+def test_the_fast_address_check_agrees_with_email_validator() -> None:
+    from notifier.config import _check_email, _fast_email, _slow_email
+
+    fast_hits = 0
+    for address in [*TRICKY_ADDRESSES, *_mutations(4000)]:
+        try:
+            expected: str | None = _slow_email(address)
+        except ValueError:
+            expected = None
+        fast = _fast_email(address)
+        if fast is not None:
+            fast_hits += 1
+            assert fast == expected, address  # never accepts what email_validator rejects, same form
+        if expected is None:
+            with pytest.raises(ValueError):
+                _check_email(address)
+        else:
+            assert _check_email(address) == expected, address
+    assert fast_hits > 1000  # the fast path is exercised, not just skipped
