@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 from jinja2 import meta
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.audience import Recipient
@@ -47,16 +48,47 @@ class EmailContent:
 
 def format_date(value: datetime, fmt: str | None = None) -> str:
     """The ``date`` filter: ``15 August 2019`` (or ``strftime`` with ``fmt``)."""
-    value = _moment(value, "date")
-    return value.strftime(fmt) if fmt else f"{value.day} {value:%B %Y}"
+    return _remembered(_format_date, value, fmt)
 
 
 def format_time(value: datetime) -> str:
     """The ``time`` filter: ``9am``, ``11:59pm``."""
+    return _remembered(_format_time, value, None)
+
+
+def _format_date(value: Any, fmt: str | None) -> str:
+    value = _moment(value, "date")
+    return value.strftime(fmt) if fmt else f"{value.day} {value:%B %Y}"
+
+
+def _format_time(value: Any, _fmt: None) -> str:
     value = _moment(value, "time")
     hour = value.hour % 12 or 12
     minutes = f":{value.minute:02d}" if value.minute else ""
     return f"{hour}{minutes}{'am' if value.hour < 12 else 'pm'}"
+
+
+# Every e-mail of an occurrence formats the same few datetimes of its context (the same
+# objects: the context is built once per occurrence), four times an e-mail in the example.
+# The text is remembered per object: the entry holds the datetime itself, so its id cannot
+# be reused for another object while the entry exists. Datetimes are immutable.
+_FORMATTED: dict[tuple[Any, int, str | None], tuple[datetime, str]] = {}
+_FORMATTED_MAX = 256
+
+
+def _remembered(how: Any, value: Any, fmt: str | None) -> str:
+    """``how(value, fmt)``, remembered for a plain ``datetime`` and a ``str`` or no format."""
+    if type(value) is not datetime or not (fmt is None or type(fmt) is str):
+        return str(how(value, fmt))
+    key = (how, id(value), fmt)
+    hit = _FORMATTED.get(key)
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    text: str = how(value, fmt)
+    if len(_FORMATTED) >= _FORMATTED_MAX:
+        _FORMATTED.clear()
+    _FORMATTED[key] = (value, text)
+    return text
 
 
 def _moment(value: Any, filter_name: str) -> datetime:
@@ -68,8 +100,35 @@ def _moment(value: Any, filter_name: str) -> datetime:
     return value
 
 
+# Every name ``getattr`` finds on a dict instance: those of dict and its bases (dir), and,
+# to be safe, of its metaclass. Built-in types cannot be changed, so this is fixed.
+_DICT_NAMES = frozenset(dir(dict)) | frozenset(dir(type))
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with a shorter way to the same answer for
+    ``mapping.key`` on a plain dict (every ``consultation.title``, ``recipient.name``).
+
+    The sandbox's ``getattr`` first tries the attribute, which for a dict key raises and
+    catches an ``AttributeError``, then the item. When the object is exactly a ``dict``
+    and the name is none of a dict's attributes, the attribute lookup can only fail, so
+    this goes straight to the item, or to the same undefined as the sandbox's. Anything
+    else (a dict method, a dunder, any other type) takes the sandbox's own path, with its
+    safety checks, unchanged.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute`` in a template, as the sandbox resolves it."""
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_NAMES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 def _environment(templates: Path, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
@@ -172,9 +231,11 @@ class Renderer:
             raise ConfigError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
         rich = self._template(self._html, name) if "html" in plain.blocks else None
         try:
-            subject = _render_block(plain, "subject", variables).strip()
-            text = _render_block(plain, "text", variables).strip() + "\n"
-            html = None if rich is None else _render_block(rich, "html", variables).strip() + "\n"
+            # One context for the blocks of one template, as Template.render would use.
+            shared = plain.new_context(variables)
+            subject = _render_block(plain, "subject", shared).strip()
+            text = _render_block(plain, "text", shared).strip() + "\n"
+            html = None if rich is None else _render_block(rich, "html", rich.new_context(variables)).strip() + "\n"
         except Exception as exc:  # any error a template causes, a filter's TypeError say, is the template's
             raise ConfigError([template_problem(exc, self.templates, name)]) from None
         if "\r" in subject or "\n" in subject:
@@ -238,11 +299,12 @@ class Renderer:
         return source, frozenset(meta.find_undeclared_variables(ast))  # compiles: may raise too
 
 
-def _render_block(template: jinja2.Template, block: str, variables: Mapping[str, Any]) -> str:
-    """One block of ``template``. Errors are raised as ``render`` raises them, with the
-    traceback rewritten to point at template lines rather than the compiled Python."""
+def _render_block(template: jinja2.Template, block: str, context: Context) -> str:
+    """One block of ``template`` in ``context`` (from ``template.new_context``). Errors are
+    raised as ``render`` raises them, with the traceback rewritten to point at template
+    lines rather than the compiled Python."""
     try:
-        return "".join(template.blocks[block](template.new_context(dict(variables))))
+        return "".join(template.blocks[block](context))
     except Exception:
         template.environment.handle_exception()
 

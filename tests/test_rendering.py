@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from notifier.audience import Recipient
@@ -149,3 +151,54 @@ def test_unknown_names_are_the_names_outside_the_context(project: Project) -> No
     project.write("templates/opened/x.j2", "{{ consultaton.title }} {{ recipient.name }} {{ organisation }}")
     renderer = Renderer(load_config(project.config))
     assert renderer.unknown_names("opened/x.j2", frozenset({"organisation"})) == {"consultaton", "recipient"}
+
+
+# The sandbox's shortcut for ``dict.key`` must answer exactly as Jinja2's own immutable
+# sandbox does: values, undefined errors, unsafe attributes, dict methods, dunders.
+SANDBOX_EXPRESSIONS = [
+    "{{ d.title }}", "{{ d.nested.key }}", "{{ d.nope }}", "{{ d.nope is defined }}", "{{ d.items }}",
+    "{{ d['items'] }}", "{{ d.items() | list }}", "{{ d.keys() | list }}", "{{ d.get('title') }}",
+    "{{ d.pop('title') }}", "{{ d.update({}) }}", "{{ d.clear() }}", "{{ d.setdefault('x', 1) }}",
+    "{{ d.__class__ }}", "{{ d.__class__.__mro__ }}", "{{ d.__init__ }}", "{{ d.__dict__ }}",
+    "{{ d.__getitem__('title') }}", "{{ d.mro }}", "{{ d.__name__ }}", "{{ d.__subclasses__ }}",
+    "{{ d._private }}", "{{ d.__dunder__ }}", "{{ d.fmt.format }}", "{{ d.title.__class__ }}",
+    "{{ d.markup }}", "{{ d.html }}", "{{ d.when | date }}", "{{ d.when | date('%d/%m %H:%M %Z') }}",
+    "{{ d.when | time }}", "{{ d.other_when | date }}", "{{ d.title | date }}", "{{ d.nope | date }}",
+    "{{ d.self.title }}", "{{ (d | attr('title')) }}", "{{ d | map(attribute='x') | list }}",
+    "{{ [d.nested] | map(attribute='key') | join }}", "{{ d.proxy.key }}", "{{ d.proxy.__class__ }}",
+]
+
+
+def test_the_sandbox_shortcut_answers_as_jinja_sandbox_does(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from types import MappingProxyType
+    from zoneinfo import ZoneInfo
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from markupsafe import Markup
+
+    from notifier.rendering import _environment, format_date, format_time
+
+    def outcome(env: jinja2.Environment, source: str, variables: dict[str, object]) -> str:
+        try:
+            return "ok: " + env.from_string(source).render(variables)
+        except Exception as exc:  # the same error, type and text, is the same answer
+            return f"error: {type(exc).__name__}: {exc}"
+
+    london = datetime(2019, 8, 15, 23, 59, tzinfo=ZoneInfo("Europe/London"))
+    d: dict[str, object] = {
+        "title": "Tom & <Jerry>", "nested": {"key": "v"}, "items": "an item called items", "_private": 1,
+        "__dunder__": 2, "fmt": "{0.__class__}", "markup": Markup("<b>ok</b>"), "html": "<i>", "when": london,
+        "other_when": london.astimezone(UTC), "proxy": MappingProxyType({"key": "p"}),
+    }
+    d["self"] = d
+    for autoescape in (False, True):
+        ours = _environment(tmp_path, autoescape=autoescape)
+        stock = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=autoescape)
+        stock.filters["date"], stock.filters["time"] = format_date, format_time
+        for source in SANDBOX_EXPRESSIONS:
+            for _ in range(2):  # the second time the date filter answers from memory
+                assert outcome(ours, source, {"d": d}) == outcome(stock, source, {"d": d}), source
+    assert format_date(london) == "15 August 2019" and format_date(d["other_when"]) == "15 August 2019"  # type: ignore[arg-type]
+    assert format_date(london, "%H:%M") == "23:59" and format_date(d["other_when"], "%H:%M") == "22:59"  # type: ignore[arg-type]
