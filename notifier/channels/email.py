@@ -69,12 +69,14 @@ _MAX_LINE = 998  # RFC 5322 2.1.1: a line MUST be at most 998 characters, CRLF e
 def _part(content_type: str, text: str) -> bytes:
     """One text part, headers and body. ASCII text whose lines fit the RFC 5322 limit goes
     as it is (``7bit``: no encoding, most e-mails); anything else as quoted-printable."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    if text.isascii() and "\r" not in text and "\0" not in text and max(map(len, lines)) <= _MAX_LINE:
-        body = "\r\n".join(lines).encode("ascii")
-        body = body if body.endswith(b"\r\n") else body + b"\r\n"
-        return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
-                f"Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + body
+    if text.isascii() and "\r" not in text and "\0" not in text:
+        lines = text.split("\n")  # no CR: these are all the lines
+        if max(map(len, lines)) <= _MAX_LINE:
+            body = "\r\n".join(lines).encode("ascii")
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
+                    f"Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + body
     return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
             f"Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + _qp(text)
 
