@@ -306,6 +306,16 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
+def system_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """System (kernel) CPU seconds each process has used so far: for processes talking over
+    loopback TCP, much of it is the kernel moving their bytes (both ends' work, often)."""
+    out = {}
+    for name, proc in processes.items():
+        with contextlib.suppress(psutil.Error):
+            out[name] = proc.cpu_times().system
+    return out
+
+
 def final_counts(client: redis.Redis, timeout: float) -> dict[str, int]:
     """The ledger's counts by ``channel|status`` once nothing is pending (or ``timeout`` passed)."""
     occurrence = client.get(f"notifier:fired:{CONSULTATION}:{EVENT}")
@@ -420,6 +430,7 @@ def main() -> None:
         assert sink.process is not None
         watched["smtp-sink"] = psutil.Process(sink.process.pid)
         cpu_before, send_cpu, machine_before = cpu_seconds(watched), children_cpu(), busy_seconds()
+        system_before = system_seconds(watched)
         started = time.perf_counter()
         sent_cmd = subprocess.run([sys.executable, "-m", "notifier", "send", CONSULTATION, EVENT, "--again"],
                                   env=env, cwd=root, capture_output=True, text=True, check=False)
@@ -433,6 +444,7 @@ def main() -> None:
         rate = accepted / took
         rss = {w.pid: peak_rss_mb(w.pid) for w in workers}
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(watched).items()}
+        system = {k: v - system_before.get(k, 0.0) for k, v in system_seconds(watched).items()}
         cpu["notifier send"] = send_cpu
         others = busy_seconds() - machine_before - sum(cpu.values())
         for spy in spies:
@@ -450,7 +462,8 @@ def main() -> None:
         print(f"  of which `notifier send` (load and validate the config, fire) {send_took:.2f} s, then the workers "
               f"{after:.2f} s = {accepted / after:,.0f} e-mails/s")
         print(f"ledger: {ledger}; messages after the last expected: {extra}")
-        print("CPU seconds in that time: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+        print("CPU seconds in that time: " + ", ".join(
+            f"{k} {v:.1f}" + (f" (system {system[k]:.1f})" if k in system else "") for k, v in cpu.items())
               + f", anything else on the machine {max(others, 0.0):.1f} "
               f"(of {took * (os.cpu_count() or 1):.0f} core-seconds)")
         print("worker peak RSS (VmHWM): " + ", ".join(f"pid {p}: {mb:.0f} MB" for p, mb in rss.items()))

@@ -223,3 +223,26 @@ def test_the_fast_address_check_agrees_with_email_validator() -> None:
         else:
             assert _check_email(address) == expected, address
     assert fast_hits > 1000  # the fast path is exercised, not just skipped
+
+
+def test_an_audience_is_remembered_only_for_the_very_lists_it_came_from(project: Project) -> None:
+    import gc
+
+    from notifier import audience
+
+    names = ["key-partners", "media", "police-crime-panel"]
+    config = load_config(project.config)
+    first = audience.resolve(config.lists, names)
+    assert audience.resolve(config.lists, names) is first  # the same frozen lists: the same answer
+    assert audience.resolve(config.lists, names, suppressed={first.recipients[0].key: "bounced"}) is not first
+    assert audience.resolve(config.lists, ["media"]) is not first
+    media = project.config / "stakeholders" / "media.csv"
+    media.write_text(media.read_text() + "new.reporter@gazette.example,New Reporter\n")
+    reloaded = load_config(project.config)  # other list objects: resolved afresh
+    again = audience.resolve(reloaded.lists, names)
+    assert again is not first and len(again.recipients) == len(first.recipients) + 1
+    assert "new.reporter@gazette.example" in {r.key for r in again.recipients}
+    remembered = len(audience._MEMO)
+    del config, first
+    gc.collect()
+    assert len(audience._MEMO) < remembered  # a dropped config's audiences are forgotten with it
