@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -193,11 +194,12 @@ def connect(settings: Settings) -> redis.Redis:
 
 
 def _safe(url: str) -> str:
-    """A Redis URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    """A Redis URL without its password (before the host, or a ``password=`` query), for messages."""
+    base, question, query = url.partition("?")
+    if "@" in base and "://" in base:
+        scheme, rest = base.split("://", 1)
+        base = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return base + question + re.sub(r"(^|&)password=[^&]*", r"\1password=***", query)
 
 
 # ---------------------------------------------------------------------------
@@ -206,29 +208,35 @@ def _safe(url: str) -> str:
 
 
 class NotifierBroker(RedisBroker):
-    """RedisBroker whose maintenance runs on a timer, not by chance (see module docstring)."""
+    """RedisBroker whose maintenance runs on a timer, not by chance (see module docstring):
+    :class:`Heartbeat` calls :meth:`maintain` on every queue every few seconds.
 
-    maintenance_every_ms = 2_000
+    Dramatiq's maintenance only looks at the queue of the command it rides on, so it is run
+    for each queue in turn: one timer across queues would always land on the same queue (the
+    first the heartbeat touches) and leave a dead worker's delayed messages held for ever.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self._last_maintenance = 0.0
+        self._maintaining = threading.local()
 
     def _should_do_maintenance(self, command: str) -> int:
-        if command in ("ack", "nack"):
-            return 0
-        now = time.monotonic()
-        if (now - self._last_maintenance) * 1000 >= self.maintenance_every_ms:
-            self._last_maintenance = now
-            return 1
-        return 0
+        return 1 if getattr(self._maintaining, "on", False) else 0
+
+    def maintain(self, queue_name: str) -> None:
+        """Requeue what dead workers held on ``queue_name`` (and refresh this broker's heartbeat)."""
+        self._maintaining.on = True
+        try:
+            self.do_requeue(queue_name)  # no ids: only the heartbeat and the maintenance
+        finally:
+            self._maintaining.on = False
 
 
 class Heartbeat(dramatiq.Middleware):
     """Keeps a worker's liveness fresh in Redis while it runs, busy or idle.
 
-    Every few seconds it touches Dramatiq's heartbeat (and so runs queue maintenance, which
-    requeues the messages of workers dead for longer than ``DEAD_AFTER_MS``) and ours, the
+    Every few seconds it touches Dramatiq's heartbeat, runs queue maintenance on every queue
+    (which requeues the messages of workers dead for longer than ``DEAD_AFTER_MS``) and beats ours, the
     ``notifier:workers`` sorted set that ``send`` and ``/healthz`` read and that delivery
     claims are checked against.
     """
@@ -240,8 +248,10 @@ class Heartbeat(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.clear()
-        redis_broker = cast(RedisBroker, broker)  # Heartbeat is only ever added by make_broker
-        self._thread = threading.Thread(target=self._run, args=(redis_broker,), name="notifier-heartbeat", daemon=True)
+        notifier_broker = cast(NotifierBroker, broker)  # Heartbeat is only ever added by make_broker
+        self._thread = threading.Thread(
+            target=self._run, args=(notifier_broker,), name="notifier-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
@@ -253,12 +263,12 @@ class Heartbeat(dramatiq.Middleware):
         with contextlib.suppress(redis.RedisError, OSError):
             cast(RedisBroker, broker).client.zrem(f"{NAMESPACE}:workers", self.worker_id)
 
-    def _run(self, broker: RedisBroker) -> None:
+    def _run(self, broker: NotifierBroker) -> None:
         while not self._stop.is_set():
             beat(broker.client, self.worker_id)
             with contextlib.suppress(redis.RedisError, OSError):
                 for queue in sorted(broker.queues | broker.delay_queues):
-                    broker.do_requeue(queue)  # no ids: only a heartbeat, plus maintenance when due
+                    broker.maintain(queue)
             self._stop.wait(HEARTBEAT_EVERY_S)
 
 

@@ -365,8 +365,8 @@ class Ledger:
         }
 
     def suppressions(self, emails: list[str]) -> dict[str, str]:
-        """Which of ``emails`` (lower-cased) are suppressed, and why. One round trip."""
-        values = self.client.hmget(self._k("suppressed"), emails) if emails else []
+        """Which of ``emails`` are suppressed (compared lower-cased, as stored), and why. One round trip."""
+        values = self.client.hmget(self._k("suppressed"), [e.lower() for e in emails]) if emails else []
         return {e: json.loads(v)["reason"] for e, v in zip(emails, values, strict=True) if v}
 
     def suppression(self, email: str) -> str | None:

@@ -51,9 +51,15 @@ def reference(p: EmailPayload, msgid: str, date: str) -> EmailMessage:
     payload(name=None),
 ])
 def test_fast_path_parses_back_to_the_same_headers_and_parts(case: EmailPayload) -> None:
+    assert_parses_back_the_same(case)
+
+
+def assert_parses_back_the_same(case: EmailPayload) -> tuple[bytes, EmailMessage]:
+    """The fast path's bytes, parsed, match the EmailMessage-built e-mail; the bytes and the parse."""
     msgid = message_id(Delivery("c:opened:1", "email", case.to_email), SENDER.domain)
     date = "Tue, 09 Jul 2019 08:00:00 +0000"
-    fast = message_from_bytes(build_message(SENDER, case, msgid=msgid, date=date), policy=policy.default)
+    data = build_message(SENDER, case, msgid=msgid, date=date)
+    fast = message_from_bytes(data, policy=policy.default)
     slow = message_from_bytes(reference(case, msgid, date).as_bytes(), policy=policy.default)
     for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Unsubscribe",
                    "List-Unsubscribe-Post"):
@@ -65,6 +71,38 @@ def test_fast_path_parses_back_to_the_same_headers_and_parts(case: EmailPayload)
     assert fast_parts == slow_parts
     assert fast.get_content_type() == slow.get_content_type()
     assert not fast.defects and all(not p.defects for p in fast.walk())
+    assert isinstance(fast, EmailMessage)
+    return data, fast
+
+
+ASCII_TEXT = "Dear Jane Smith,\n\n.A line that starts with a dot\n" + "Long line " * 40 + "\n=Equals= and tabs\t\n"
+ASCII_HTML = "<p>Dear Jane,</p>\n<p>Read the <a href=\"https://pcc.example/c?a=1&amp;b=2\">draft</a>.</p>\n" * 20
+
+
+def ascii_payload(text: str = ASCII_TEXT, html: str | None = ASCII_HTML) -> EmailPayload:
+    return EmailPayload("jane.smith@csp.example", "Jane Smith", EmailContent("Consultation open", text, html),
+                        "https://notify.pcc.example/unsubscribe/abc.def")
+
+
+def encodings(message: EmailMessage) -> dict[str, str]:
+    return {p.get_content_type(): str(p["Content-Transfer-Encoding"]) for p in message.walk() if not p.is_multipart()}
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    (ascii_payload(), {"text/plain": "7bit", "text/html": "7bit"}),
+    (ascii_payload(html=None), {"text/plain": "7bit"}),
+    (payload(), {"text/plain": "quoted-printable", "text/html": "quoted-printable"}),
+    (ascii_payload(html="<p>Dear Siân,</p>\n"), {"text/plain": "7bit", "text/html": "quoted-printable"}),
+    (ascii_payload(text="x" * 1_200 + "\n"), {"text/plain": "quoted-printable", "text/html": "7bit"}),
+], ids=["ascii", "ascii-text-only", "non-ascii", "non-ascii-html", "ascii-line-over-998"])
+def test_plain_ascii_parts_go_7bit_as_written_and_others_quoted_printable(
+    case: EmailPayload, expected: dict[str, str]
+) -> None:
+    data, fast = assert_parses_back_the_same(case)
+
+    assert encodings(fast) == expected
+    if expected["text/plain"] == "7bit":
+        assert b"\r\n=Equals= and tabs\t\r\n" in data, "a 7bit part is on the wire exactly as written"
 
 
 def test_every_line_is_crlf_and_short() -> None:
