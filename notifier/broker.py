@@ -48,6 +48,7 @@ from notifier.config import Settings
 from notifier.errors import NotifierError
 
 NAMESPACE = "notifier"
+WORKERS_KEY = f"{NAMESPACE}:workers"  # worker liveness is per process, shared by every ledger namespace
 DRAMATIQ_NAMESPACE = "notifier-dramatiq"
 #: A worker silent this long is dead: its messages are requeued and its claims may be taken.
 DEAD_AFTER_MS = 10_000
@@ -261,7 +262,7 @@ class Heartbeat(dramatiq.Middleware):
         if self._thread:
             self._thread.join(timeout=5)
         with contextlib.suppress(redis.RedisError, OSError):
-            cast(RedisBroker, broker).client.zrem(f"{NAMESPACE}:workers", self.worker_id)
+            cast(RedisBroker, broker).client.zrem(WORKERS_KEY, self.worker_id)
 
     def _run(self, broker: NotifierBroker) -> None:
         while not self._stop.is_set():
@@ -280,13 +281,13 @@ def text(value: Any) -> str:
 def beat(client: redis.Redis, worker_id: str) -> None:
     """Record that ``worker_id`` is alive now."""
     with contextlib.suppress(redis.RedisError, OSError):
-        client.zadd(f"{NAMESPACE}:workers", {worker_id: time.time() * 1000})
+        client.zadd(WORKERS_KEY, {worker_id: time.time() * 1000})
 
 
 def workers_alive(client: redis.Redis) -> list[str]:
     """The ids of workers seen alive within ``DEAD_AFTER_MS``."""
     since = time.time() * 1000 - DEAD_AFTER_MS
-    return [text(m) for m in client.zrangebyscore(f"{NAMESPACE}:workers", since, "+inf")]
+    return [text(m) for m in client.zrangebyscore(WORKERS_KEY, since, "+inf")]
 
 
 def make_broker(settings: Settings, *, worker_id: str) -> NotifierBroker:

@@ -35,7 +35,7 @@ from typing import Any, Literal, cast
 
 import redis
 
-from notifier.broker import DEAD_AFTER_MS, NAMESPACE, text
+from notifier.broker import DEAD_AFTER_MS, NAMESPACE, WORKERS_KEY, text
 
 Status = Literal["pending", "sent", "failed", "suppressed"]
 FINAL: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
@@ -310,7 +310,7 @@ class Ledger:
         yours to send, ``busy`` ones a live worker is sending, ``final`` ones are done. One round trip."""
         now_ms = int(time.time() * 1000)
         raw = self._claim(
-            keys=[self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("workers")],
+            keys=[self._k("st", occurrence_id), self._k("dl", occurrence_id), WORKERS_KEY],
             args=[owner, CLAIM_LEASE_MS, now_ms, DEAD_AFTER_MS, self._k("claim", occurrence_id, ""), *fields],
         )
         claims = []

@@ -197,9 +197,9 @@ class ScriptedHandler:
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 if self.data_script.get(rcpt.lower()):
-                    self.refused.append(message)  # type: ignore[arg-type]
+                    self.refused.append(message)
                     return self.data_script[rcpt.lower()].pop(0)
-            self.messages.append(message)  # type: ignore[arg-type]
+            self.messages.append(message)
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted"
 

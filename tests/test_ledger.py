@@ -316,3 +316,15 @@ def test_ledgers_in_different_namespaces_do_not_see_each_other(redis_client: red
     # the same delivery is claimed separately in each
     assert states(real, occurrence, "w1|m1", JANE) == ["claimed"]
     assert states(rehearsal, occurrence, "w1|m2", JANE) == ["claimed"]
+
+
+def test_a_rehearsal_ledger_sees_the_same_live_workers(redis_client: redis.Redis) -> None:
+    # Workers beat once per process, not per namespace: a rehearsal's claims must respect them.
+    rehearsal = Ledger(redis_client, namespace=f"{NAMESPACE}-rehearsal:soc:20190709T080000")
+    occurrence = rehearsal.claim_occurrence("soc", "opened", at=AT, rehearsal=True)
+    assert occurrence is not None
+    rehearsal.add(occurrence, emails(JANE))
+    beat(redis_client, "w1")
+
+    assert states(rehearsal, occurrence, "w1|m1", JANE) == ["claimed"]
+    assert states(rehearsal, occurrence, "w2|m2", JANE) == ["busy"], "w1 is alive, so its claim holds"
