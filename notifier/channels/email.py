@@ -40,7 +40,9 @@ _NO_BREAK = str.maketrans({"\r": " ", "\n": " "})
 
 
 def _one_line(value: str) -> str:
-    return value.translate(_NO_BREAK).strip()
+    if "\r" in value or "\n" in value:  # translate() is slow: only when there is something to replace
+        value = value.translate(_NO_BREAK)
+    return value.strip()
 
 
 def _encode_header(value: str) -> str:
