@@ -202,3 +202,14 @@ def test_the_sandbox_shortcut_answers_as_jinja_sandbox_does(tmp_path: Path) -> N
                 assert outcome(ours, source, {"d": d}) == outcome(stock, source, {"d": d}), source
     assert format_date(london) == "15 August 2019" and format_date(d["other_when"]) == "15 August 2019"  # type: ignore[arg-type]
     assert format_date(london, "%H:%M") == "23:59" and format_date(d["other_when"], "%H:%M") == "22:59"  # type: ignore[arg-type]
+
+
+def test_email_blocks_see_jinja_globals_and_keep_their_own_assignments(project: Project) -> None:
+    project.write("templates/opened/email.j2",
+                  "{% block subject %}{% set n = 3 %}{% for i in range(n) %}{{ i }}{% endfor %}{% endblock %}"
+                  "{% block text %}{% set ns = namespace(x=1) %}{{ ns.x }}{{ n is defined }}{% endblock %}"
+                  "{% block html %}{{ lipsum is defined }}{{ n is defined }}{% endblock %}")
+    renderer, ev, ctx = setup(project)
+    for _ in range(2):  # the second time with the template's globals already copied
+        message = renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+        assert (message.subject, message.text, message.html) == ("012", "1False\n", "TrueFalse\n")
