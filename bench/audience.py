@@ -66,7 +66,7 @@ def build(members: int, seed: int = 7) -> tuple[dict[str, StakeholderList], dict
                 fields["role"] = "Chief Executive"
             if i % 50 == 0 and n == len(homes) - 1:
                 fields["subscribed"] = False
-            entries[home].append(Member(**fields))  # type: ignore[arg-type]
+            entries[home].append(Member(**fields))
         if i % 100 == 1:
             suppressed[email.lower()] = "unsubscribed"
     lists = {name: StakeholderList(id=name, members=tuple(found)) for name, found in entries.items()}

@@ -54,6 +54,8 @@ import jinja2
 import psutil
 import redis
 
+from notifier.broker import text
+
 ROOT = Path(__file__).resolve().parent.parent
 CONSULTATION, EVENT = "soc-strategy-2019", "opened"
 #: The lists the example's ``opened`` event goes to: the generated people are spread over them.
@@ -153,7 +155,7 @@ class Sink:
         assert self.process and self.process.stdout
         pattern = re.compile(rb"mesg=(\d+)")
         while True:
-            chunk = self.process.stdout.read1(65536)
+            chunk = os.read(self.process.stdout.fileno(), 65536)
             if not chunk:
                 return
             found = pattern.findall(chunk)
@@ -279,7 +281,7 @@ def worker_processes(supervisor: psutil.Process, expected: int) -> list[psutil.P
 def busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (not idle or waiting on I/O) since boot."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def children_cpu() -> float:
@@ -321,8 +323,8 @@ def final_counts(client: redis.Redis, timeout: float) -> dict[str, int]:
     occurrence = client.get(f"notifier:fired:{CONSULTATION}:{EVENT}")
     deadline = time.monotonic() + timeout
     while True:
-        counts = client.hgetall(f"notifier:cnt:{occurrence.decode()}") if occurrence else {}
-        ledger = {k.decode(): int(v) for k, v in counts.items() if int(v)}
+        counts = client.hgetall(f"notifier:cnt:{text(occurrence)}") if occurrence else {}
+        ledger = {text(k): int(v) for k, v in counts.items() if int(v)}
         if not any(k.endswith("|pending") for k in ledger) or time.monotonic() > deadline:
             return ledger
         time.sleep(0.2)

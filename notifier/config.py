@@ -581,7 +581,7 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
         root=root,
         organisation=settings.get("organisation", ""),
         timezone=tz.key,
-        email=settings.get("email"),
+        email=settings.get("email"),  # type: ignore[arg-type]  # partial: may be missing
         accounts=accounts,
         templates=settings["templates"],
         lists=lists,

@@ -8,7 +8,7 @@ from notifier.config import Member, StakeholderList
 
 def lists(**spec: tuple[list[dict[str, object]], list[str]]) -> dict[str, StakeholderList]:
     return {
-        name: StakeholderList(id=name, members=tuple(Member(**m) for m in members), include=tuple(include))  # type: ignore[arg-type]
+        name: StakeholderList(id=name, members=tuple(Member(**m) for m in members), include=tuple(include))
         for name, (members, include) in spec.items()
     }
 

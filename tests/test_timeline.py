@@ -22,7 +22,7 @@ def consultation(**changes: object) -> Consultation:
                    (("opened", "opens"), ("reminder", "closes - 7d"), ("closed", "closes"))},
     }
     base.update(changes)
-    return Consultation(**base)  # type: ignore[arg-type]
+    return Consultation(**base)
 
 
 def test_default_events_fire_at_opens_a_week_before_close_and_at_close_in_bst() -> None:
