@@ -39,6 +39,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
+WIDE_REPORT = 160  # columns: below this, report leaves lists and provider ids to csv and json
 
 
 def _settings() -> Settings:
@@ -429,19 +430,40 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     table = Table(title=f"{consultation}: deliveries by event and channel", title_justify="left")
     statuses = ("sent", "failed", "suppressed", "pending")
     for column in ("Occurrence", "Fired", "Channel", *statuses):
-        table.add_column(column, justify="right" if column in statuses else "left")
+        table.add_column(column, justify="right" if column in statuses else "left",
+                         no_wrap=column in ("Occurrence", "Fired"))
+
+    def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
+        return occurrence.removeprefix(f"{consultation}:")
+
     for s in summary:
-        table.add_row(s["occurrence"], s["fired_at"][:19].replace("T", " ") + (" late" if s["late"] else ""),
+        table.add_row(short(s["occurrence"]), s["fired_at"][:19].replace("T", " ") + (" late" if s["late"] else ""),
                       s["channel"], *(str(s.get(k, 0)) for k in statuses))
     out.print(table)
+    # Every column fits a wide terminal; a narrow one gets what says who was told what and
+    # when, and a pointer to the rest (the csv and json formats always carry every field).
+    wide = out.width >= WIDE_REPORT
+    if wide:
+        columns = ["Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Sent", "Last error",
+                   "Provider id"]
+    else:
+        several = len({r["occurrence"] for r in rows}) > 1
+        columns = [*(["Occurrence"] if several else []), "Recipient", "Channel", "Status", "Sent", "Last error"]
     detail = Table(title="Deliveries", title_justify="left")
-    for column in ("Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Last error", "Provider id",
-                   "Sent"):
-        detail.add_column(column, overflow="fold")
+    for column in columns:
+        detail.add_column(column, overflow="fold", no_wrap=column in ("Occurrence", "Status", "Sent"),
+                          min_width=28 if column == "Recipient" else None)
     for r in rows:
-        detail.add_row(r["occurrence"], r["channel"], r["recipient"], r["lists"], r["status"], str(r["attempts"]),
-                       r["last_error"], r["provider_id"], r["sent_at"][:19].replace("T", " "))
+        cells = {
+            "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
+            "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
+            "Sent": r["sent_at"][:16].replace("T", " "), "Last error": r["last_error"],
+            "Provider id": r["provider_id"],
+        }
+        detail.add_row(*(cells[c] for c in columns))
     out.print(detail)
+    if not wide:
+        out.print("(a wider terminal shows lists, tries and provider ids; --format csv or json gives every field)")
 
 
 @cli.command()

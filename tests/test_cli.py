@@ -89,6 +89,11 @@ def test_send_wait_on_the_embedded_redis_delivers_to_the_maildir_outbox(project:
     rows = report.stdout.splitlines()
     assert rows[0].startswith("occurrence,event,channel,recipient")
     assert len(rows) == 1 + 36 + 1 + 4, "36 e-mails, one suppressed, four account posts"
+    project.env["COLUMNS"] = "80"
+    table = project.run("report", "soc-strategy-2019", check=True).stdout
+    assert "opened:1" in table, "an 80-column table still names the event"
+    assert JANE[:28] in table, "and keeps room for the recipient"
+    assert "--format csv or json gives every field" in table
     assert not list((project.data / "redis").glob("*.sock")), "the embedded Redis stops with the last user"
 
 
