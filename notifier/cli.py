@@ -126,9 +126,15 @@ def plan(consultation: str | None) -> None:
     consultations = [config.consultation(consultation)] if consultation else list(config.consultations.values())
     ledger = _ledger_or_none(settings)
     suppressed = ledger.suppressed() if ledger else {}
-    table = Table(title=f"Timeline ({config.timezone})", title_justify="left")
-    for column in ("When", "Consultation", "Event", "Channels", "Audience", "State"):
-        table.add_column(column, no_wrap=column in ("When", "Event"))
+    # One consultation is named in the title, leaving its column's width to the others.
+    single = consultations[0].id if len(consultations) == 1 else None
+    title = f"{single}: timeline" if single else "Timeline"
+    table = Table(title=f"{title} ({config.timezone})", title_justify="left")
+    columns = ["When", "Event", "Channels", "Audience", "State"]
+    if not single:
+        columns.insert(1, "Consultation")
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("When", "Event"), overflow="fold")
     from notifier.scheduler import status
 
     now = datetime.now(UTC)
@@ -138,10 +144,9 @@ def plan(consultation: str | None) -> None:
         for i, event in enumerate(events):
             audience = resolve(config.lists, event.audience, suppressed=suppressed)
             size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
-            table.add_row(
-                _local(event.at, config), item.id, event.name, ", ".join(event.channels), size,
-                _describe_state(states[i], config) if states else "?",
-            )
+            cells = [_local(event.at, config), event.name, ", ".join(event.channels), size,
+                     _describe_state(states[i], config) if states else "?"]
+            table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
     out.print(table)
 
 
