@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from notifier.audience import Recipient, Suppressed, opted_out
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Channel, Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Record, now_iso
-from notifier.runtime import Runtime
+from notifier.rendering import Renderer
+from notifier.runtime import Prepared, Runtime
 from notifier.tokens import unsubscribe_url
 
 log = logging.getLogger(__name__)
@@ -98,25 +99,27 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     """
     ledger = rt.ledger
     owner = f"{rt.worker_id}|{message_id or uuid.uuid4().hex}"
-    fields = [f"{batch.channel}|{r}" for r in batch.recipients]
-    claims = ledger.claim(batch.occurrence_id, fields, owner=owner)
+    prefix = f"{batch.channel}|"
+    claims = ledger.claim(batch.occurrence_id, [prefix + r for r in batch.recipients], owner=owner)
     retry: float | None = None
     mine = [c for c in claims if c.state == "claimed"]
     if any(c.state == "busy" for c in claims):
         retry = 15.0  # a live worker is on them: look again later in case it fails
     if not mine:
         return retry
+    cut = len(prefix)
     suppressed = {}
     if batch.channel == EMAIL_CHANNEL:
-        suppressed = ledger.suppressions([c.field.split("|", 1)[1] for c in mine])
+        suppressed = ledger.suppressions([c.field[cut:] for c in mine])
+    sending = _Sending(rt, batch.occurrence_id, batch.channel)
     marks: list[Record] = []
     for claim in mine:
-        channel, recipient = claim.field.split("|", 1)
-        record = claim.record or Record(channel=channel, recipient=recipient)
+        recipient = claim.field[cut:]
+        record = claim.record or Record(channel=batch.channel, recipient=recipient)
         if recipient in suppressed:
             marks.append(record.but(status="suppressed", error=suppressed[recipient]))
         else:
-            new, wait = _attempt(rt, batch.occurrence_id, record)
+            new, wait = _attempt(sending, record)
             marks.append(new)
             if wait is not None:
                 retry = max(retry or 0.0, wait)
@@ -127,12 +130,36 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     return retry
 
 
-def _attempt(rt: Runtime, occurrence_id: str, record: Record) -> tuple[Record, float | None]:
+@dataclass(slots=True)
+class _Sending:
+    """What every delivery of one batch needs from the runtime. Looked up by the first
+    delivery, inside its ``try`` (so a config that cannot be loaded fails each delivery as
+    before), and kept for the rest of the batch: per delivery, the three lookups took three
+    locks and three config freshness checks."""
+
+    rt: Runtime
+    occurrence_id: str
+    channel_name: str
+    prepared: Prepared | None = None
+    channel: Channel | None = None
+    renderer: Renderer | None = None
+
+    def lookup(self) -> tuple[Prepared, Channel, Renderer]:
+        """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
+        if self.prepared is None or self.channel is None or self.renderer is None:
+            self.prepared = self.rt.prepare(self.occurrence_id)
+            self.channel = self.rt.channel(self.channel_name)
+            self.renderer = self.rt.renderer
+        return self.prepared, self.channel, self.renderer
+
+
+def _attempt(sending: _Sending, record: Record) -> tuple[Record, float | None]:
     """Send one delivery; the record as it now stands and, if it is to be retried, when."""
+    rt = sending.rt
     attempt = record.attempts + 1
-    delivery = Delivery(occurrence_id, record.channel, record.recipient, attempt)
+    delivery = Delivery(sending.occurrence_id, record.channel, record.recipient, attempt)
     try:
-        receipt = _send(rt, delivery, record)
+        receipt = _send(sending, delivery, record)
     except TransientDeliveryError as exc:
         if attempt >= rt.settings.max_attempts:
             return record.but(status="failed", attempts=attempt,
@@ -151,21 +178,21 @@ def _attempt(rt: Runtime, occurrence_id: str, record: Record) -> tuple[Record, f
                       url=receipt.url, sent_at=now, updated=now), None
 
 
-def _send(rt: Runtime, delivery: Delivery, record: Record) -> Receipt:
-    prepared = rt.prepare(delivery.occurrence_id)
+def _send(sending: _Sending, delivery: Delivery, record: Record) -> Receipt:
+    rt = sending.rt
+    prepared, channel, renderer = sending.lookup()
     event, context = prepared.event, prepared.context
-    channel = rt.channel(delivery.channel)
     if delivery.channel == EMAIL_CHANNEL:
         recipient = prepared.recipients.get(record.recipient)
         if recipient is None:
             raise PermanentDeliveryError("no longer in the audience's lists")
         url = unsubscribe_url(rt.settings.public_url, rt.secret_key, record.recipient)
-        content = rt.renderer.email(event, recipient, context=context, unsubscribe_url=url)
+        content = renderer.email(event, recipient, context=context, unsubscribe_url=url)
         payload: EmailPayload | PostPayload = EmailPayload(
             to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url
         )
     else:
         platform = rt.config.accounts[delivery.channel].platform
-        text = rt.renderer.social(event, platform, context=context)
+        text = renderer.social(event, platform, context=context)
         payload = PostPayload.of(prepared.consultation, event.name, text, context)
     return channel.send(delivery, payload)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -45,9 +45,19 @@ CHUNK = 1_000
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """Now, UTC, ISO 8601 to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now, UTC, ISO 8601 to the millisecond (``2026-11-27T23:13:16.480+00:00``, as
+    ``datetime.isoformat(timespec="milliseconds")`` writes it). Every delivery stamps one or
+    two of these, so the text up to the second is made once a second (about 3x cheaper)."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if _second[0] != second:
+        _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}+00:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,12 @@ class Record:
 
     def to_json(self) -> str:
         """Compact JSON for Redis."""
-        return _encode({name: getattr(self, name) for name in _RECORD_FIELDS})  # asdict() is 5x slower
+        # A dict display, not asdict() (5x slower) or a loop over the fields' names.
+        return _encode({
+            "channel": self.channel, "recipient": self.recipient, "status": self.status, "name": self.name,
+            "lists": self.lists, "attempts": self.attempts, "error": self.error, "provider_id": self.provider_id,
+            "url": self.url, "created": self.created, "updated": self.updated, "sent_at": self.sent_at,
+        })
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Record:
@@ -85,11 +100,16 @@ class Record:
 
     def but(self, **changes: Any) -> Record:
         """A copy with ``changes`` and ``updated`` set to now (unless ``changes`` sets it)."""
-        changes.setdefault("updated", now_iso())
-        return replace(self, **changes)
+        # What dataclasses.replace does, at half its cost: it is called once per delivery.
+        if "updated" not in changes:
+            changes["updated"] = now_iso()
+        if not changes.keys() <= _RECORD_FIELD_SET:
+            raise TypeError(f"Record has no field {sorted(changes.keys() - _RECORD_FIELD_SET)[0]!r}")
+        return Record(*[changes[name] if name in changes else getattr(self, name) for name in _RECORD_FIELDS])
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
