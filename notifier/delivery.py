@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from notifier.audience import Recipient, Suppressed, opted_out
 from notifier.channels.base import Channel, Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.email import SmtpChannel
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Record, now_iso
@@ -112,21 +113,31 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     if batch.channel == EMAIL_CHANNEL:
         suppressed = ledger.suppressions([c.field[cut:] for c in mine])
     sending = _Sending(rt, batch.occurrence_id, batch.channel)
-    marks: list[Record] = []
-    for claim in mine:
-        recipient = claim.field[cut:]
-        record = claim.record or Record(channel=batch.channel, recipient=recipient)
-        if recipient in suppressed:
-            marks.append(record.but(status="suppressed", error=suppressed[recipient]))
-        else:
-            new, wait = _attempt(sending, record)
-            marks.append(new)
+    # FLUSH_EVERY at a time: rendered, sent (pipelined on one SMTP connection), then
+    # recorded, so a killed worker has sent at most that many the ledger does not know of.
+    for start in range(0, len(mine), FLUSH_EVERY):
+        marks: list[Record] = []
+        sends: list[tuple[int, Record, Delivery, EmailPayload | PostPayload]] = []
+        for claim in mine[start : start + FLUSH_EVERY]:
+            recipient = claim.field[cut:]
+            record = claim.record or Record(channel=batch.channel, recipient=recipient)
+            if recipient in suppressed:
+                marks.append(record.but(status="suppressed", error=suppressed[recipient]))
+                continue
+            delivery = Delivery(batch.occurrence_id, record.channel, record.recipient, record.attempts + 1)
+            try:
+                payload = _payload(sending, delivery, record)
+            except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
+                marks.append(_settle(rt, record, exc))
+            else:
+                sends.append((len(marks), record, delivery, payload))
+                marks.append(record)  # replaced below by how the sending went
+        for (at, record, _, _), result in zip(sends, _send(sending, [(d, p) for _, _, d, p in sends]), strict=True):
+            marks[at] = _settle(rt, record, result)
+            wait = _retry_in(rt, marks[at], result)
             if wait is not None:
                 retry = max(retry or 0.0, wait)
-        if len(marks) >= FLUSH_EVERY:
-            ledger.mark(batch.occurrence_id, marks, owner=owner)
-            marks = []
-    ledger.mark(batch.occurrence_id, marks, owner=owner)
+        ledger.mark(batch.occurrence_id, marks, owner=owner)
     return retry
 
 
@@ -153,34 +164,39 @@ class _Sending:
         return self.prepared, self.channel, self.renderer
 
 
-def _attempt(sending: _Sending, record: Record) -> tuple[Record, float | None]:
-    """Send one delivery; the record as it now stands and, if it is to be retried, when."""
-    rt = sending.rt
+Result = Receipt | TransientDeliveryError | PermanentDeliveryError | ConfigError
+
+
+def _settle(rt: Runtime, record: Record, result: Result) -> Record:
+    """The record of one attempt at a delivery, given how it went."""
     attempt = record.attempts + 1
-    delivery = Delivery(sending.occurrence_id, record.channel, record.recipient, attempt)
-    try:
-        receipt = _send(sending, delivery, record)
-    except TransientDeliveryError as exc:
+    if isinstance(result, Receipt):
+        now = now_iso()
+        return record.but(status="sent", attempts=attempt, error=None, provider_id=result.provider_id,
+                          url=result.url, sent_at=now, updated=now)
+    if isinstance(result, TransientDeliveryError):
         if attempt >= rt.settings.max_attempts:
-            return record.but(status="failed", attempts=attempt,
-                              error=f"gave up after {attempt} attempts: {exc}"), None
-        wait = max(backoff(rt, attempt), exc.retry_after or 0.0)
-        log.info("delivery %s to %s deferred: %s", record.channel, record.recipient, exc)
-        return record.but(attempts=attempt, error=str(exc)), wait
-    except PermanentDeliveryError as exc:
-        if exc.bounce and record.channel == EMAIL_CHANNEL:
-            rt.ledger.suppress(record.recipient, f"bounced: {exc.provider_reply or exc}")
-        return record.but(status="failed", attempts=attempt, error=str(exc)), None
-    except ConfigError as exc:
-        return record.but(status="failed", attempts=attempt, error=f"cannot render: {exc}"), None
-    now = now_iso()
-    return record.but(status="sent", attempts=attempt, error=None, provider_id=receipt.provider_id,
-                      url=receipt.url, sent_at=now, updated=now), None
+            return record.but(status="failed", attempts=attempt, error=f"gave up after {attempt} attempts: {result}")
+        log.info("delivery %s to %s deferred: %s", record.channel, record.recipient, result)
+        return record.but(attempts=attempt, error=str(result))
+    if isinstance(result, PermanentDeliveryError):
+        if result.bounce and record.channel == EMAIL_CHANNEL:
+            rt.ledger.suppress(record.recipient, f"bounced: {result.provider_reply or result}")
+        return record.but(status="failed", attempts=attempt, error=str(result))
+    return record.but(status="failed", attempts=attempt, error=f"cannot render: {result}")
 
 
-def _send(sending: _Sending, delivery: Delivery, record: Record) -> Receipt:
+def _retry_in(rt: Runtime, settled: Record, result: Result) -> float | None:
+    """Seconds until a delivery left pending is due again; None when it is final."""
+    if settled.status != "pending" or not isinstance(result, TransientDeliveryError):
+        return None
+    return max(backoff(rt, settled.attempts), result.retry_after or 0.0)
+
+
+def _payload(sending: _Sending, delivery: Delivery, record: Record) -> EmailPayload | PostPayload:
+    """What to send for one delivery: the e-mail rendered for its recipient, or the post."""
     rt = sending.rt
-    prepared, channel, renderer = sending.lookup()
+    prepared, _, renderer = sending.lookup()
     event, context = prepared.event, prepared.context
     if delivery.channel == EMAIL_CHANNEL:
         recipient = prepared.recipients.get(record.recipient)
@@ -188,11 +204,26 @@ def _send(sending: _Sending, delivery: Delivery, record: Record) -> Receipt:
             raise PermanentDeliveryError("no longer in the audience's lists")
         url = unsubscribe_url(rt.settings.public_url, rt.secret_key, record.recipient)
         content = renderer.email(event, recipient, context=context, unsubscribe_url=url)
-        payload: EmailPayload | PostPayload = EmailPayload(
-            to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url
-        )
-    else:
-        platform = rt.config.accounts[delivery.channel].platform
-        text = renderer.social(event, platform, context=context)
-        payload = PostPayload.of(prepared.consultation, event.name, text, context)
-    return channel.send(delivery, payload)
+        return EmailPayload(to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url)
+    platform = rt.config.accounts[delivery.channel].platform
+    text = renderer.social(event, platform, context=context)
+    return PostPayload.of(prepared.consultation, event.name, text, context)
+
+
+def _send(sending: _Sending, items: list[tuple[Delivery, EmailPayload | PostPayload]]) -> list[Result]:
+    """Send each item; its receipt or the error that says how it failed, in order.
+    E-mails over SMTP go pipelined on one connection; everything else one by one."""
+    if not items:
+        return []
+    _, channel, _ = sending.lookup()  # a payload was made, so this lookup has succeeded
+    if isinstance(channel, SmtpChannel):
+        emails = [(d, p) for d, p in items if isinstance(p, EmailPayload)]
+        if len(emails) == len(items):
+            return list(channel.send_many(emails))
+    results: list[Result] = []
+    for delivery, payload in items:
+        try:
+            results.append(channel.send(delivery, payload))
+        except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
+            results.append(exc)
+    return results

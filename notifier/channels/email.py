@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -245,44 +246,120 @@ def _path(address: str) -> str:
     return smtplib.quoteaddr(_one_line(address))
 
 
+def _commands(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> str:
+    size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
+    return f"MAIL FROM:{_path(from_address)}{size}\r\nRCPT TO:{_path(to_address)}\r\nDATA\r\n"
+
+
 def transaction(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> None:
     """Send one message to one recipient on an open connection, as ``conn.sendmail`` would
     and raising what it raises, but with MAIL, RCPT and DATA in one write where the server
     offers PIPELINING (RFC 2920): two round trips a message instead of four."""
     conn.ehlo_or_helo_if_needed()
-    size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
-    commands = (f"MAIL FROM:{_path(from_address)}{size}\r\n", f"RCPT TO:{_path(to_address)}\r\n", "DATA\r\n")
     replies: list[tuple[int, bytes]] = []
     if conn.has_extn("pipelining"):
-        conn.send("".join(commands))
-        replies = [conn.getreply() for _ in commands]
+        conn.send(_commands(conn, from_address, to_address, data))
+        replies = [conn.getreply() for _ in range(3)]
     else:
+        size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
+        commands = (f"MAIL FROM:{_path(from_address)}{size}\r\n", f"RCPT TO:{_path(to_address)}\r\n", "DATA\r\n")
         for command, ok in zip(commands, ((250,), (250, 251), (354,)), strict=True):
             conn.send(command)
             replies.append(conn.getreply())
             if replies[-1][0] not in ok:
                 break
-    (mail_code, mail_reply), *rest = replies
-    rcpt_code, rcpt_reply = rest[0] if rest else (0, b"")
-    data_code, data_reply = rest[1] if len(rest) > 1 else (0, b"")
-    if data_code == 354 and mail_code == 250 and rcpt_code in (250, 251):
+    if _accepted(replies):
         conn.send(_stuffed(data))
         code, reply = conn.getreply()
         if code == 250:
             return
         _abandon(conn, code)
         raise smtplib.SMTPDataError(code, reply)
+    raise _refused(conn, from_address, to_address, replies)
+
+
+def _accepted(replies: list[tuple[int, bytes]]) -> bool:
+    """Whether MAIL, RCPT and DATA were all accepted (the data may follow)."""
+    return len(replies) == 3 and replies[0][0] == 250 and replies[1][0] in (250, 251) and replies[2][0] == 354
+
+
+def _refused(
+    conn: smtplib.SMTP, from_address: str, to_address: str, replies: list[tuple[int, bytes]]
+) -> smtplib.SMTPException:
+    """After MAIL, RCPT or DATA was refused: end the transaction as ``sendmail`` would and
+    return the exception it raises (the first refusal: sender, then recipient, then DATA)."""
+    (mail_code, mail_reply), *rest = replies
+    rcpt_code, rcpt_reply = rest[0] if rest else (0, b"")
+    data_code, data_reply = rest[1] if len(rest) > 1 else (0, b"")
     if data_code == 354:  # DATA accepted though MAIL or RCPT was not: end the empty message
         conn.send(".\r\n")
         conn.getreply()
     if mail_code != 250:
         _abandon(conn, mail_code)
-        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, from_address)
+        return smtplib.SMTPSenderRefused(mail_code, mail_reply, from_address)
     if rcpt_code not in (250, 251):
         _abandon(conn, rcpt_code)
-        raise smtplib.SMTPRecipientsRefused({to_address: (rcpt_code, rcpt_reply)})
+        return smtplib.SMTPRecipientsRefused({to_address: (rcpt_code, rcpt_reply)})
     _abandon(conn, data_code)
-    raise smtplib.SMTPDataError(data_code, data_reply)
+    return smtplib.SMTPDataError(data_code, data_reply)
+
+
+#: What :func:`transactions` yields for one message: None when the server accepted it, or
+#: the refusal of its sender or recipient (the connection goes on).
+Outcome = smtplib.SMTPSenderRefused | smtplib.SMTPRecipientsRefused | None
+
+
+def transactions(
+    conn: smtplib.SMTP, from_address: str, envelopes: Sequence[tuple[str, bytes]]
+) -> Iterator[Outcome]:
+    """Send several messages, each to one recipient, on an open connection, yielding each
+    one's outcome in order as soon as it is known.
+
+    A refused sender or recipient is yielded (after RSET, as :func:`transaction` does) and
+    the next message goes on. Anything else :func:`transaction` would raise (a refused DATA
+    or end of data, a 421, a lost connection) is raised, and it concerns the message after
+    the last one yielded; the messages after that were not sent (at most their MAIL, RCPT
+    and DATA were, never their data), and the connection must be dropped.
+
+    Where the server offers PIPELINING, a message's data, its final dot and the next
+    message's MAIL, RCPT and DATA go in one write (RFC 2920 allows commands after the end
+    of data), so the replies to both come back in one read: one round trip a message
+    instead of two. Otherwise it is :func:`transaction` once per message.
+    """
+    conn.ehlo_or_helo_if_needed()
+    if not conn.has_extn("pipelining"):
+        for to_address, data in envelopes:
+            try:
+                transaction(conn, from_address, to_address, data)
+            except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused) as exc:
+                yield exc
+            else:
+                yield None
+        return
+    ending = b""  # the previous message's data and dot, written with the next commands
+    for to_address, data in envelopes:
+        conn.send(ending + _commands(conn, from_address, to_address, data).encode("ascii"))
+        if ending:
+            code, reply = conn.getreply()
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)  # the previous message's end of data
+            yield None
+            ending = b""
+        replies = [conn.getreply() for _ in range(3)]
+        if _accepted(replies):
+            ending = _stuffed(data)
+            continue
+        refusal = _refused(conn, from_address, to_address, replies)
+        if not isinstance(refusal, smtplib.SMTPSenderRefused | smtplib.SMTPRecipientsRefused):
+            raise refusal
+        yield refusal
+    if ending:
+        conn.send(ending)
+        code, reply = conn.getreply()
+        if code != 250:
+            _abandon(conn, code)
+            raise smtplib.SMTPDataError(code, reply)
+        yield None
 
 
 def _abandon(conn: smtplib.SMTP, code: int) -> None:
@@ -357,6 +434,40 @@ class SmtpChannel:
                     self._drop()
                 raise translate(exc) from None
         raise AssertionError("unreachable")
+
+    def send_many(
+        self, items: Sequence[tuple[Delivery, EmailPayload]]
+    ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
+        """Send several e-mails on this thread's connection, pipelined across messages
+        (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
+        would raise for it. Every message is handled as :meth:`send` handles it: a connection
+        the server closed is reopened once per message, and a message that fails otherwise
+        drops the connection, so the next one starts on a new one."""
+        msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
+        envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
+                     for (_, payload), msgid in zip(items, msgids, strict=True)]
+        out: list[Receipt | TransientDeliveryError | PermanentDeliveryError] = []
+        reconnected = False  # whether the message after the last one in ``out`` was tried on a new connection
+        while len(out) < len(items):
+            try:
+                conn = self._connection()
+                for outcome in transactions(conn, self.sender.from_address, envelopes[len(out):]):
+                    out.append(Receipt(provider_id=msgids[len(out)]) if outcome is None else translate(outcome))
+                    reconnected = False
+            except smtplib.SMTPServerDisconnected as exc:
+                self._drop()  # a kept-open connection the server closed: reconnect once
+                if reconnected:
+                    out.append(translate(exc))
+                reconnected = not reconnected
+            except smtplib.SMTPAuthenticationError as exc:
+                self._drop()
+                out.append(PermanentDeliveryError(f"SMTP login refused: {_reply(exc.smtp_code, exc.smtp_error)}"))
+                reconnected = False
+            except (smtplib.SMTPException, OSError) as exc:
+                self._drop()  # refusals of a sender or recipient are yielded, not raised
+                out.append(translate(exc))
+                reconnected = False
+        return out
 
     def close(self) -> None:
         """Quit every open connection."""
