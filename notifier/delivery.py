@@ -118,6 +118,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     for start in range(0, len(mine), FLUSH_EVERY):
         marks: list[Record] = []
         sends: list[tuple[int, Record, Delivery, EmailPayload | PostPayload]] = []
+        outcomes: list[tuple[int, Record, Result]] = []  # (index in marks, record, how it went)
         for claim in mine[start : start + FLUSH_EVERY]:
             recipient = claim.field[cut:]
             record = claim.record or Record(channel=batch.channel, recipient=recipient)
@@ -128,11 +129,13 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
             try:
                 payload = _payload(sending, delivery, record)
             except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-                marks.append(_settle(rt, record, exc))
+                outcomes.append((len(marks), record, exc))
             else:
                 sends.append((len(marks), record, delivery, payload))
-                marks.append(record)  # replaced below by how the sending went
-        for (at, record, _, _), result in zip(sends, _send(sending, [(d, p) for _, _, d, p in sends]), strict=True):
+            marks.append(record)  # replaced below by how the attempt went
+        results = _send(sending, [(d, p) for _, _, d, p in sends])
+        outcomes += [(at, record, result) for (at, record, _, _), result in zip(sends, results, strict=True)]
+        for at, record, result in outcomes:
             marks[at] = _settle(rt, record, result)
             wait = _retry_in(rt, marks[at], result)
             if wait is not None:

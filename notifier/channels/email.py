@@ -11,6 +11,9 @@ part is quoted-printable.
 :func:`transaction` sends one message on a kept-open connection as ``SMTP.sendmail``
 would, but pipelines MAIL, RCPT and DATA where the server offers PIPELINING and
 dot-stuffs with ``bytes.replace``: about half the client CPU of ``sendmail`` per message.
+:func:`transactions` (``SmtpChannel.send_many``) sends several messages so, and with
+PIPELINING writes each message's data together with the next one's MAIL, RCPT and DATA:
+one round trip a message, with each message's outcome still its own.
 
 SMTP errors are translated at this boundary: 4xx replies, connection errors and timeouts
 are transient; 5xx replies are permanent (550/551/553 and 5.1.x also mark the address
