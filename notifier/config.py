@@ -15,6 +15,7 @@ tokens) come from the environment through :class:`Settings`.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import os
 import re
@@ -808,6 +809,10 @@ def _list_from_csv(path: Path, problems: list[Problem]) -> StakeholderList | Non
     before = len(problems)
     members: list[Member] = []
     reader = csv.reader(io.StringIO(text, newline=""))
+    # Nothing made here can form a cycle, and at 100,000 rows the cyclic collector would
+    # otherwise run full passes over the growing heap of members several times.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         header = [h.strip() for h in next(reader, [])]
         if "email" not in header:
@@ -816,17 +821,21 @@ def _list_from_csv(path: Path, problems: list[Problem]) -> StakeholderList | Non
         if len(set(header)) != len(header):
             problems.append(where.problem("the header row repeats a column name"))
             return None
+        file = str(path)
         while True:
             line = reader.line_num + 1  # where the next row starts: a quoted cell may span lines
             cells = next(reader, None)
             if cells is None:
                 break
-            member = _csv_member(header, cells, Where(str(path), line), problems)
+            member = _csv_member(header, cells, file, line, problems)
             if member is not None:
                 members.append(member)
     except csv.Error as exc:
         problems.append(Problem.at(path, reader.line_num, f"cannot read CSV: {exc}"))
         return None
+    finally:
+        if collecting:
+            gc.enable()
     if len(problems) != before:
         return None
     return StakeholderList(id=list_id, name=None, members=tuple(members), where=where)
@@ -854,24 +863,29 @@ def _read_csv_text(path: Path, problems: list[Problem]) -> str | None:
     return text
 
 
-def _csv_member(header: list[str], cells: list[str], where: Where, problems: list[Problem]) -> Member | None:
-    """The member in one CSV row, or None for a blank row or one with a problem."""
-    if len(cells) > len(header):
-        problems.append(where.problem(f"row has more cells than the header ({len(header)})"))
+def _csv_member(header: list[str], cells: list[str], path: str, line: int, problems: list[Problem]) -> Member | None:
+    """The member in one CSV row, or None for a blank row or one with a problem (added to
+    ``problems`` at ``path``:``line``)."""
+    if len(cells) != len(header):
+        if len(cells) > len(header):
+            problems.append(Problem.at(path, line, f"row has more cells than the header ({len(header)})"))
+            return None
+        cells = cells + [""] * (len(header) - len(cells))
+    raw: dict[str, Any] = dict(zip(header, map(str.strip, cells), strict=True))
+    if not any(raw.values()):
         return None
-    padded = cells + [""] * (len(header) - len(cells))
-    values = {k: v.strip() for k, v in zip(header, padded, strict=True)}
-    if not any(values.values()):
-        return None
-    raw: dict[str, Any] = {k: v for k, v in values.items() if v != "" or k not in _OPTIONAL}
-    if "subscribed" in values:
-        subscribed = values["subscribed"].lower()
+    for key in _BLANK_IS_NONE:  # a blank name or organisation is no name or organisation
+        if raw.get(key) == "":
+            del raw[key]
+    subscribed = raw.get("subscribed")
+    if subscribed is not None:
+        subscribed = subscribed.lower()
         if subscribed in _TRUE or subscribed == "":
             raw["subscribed"] = True
         elif subscribed in _FALSE:
             raw["subscribed"] = False
         else:
-            problems.append(where.problem(f"subscribed must be true or false, not {subscribed!r}"))
+            problems.append(Problem.at(path, line, f"subscribed must be true or false, not {subscribed!r}"))
             return None
     try:
         return Member.model_validate(raw)
@@ -879,11 +893,11 @@ def _csv_member(header: list[str], cells: list[str], where: Where, problems: lis
         for err in exc.errors():
             field_name = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(where.problem(f"{field_name}: {msg}"))
+            problems.append(Problem.at(path, line, f"{field_name}: {msg}"))
         return None
 
 
-_OPTIONAL = {"name", "organisation", "subscribed"}
+_BLANK_IS_NONE = ("name", "organisation")
 
 
 def _load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> dict[str, Consultation]:

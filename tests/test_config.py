@@ -246,3 +246,40 @@ def test_an_audience_is_remembered_only_for_the_very_lists_it_came_from(project:
     del config, first
     gc.collect()
     assert len(audience._MEMO) < remembered  # a dropped config's audiences are forgotten with it
+
+
+def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> None:
+    """Each CSV row is stripped, a blank name or organisation is none, ``subscribed`` is a
+    yes/no word (blank: yes), other columns are kept as extra keys, and every bad row is
+    reported at its line with why."""
+    (project.config / "stakeholders" / "media.csv").write_text(
+        "email,name,organisation,subscribed,role\n"
+        "  Ann.Lee@Gazette.EXAMPLE ,  Ann Lee ,, yes ,Editor\n"
+        "bob@gazette.example,,Gazette,,\n"
+        "carl@gazette.example,Carl,,No,\n"
+        ",,,,\n"
+        "dan@gazette.example\n"
+        "josé@gazette.example,José,,,\n"
+        ",Nameless,,,\n"
+        "eve@gazette.example,Eve,,maybe,\n"
+        "fay@gazette.example,Fay,,,,extra\n"
+    )
+    _, problems = load_partial(project.config)
+    assert [(p.line, p.message.split(":")[0]) for p in problems if p.path.endswith("media.csv")] == [
+        (7, "email"), (8, "email"), (9, "subscribed must be true or false, not 'maybe'"),
+        (10, "row has more cells than the header (5)"),
+    ]
+    (project.config / "stakeholders" / "media.csv").write_text(
+        "email,name,organisation,subscribed,role\n"
+        "  Ann.Lee@Gazette.EXAMPLE ,  Ann Lee ,, yes ,Editor\n"
+        "bob@gazette.example,,Gazette,,\n"
+        "carl@gazette.example,Carl,,No,\n"
+        ",,,,\n"
+        "dan@gazette.example\n"
+    )
+    ann, bob, carl, dan = load_config(project.config).lists["media"].members
+    assert (ann.email, ann.name, ann.organisation, ann.subscribed, ann.extra) == (
+        "Ann.Lee@gazette.example", "Ann Lee", None, True, {"role": "Editor"}
+    )
+    assert (bob.name, bob.organisation, bob.subscribed, bob.extra) == (None, "Gazette", True, {"role": ""})
+    assert carl.subscribed is False and dan.extra == {"role": ""}
