@@ -41,9 +41,10 @@ def check(config: Config, settings: Settings) -> list[Problem]:
     found: list[Problem] = list(config.warnings)
     if config.templates.is_dir():  # else loading said so, and every template would be missing
         checked: dict[str, frozenset[str]] = {}
+        samples: _Samples = {}
         for consultation in config.consultations.values():
             for event in timeline.events(consultation, config.tz):
-                found += check_event(config, renderer, consultation, event, checked=checked)
+                found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
     for account in config.accounts.values():
         if is_outbox(account, settings):
             why = "outbox: true" if account.outbox else f"{token_variable(account.id)} is not set"
@@ -71,12 +72,15 @@ def check_event(
     event: timeline.Event,
     *,
     checked: dict[str, frozenset[str]] | None = None,
+    samples: _Samples | None = None,
 ) -> list[Problem]:
     """Problems rendering ``event`` on each of its channels for its real audience.
 
     ``checked`` maps the templates whose names were already checked to the unknown names
     found, so a template shared by several events is reported once, and a render that
-    fails on a name already reported as unknown is not reported again.
+    fails on a name already reported as unknown is not reported again. ``samples`` keeps
+    the recipients chosen from each audience, so events that share one (the same resolved
+    recipients) do not scan it again.
     """
     checked = {} if checked is None else checked
     problems: list[Problem] = []
@@ -91,7 +95,7 @@ def check_event(
             if channel == EMAIL_CHANNEL:
                 name = renderer.email_template(event)
                 problems += _check_names(renderer, name, EMAIL_NAMES, checked)
-                for recipient in _samples(audience.recipients):
+                for recipient in _samples(audience.recipients, {} if samples is None else samples):
                     renderer.email(event, recipient, context=context, unsubscribe_url=SAMPLE_UNSUBSCRIBE)
                 continue
             platform = config.accounts[channel].platform
@@ -131,10 +135,26 @@ def _repeats_unknown_name(problem: Problem, template: Path, unknown: frozenset[s
     )
 
 
-def _samples(recipients: tuple[Recipient, ...]) -> list[Recipient]:
-    """One recipient for each distinct shape of data (keys present, name or none)."""
+# An audience's recipients (kept, so that its id stays theirs) and the samples chosen from them.
+_Samples = dict[int, tuple[tuple[Recipient, ...], list[Recipient]]]
+
+
+def _samples(recipients: tuple[Recipient, ...], memo: _Samples) -> list[Recipient]:
+    """One recipient for each distinct shape of data (keys present, name or none), the
+    first of each shape; remembered in ``memo`` for these very recipients."""
+    known = memo.get(id(recipients))
+    if known is not None and known[0] is recipients:
+        return known[1]
     seen: dict[tuple[object, ...], Recipient] = {}
+    in_order: dict[tuple[str, ...], tuple[str, ...]] = {}  # a member's keys -> sorted (one sort per order)
     for recipient in recipients:
-        shape = (tuple(sorted(recipient.extra)), recipient.name is None, recipient.organisation is None)
-        seen.setdefault(shape, recipient)
-    return list(seen.values())
+        keys = tuple(recipient.extra)
+        ordered = in_order.get(keys)
+        if ordered is None:
+            ordered = in_order[keys] = tuple(sorted(keys))
+        shape = (ordered, recipient.name is None, recipient.organisation is None)
+        if shape not in seen:
+            seen[shape] = recipient
+    chosen = list(seen.values())
+    memo[id(recipients)] = (recipients, chosen)
+    return chosen

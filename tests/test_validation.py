@@ -82,3 +82,23 @@ def test_a_missing_templates_folder_is_one_problem_not_one_per_template(project:
     main.write_text(main.read_text() + "templates: ../wording\n")
     errors = _errors(project)
     assert len(errors) == 1 and "templates directory" in errors[0], errors
+
+
+def test_samples_are_the_first_recipient_of_each_shape_once_per_audience() -> None:
+    """``_samples`` picks the first recipient of each shape (extra keys in any order, name
+    or none, organisation or none), and scans an audience's recipients only once."""
+    from types import MappingProxyType
+
+    from notifier.audience import Recipient
+    from notifier.validation import _Samples, _samples
+
+    first = Recipient("a@x.example", "A", None, MappingProxyType({"role": "r", "team": "t"}))
+    same_shape = Recipient("b@x.example", "B", None, MappingProxyType({"team": "t", "role": "r"}))
+    nameless = Recipient("c@x.example", None, None, MappingProxyType({"role": "r", "team": "t"}))
+    plain = Recipient("d@x.example", "D", "Org")
+    recipients = (first, same_shape, nameless, plain)
+    memo: _Samples = {}
+    chosen = _samples(recipients, memo)
+    assert chosen == [first, nameless, plain]
+    assert _samples(recipients, memo) is chosen  # the same audience: not scanned again
+    assert _samples(recipients[1:], memo) == [same_shape, nameless, plain]  # another audience
