@@ -182,6 +182,27 @@ def opted_out(lists: Mapping[str, StakeholderList], names: Iterable[str]) -> tup
     return _resolve(lists, order, {}, only=keys).suppressed
 
 
+_new = object.__new__
+_SET_EMAIL, _SET_NAME, _SET_ORGANISATION, _SET_EXTRA, _SET_LISTS = (
+    Recipient.__dict__[name].__set__ for name in ("email", "name", "organisation", "extra", "lists")
+)
+
+
+def _recipient(
+    email: str, name: str | None, organisation: str | None, extra: Mapping[str, Any], lists: tuple[str, ...]
+) -> Recipient:
+    """``Recipient(email, name, organisation, extra, lists)``, set through the slots
+    directly: a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` for each
+    field, which is half the cost at 100,000 recipients."""
+    recipient = _new(Recipient)
+    _SET_EMAIL(recipient, email)
+    _SET_NAME(recipient, name)
+    _SET_ORGANISATION(recipient, organisation)
+    _SET_EXTRA(recipient, extra)
+    _SET_LISTS(recipient, lists)
+    return recipient
+
+
 def _resolve(
     lists: Mapping[str, StakeholderList],
     order: list[str],
@@ -230,7 +251,7 @@ def _resolve(
         else:
             list_ids = tuple(where)
         extra = member.__pydantic_extra__  # what model_extra returns, without the property call
-        recipient = Recipient(  # positional: email, name, organisation, extra, lists (faster than keywords)
+        recipient = _recipient(
             member.email,
             member.name,
             member.organisation,

@@ -102,3 +102,25 @@ def test_samples_are_the_first_recipient_of_each_shape_once_per_audience() -> No
     assert chosen == [first, nameless, plain]
     assert _samples(recipients, memo) is chosen  # the same audience: not scanned again
     assert _samples(recipients[1:], memo) == [same_shape, nameless, plain]  # another audience
+
+
+def test_recipients_resolve_builds_are_the_dataclass_s_own(project: Project) -> None:
+    """``resolve`` sets a Recipient's slots directly: the result equals, field for field,
+    the Recipient its constructor makes, and every field of the dataclass is set."""
+    import dataclasses
+
+    from notifier.audience import Recipient, _recipient, resolve
+    from notifier.config import load_config
+
+    assert [f.name for f in dataclasses.fields(Recipient)] == ["email", "name", "organisation", "extra", "lists"]
+    config = load_config(project.config)
+    audience = resolve(config.lists, list(config.lists))
+    assert audience.recipients
+    names = [f.name for f in dataclasses.fields(Recipient)]
+    for recipient in audience.recipients:
+        assert recipient == Recipient(*(getattr(recipient, name) for name in names))
+        assert type(recipient) is Recipient
+    built = _recipient("a@x.example", None, "Org", {}, ("media",))
+    assert built == Recipient("a@x.example", None, "Org", {}, ("media",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.name = "changed"  # type: ignore[misc]
