@@ -7,7 +7,6 @@ report can show why they were told.
 
 from __future__ import annotations
 
-import gc
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from notifier.config import Member, StakeholderList
+from notifier.config import Member, StakeholderList, collector_paused
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
@@ -163,13 +162,8 @@ def _paused(lists: Mapping[str, StakeholderList], order: list[str], suppressed: 
     members included) several times while it does: most of the cost. Nothing made here
     can form a cycle, so the collector is paused for the duration.
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _resolve(lists, order, suppressed)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def opted_out(lists: Mapping[str, StakeholderList], names: Iterable[str]) -> tuple[Suppressed, ...]:

@@ -8,7 +8,6 @@ by hand and one fired on time take the same path: claim the occurrence in the le
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import redis
 
 from notifier import actors, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
-from notifier.config import Config, Settings, load_config
+from notifier.config import Config, Settings, collector_paused, load_config
 from notifier.errors import ConfigError
 from notifier.ledger import FINAL, Ledger
 from notifier.runtime import Runtime
@@ -49,24 +48,6 @@ class Progress:
         return sum(c.get("failed", 0) for c in self.counts.values())
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused, if it was running, for the duration.
-
-    Loading and checking a config of 100,000 stakeholders allocates a few hundred thousand
-    long-lived objects (members, then an audience of recipients), and the collector would
-    otherwise run full passes over all of them several times on the way. Pausing it only
-    defers collection: anything cyclic made meanwhile is collected once it runs again.
-    """
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
-
-
 class Service:
     """One process' handle on Redis, the broker and the actors."""
 
@@ -80,7 +61,7 @@ class Service:
 
     def config(self) -> Config:
         """The current, validated config; ConfigError when templates would fail."""
-        with _collector_paused():
+        with collector_paused():
             config = load_config(self.settings.config_dir)
             errors = [p for p in check(config, self.settings) if p.severity == "error"]
         if errors:
