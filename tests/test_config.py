@@ -252,13 +252,16 @@ def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> 
     """Each CSV row is stripped, a blank name or organisation is none, ``subscribed`` is a
     yes/no word (blank: yes), other columns are kept as extra keys, and every bad row is
     reported at its line with why."""
-    (project.config / "stakeholders" / "media.csv").write_text(
+    good = (
         "email,name,organisation,subscribed,role\n"
         "  Ann.Lee@Gazette.EXAMPLE ,  Ann Lee ,, yes ,Editor\n"
         "bob@gazette.example,,Gazette,,\n"
         "carl@gazette.example,Carl,,No,\n"
         ",,,,\n"
         "dan@gazette.example\n"
+    )
+    (project.config / "stakeholders" / "media.csv").write_text(
+        good +
         "josé@gazette.example,José,,,\n"
         ",Nameless,,,\n"
         "eve@gazette.example,Eve,,maybe,\n"
@@ -269,14 +272,7 @@ def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> 
         (7, "email"), (8, "email"), (9, "subscribed must be true or false, not 'maybe'"),
         (10, "row has more cells than the header (5)"),
     ]
-    (project.config / "stakeholders" / "media.csv").write_text(
-        "email,name,organisation,subscribed,role\n"
-        "  Ann.Lee@Gazette.EXAMPLE ,  Ann Lee ,, yes ,Editor\n"
-        "bob@gazette.example,,Gazette,,\n"
-        "carl@gazette.example,Carl,,No,\n"
-        ",,,,\n"
-        "dan@gazette.example\n"
-    )
+    (project.config / "stakeholders" / "media.csv").write_text(good)
     ann, bob, carl, dan = load_config(project.config).lists["media"].members
     assert (ann.email, ann.name, ann.organisation, ann.subscribed, ann.extra) == (
         "Ann.Lee@gazette.example", "Ann Lee", None, True, {"role": "Editor"}
