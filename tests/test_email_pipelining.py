@@ -8,6 +8,7 @@ message (4xx transient, 5xx permanent), and nothing is sent twice or lost.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -57,26 +58,21 @@ def items(count: int) -> list[tuple[Delivery, EmailPayload]]:
     ]
 
 
-def channel(server: SmtpServer) -> SmtpChannel:
-    return SmtpChannel(SmtpTarget.parse(server.url), SENDER)
+def channel(server: SmtpServer) -> contextlib.closing[SmtpChannel]:
+    """The e-mail channel on ``server``, closed at the end of a ``with``."""
+    return contextlib.closing(SmtpChannel(SmtpTarget.parse(server.url), SENDER))
 
 
 def test_the_server_offers_pipelining_so_the_pipelined_path_runs(pipelining_server: SmtpServer) -> None:
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         smtp.send_many(items(1))
         [conn] = smtp._all
         assert conn.has_extn("pipelining")
-    finally:
-        smtp.close()
 
 
 def test_every_message_is_accepted_once_with_its_message_id(pipelining_server: SmtpServer) -> None:
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(7))
-    finally:
-        smtp.close()
 
     assert all(isinstance(r, Receipt) for r in results)
     assert pipelining_server.handler.recipients() == [address(n) for n in range(7)]
@@ -92,12 +88,9 @@ def test_refused_recipients_fail_only_their_own_message(pipelining_server: SmtpS
     handler.always[address(1)] = "550 5.1.1 no such user here"
     handler.script[address(3)] = ["451 4.7.1 greylisted, try later"]
     handler.always[address(6)] = "452 4.2.2 mailbox full"  # the last one
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(7))
         again = smtp.send_many(items(4)[3:])  # greylisting over: the same connection goes on
-    finally:
-        smtp.close()
 
     assert isinstance(results[1], PermanentDeliveryError) and results[1].bounce
     assert "550" in str(results[1])
@@ -115,11 +108,8 @@ def test_a_refused_end_of_data_fails_that_message_and_the_next_is_sent_once(
     handler.data_script[address(2)] = ["554 5.6.0 content rejected"]
     handler.data_script[address(4)] = ["451 4.3.0 mailbox busy, try later"]
     handler.data_script[address(5)] = ["552 5.3.4 too big"]  # the last one
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(6))
-    finally:
-        smtp.close()
 
     assert isinstance(results[2], PermanentDeliveryError) and "554" in str(results[2])
     assert not results[2].bounce
@@ -134,14 +124,11 @@ def test_a_refused_end_of_data_fails_that_message_and_the_next_is_sent_once(
 def test_a_closed_kept_open_connection_is_reopened_and_nothing_is_sent_twice(
     pipelining_server: SmtpServer,
 ) -> None:
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         first = smtp.send_many(items(3))
         pipelining_server.stop()  # closes the kept-open connection
         pipelining_server.start()
         second = smtp.send_many(items(6)[3:])
-    finally:
-        smtp.close()
 
     assert all(isinstance(r, Receipt) for r in first + second)
     assert pipelining_server.handler.recipients() == [address(n) for n in range(6)]
@@ -149,11 +136,8 @@ def test_a_closed_kept_open_connection_is_reopened_and_nothing_is_sent_twice(
 
 def test_a_server_that_is_down_makes_every_message_transient(pipelining_server: SmtpServer) -> None:
     pipelining_server.stop()
-    smtp = channel(pipelining_server)
-    try:
+    with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(3))
-    finally:
-        smtp.close()
 
     assert all(isinstance(r, TransientDeliveryError) for r in results)
 

@@ -249,9 +249,10 @@ def _path(address: str) -> str:
     return smtplib.quoteaddr(_one_line(address))
 
 
-def _commands(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> str:
+def _commands(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> tuple[str, str, str]:
+    """The MAIL, RCPT and DATA commands of one message (with its SIZE where offered)."""
     size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
-    return f"MAIL FROM:{_path(from_address)}{size}\r\nRCPT TO:{_path(to_address)}\r\nDATA\r\n"
+    return f"MAIL FROM:{_path(from_address)}{size}\r\n", f"RCPT TO:{_path(to_address)}\r\n", "DATA\r\n"
 
 
 def transaction(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> None:
@@ -259,13 +260,12 @@ def transaction(conn: smtplib.SMTP, from_address: str, to_address: str, data: by
     and raising what it raises, but with MAIL, RCPT and DATA in one write where the server
     offers PIPELINING (RFC 2920): two round trips a message instead of four."""
     conn.ehlo_or_helo_if_needed()
+    commands = _commands(conn, from_address, to_address, data)
     replies: list[tuple[int, bytes]] = []
     if conn.has_extn("pipelining"):
-        conn.send(_commands(conn, from_address, to_address, data))
-        replies = [conn.getreply() for _ in range(3)]
+        conn.send("".join(commands))
+        replies = [conn.getreply() for _ in commands]
     else:
-        size = f" SIZE={len(data)}" if conn.has_extn("size") else ""
-        commands = (f"MAIL FROM:{_path(from_address)}{size}\r\n", f"RCPT TO:{_path(to_address)}\r\n", "DATA\r\n")
         for command, ok in zip(commands, ((250,), (250, 251), (354,)), strict=True):
             conn.send(command)
             replies.append(conn.getreply())
@@ -341,7 +341,7 @@ def transactions(
         return
     ending = b""  # the previous message's data and dot, written with the next commands
     for to_address, data in envelopes:
-        conn.send(ending + _commands(conn, from_address, to_address, data).encode("ascii"))
+        conn.send(ending + "".join(_commands(conn, from_address, to_address, data)).encode("ascii"))
         if ending:
             code, reply = conn.getreply()
             if code != 250:
@@ -439,16 +439,18 @@ class SmtpChannel:
         raise AssertionError("unreachable")
 
     def send_many(
-        self, items: Sequence[tuple[Delivery, EmailPayload]]
+        self, items: Sequence[tuple[Delivery, EmailPayload | PostPayload]]
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
         """Send several e-mails on this thread's connection, pipelined across messages
         (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
         would raise for it. Every message is handled as :meth:`send` handles it: a connection
         the server closed is reopened once per message, and a message that fails otherwise
         drops the connection, so the next one starts on a new one."""
+        emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
+        assert len(emails) == len(items), "an e-mail channel sends e-mails"
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
-                     for (_, payload), msgid in zip(items, msgids, strict=True)]
+                     for payload, msgid in zip(emails, msgids, strict=True)]
         out: list[Receipt | TransientDeliveryError | PermanentDeliveryError] = []
         reconnected = False  # whether the message after the last one in ``out`` was tried on a new connection
         while len(out) < len(items):
