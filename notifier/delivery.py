@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from notifier.audience import Recipient, Suppressed, opted_out
-from notifier.channels.base import Channel, Delivery, EmailPayload, PostPayload, Receipt
-from notifier.channels.email import SmtpChannel
+from notifier.channels.base import BatchChannel, Channel, Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Record, now_iso
@@ -215,14 +214,13 @@ def _payload(sending: _Sending, delivery: Delivery, record: Record) -> EmailPayl
 
 def _send(sending: _Sending, items: list[tuple[Delivery, EmailPayload | PostPayload]]) -> list[Result]:
     """Send each item; its receipt or the error that says how it failed, in order.
-    E-mails over SMTP go pipelined on one connection; everything else one by one."""
+    A :class:`BatchChannel` (SMTP: pipelined on one connection) sends them together; any
+    other channel one by one."""
     if not items:
         return []
     _, channel, _ = sending.lookup()  # a payload was made, so this lookup has succeeded
-    if isinstance(channel, SmtpChannel):
-        emails = [(d, p) for d, p in items if isinstance(p, EmailPayload)]
-        if len(emails) == len(items):
-            return list(channel.send_many(emails))
+    if isinstance(channel, BatchChannel):
+        return list(channel.send_many(items))
     results: list[Result] = []
     for delivery, payload in items:
         try:

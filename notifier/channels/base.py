@@ -9,11 +9,12 @@ It never decides whether to send: the ledger did that before calling it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.rendering import EmailContent
 
 if TYPE_CHECKING:
@@ -93,4 +94,17 @@ class Channel(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class BatchChannel(Channel, Protocol):
+    """A channel that sends several payloads together faster than one at a time (SMTP
+    pipelines them on one connection). The delivery engine uses :meth:`send_many` where a
+    channel has it, and :meth:`send` one by one elsewhere."""
+
+    def send_many(
+        self, items: Sequence[tuple[Delivery, EmailPayload | PostPayload]]
+    ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
+        """For each item, in order, its receipt or the error :meth:`send` would raise for it."""
         ...
