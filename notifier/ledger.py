@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -84,12 +84,7 @@ class Record:
 
     def to_json(self) -> str:
         """Compact JSON for Redis."""
-        # A dict display, not asdict() (5x slower) or a loop over the fields' names.
-        return _encode({
-            "channel": self.channel, "recipient": self.recipient, "status": self.status, "name": self.name,
-            "lists": self.lists, "attempts": self.attempts, "error": self.error, "provider_id": self.provider_id,
-            "url": self.url, "created": self.created, "updated": self.updated, "sent_at": self.sent_at,
-        })
+        return _encode({name: getattr(self, name) for name in _RECORD_FIELDS})  # asdict() is 5x slower
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Record:
@@ -100,16 +95,12 @@ class Record:
 
     def but(self, **changes: Any) -> Record:
         """A copy with ``changes`` and ``updated`` set to now (unless ``changes`` sets it)."""
-        # What dataclasses.replace does, at half its cost: it is called once per delivery.
         if "updated" not in changes:
             changes["updated"] = now_iso()
-        if not changes.keys() <= _RECORD_FIELD_SET:
-            raise TypeError(f"Record has no field {sorted(changes.keys() - _RECORD_FIELD_SET)[0]!r}")
-        return Record(*[changes[name] if name in changes else getattr(self, name) for name in _RECORD_FIELDS])
+        return replace(self, **changes)
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
-_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
