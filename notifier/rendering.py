@@ -29,6 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from notifier.audience import Recipient
 from notifier.config import Config, Consultation
 from notifier.errors import ConfigError, Problem
+from notifier.memo import ByIdentity
 from notifier.timeline import Event, days_left, normalise
 
 EMAIL_NAMES = frozenset(
@@ -70,25 +71,15 @@ def _format_time(value: Any, _fmt: None) -> str:
 
 # Every e-mail of an occurrence formats the same few datetimes of its context (the same
 # objects: the context is built once per occurrence), four times an e-mail in the example.
-# The text is remembered per object: the entry holds the datetime itself, so its id cannot
-# be reused for another object while the entry exists. Datetimes are immutable.
-_FORMATTED: dict[tuple[Any, int, str | None], tuple[datetime, str]] = {}
-_FORMATTED_MAX = 256
+_FORMATTED: ByIdentity[str] = ByIdentity()
 
 
 def _remembered(how: Any, value: Any, fmt: str | None) -> str:
     """``how(value, fmt)``, remembered for a plain ``datetime`` and a ``str`` or no format."""
     if type(value) is not datetime or not (fmt is None or type(fmt) is str):
         return str(how(value, fmt))
-    key = (how, id(value), fmt)
-    hit = _FORMATTED.get(key)
-    if hit is not None and hit[0] is value:
-        return hit[1]
-    text: str = how(value, fmt)
-    if len(_FORMATTED) >= _FORMATTED_MAX:
-        _FORMATTED.clear()
-    _FORMATTED[key] = (value, text)
-    return text
+    text = _FORMATTED.get(value, (how, fmt))
+    return text if text is not None else _FORMATTED.put(value, how(value, fmt), (how, fmt))
 
 
 def _moment(value: Any, filter_name: str) -> datetime:
@@ -152,7 +143,7 @@ class Renderer:
         self._plain = _environment(self.templates, autoescape=False)
         self._html = _environment(self.templates, autoescape=True)
         self._names: dict[tuple[str, str, str], str | None] = {}
-        self._globals: dict[int, tuple[jinja2.Template, dict[str, Any]]] = {}
+        self._globals: ByIdentity[dict[str, Any]] = ByIdentity()
 
     # -- lookup -------------------------------------------------------------
 
@@ -265,12 +256,10 @@ class Renderer:
         merged with ``variables`` into a new dict, passed as ``shared`` so Jinja uses it as
         it is. Nothing changes an environment's globals after :func:`_environment`.
         """
-        found = self._globals.get(id(template))
-        if found is None or found[0] is not template:
-            if len(self._globals) > 256:
-                self._globals.clear()
-            found = self._globals[id(template)] = (template, dict(template.globals))
-        return template.new_context({**found[1], **variables}, shared=True)
+        found = self._globals.get(template)
+        if found is None:
+            found = self._globals.put(template, dict(template.globals))
+        return template.new_context({**found, **variables}, shared=True)
 
     def _template(self, env: ImmutableSandboxedEnvironment, name: str) -> jinja2.Template:
         """Template ``name`` compiled in ``env``; ConfigError if it does not compile."""

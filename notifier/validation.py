@@ -20,6 +20,7 @@ from notifier.channels.http import posted_text
 from notifier.channels.registry import is_outbox
 from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_partial, token_variable
 from notifier.errors import ConfigError, Problem
+from notifier.memo import ByIdentity
 from notifier.rendering import EMAIL_NAMES, SOCIAL_NAMES, Renderer
 
 SAMPLE_UNSUBSCRIBE = "https://notifier.example/unsubscribe/sample-token"
@@ -41,7 +42,7 @@ def check(config: Config, settings: Settings) -> list[Problem]:
     found: list[Problem] = list(config.warnings)
     if config.templates.is_dir():  # else loading said so, and every template would be missing
         checked: dict[str, frozenset[str]] = {}
-        samples: _Samples = {}
+        samples: ByIdentity[list[Recipient]] = ByIdentity()
         for consultation in config.consultations.values():
             for event in timeline.events(consultation, config.tz):
                 found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
@@ -72,7 +73,7 @@ def check_event(
     event: timeline.Event,
     *,
     checked: dict[str, frozenset[str]] | None = None,
-    samples: _Samples | None = None,
+    samples: ByIdentity[list[Recipient]] | None = None,
 ) -> list[Problem]:
     """Problems rendering ``event`` on each of its channels for its real audience.
 
@@ -95,7 +96,7 @@ def check_event(
             if channel == EMAIL_CHANNEL:
                 name = renderer.email_template(event)
                 problems += _check_names(renderer, name, EMAIL_NAMES, checked)
-                for recipient in _samples(audience.recipients, {} if samples is None else samples):
+                for recipient in _samples(audience.recipients, ByIdentity() if samples is None else samples):
                     renderer.email(event, recipient, context=context, unsubscribe_url=SAMPLE_UNSUBSCRIBE)
                 continue
             platform = config.accounts[channel].platform
@@ -135,16 +136,12 @@ def _repeats_unknown_name(problem: Problem, template: Path, unknown: frozenset[s
     )
 
 
-# An audience's recipients (kept, so that its id stays theirs) and the samples chosen from them.
-_Samples = dict[int, tuple[tuple[Recipient, ...], list[Recipient]]]
-
-
-def _samples(recipients: tuple[Recipient, ...], memo: _Samples) -> list[Recipient]:
+def _samples(recipients: tuple[Recipient, ...], memo: ByIdentity[list[Recipient]]) -> list[Recipient]:
     """One recipient for each distinct shape of data (keys present, name or none), the
     first of each shape; remembered in ``memo`` for these very recipients."""
-    known = memo.get(id(recipients))
-    if known is not None and known[0] is recipients:
-        return known[1]
+    known = memo.get(recipients)
+    if known is not None:
+        return known
     seen: dict[tuple[object, ...], Recipient] = {}
     in_order: dict[tuple[str, ...], tuple[str, ...]] = {}  # a member's keys -> sorted (one sort per order)
     for recipient in recipients:
@@ -155,6 +152,4 @@ def _samples(recipients: tuple[Recipient, ...], memo: _Samples) -> list[Recipien
         shape = (ordered, recipient.name is None, recipient.organisation is None)
         if shape not in seen:
             seen[shape] = recipient
-    chosen = list(seen.values())
-    memo[id(recipients)] = (recipients, chosen)
-    return chosen
+    return memo.put(recipients, list(seen.values()))

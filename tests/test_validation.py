@@ -90,14 +90,15 @@ def test_samples_are_the_first_recipient_of_each_shape_once_per_audience() -> No
     from types import MappingProxyType
 
     from notifier.audience import Recipient
-    from notifier.validation import _Samples, _samples
+    from notifier.memo import ByIdentity
+    from notifier.validation import _samples
 
     first = Recipient("a@x.example", "A", None, MappingProxyType({"role": "r", "team": "t"}))
     same_shape = Recipient("b@x.example", "B", None, MappingProxyType({"team": "t", "role": "r"}))
     nameless = Recipient("c@x.example", None, None, MappingProxyType({"role": "r", "team": "t"}))
     plain = Recipient("d@x.example", "D", "Org")
     recipients = (first, same_shape, nameless, plain)
-    memo: _Samples = {}
+    memo: ByIdentity[list[Recipient]] = ByIdentity()
     chosen = _samples(recipients, memo)
     assert chosen == [first, nameless, plain]
     assert _samples(recipients, memo) is chosen  # the same audience: not scanned again

@@ -1,0 +1,37 @@
+"""Values remembered by the identity of the immutable object they were computed from.
+
+Some work is repeated on the very same objects many times over: the date filter on an
+occurrence's datetimes (every e-mail), a compiled template's globals (every render), the
+sample recipients of an audience shared by several events (every check). Those objects
+are immutable, so a value computed from one stays right for as long as it lives. Each entry
+holds its object, so its ``id`` cannot be reused by another object while the entry exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class ByIdentity(Generic[V]):
+    """A small cache keyed by an object's identity (and an optional ``extra`` key), emptied
+    when it holds ``most`` entries. Safe to share between threads: at worst a value is
+    computed twice."""
+
+    def __init__(self, most: int = 256) -> None:
+        self._entries: dict[tuple[int, Hashable], tuple[object, V]] = {}
+        self._most = most
+
+    def get(self, obj: object, extra: Hashable = None) -> V | None:
+        """The value remembered for ``obj`` (and ``extra``), or None."""
+        hit = self._entries.get((id(obj), extra))
+        return hit[1] if hit is not None and hit[0] is obj else None
+
+    def put(self, obj: object, value: V, extra: Hashable = None) -> V:
+        """Remember ``value`` for ``obj`` (and ``extra``); returns ``value``."""
+        if len(self._entries) >= self._most:
+            self._entries.clear()
+        self._entries[(id(obj), extra)] = (obj, value)
+        return value
