@@ -156,6 +156,9 @@ class _Sending:
     prepared: Prepared | None = None
     channel: Channel | None = None
     renderer: Renderer | None = None
+    #: The channel again where it is a :class:`BatchChannel`: an ``isinstance`` check against
+    #: a runtime-checkable protocol inspects every member, so it is made once a batch.
+    batch: BatchChannel | None = None
 
     def lookup(self) -> tuple[Prepared, Channel, Renderer]:
         """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
@@ -163,6 +166,7 @@ class _Sending:
             self.prepared = self.rt.prepare(self.occurrence_id)
             self.channel = self.rt.channel(self.channel_name)
             self.renderer = self.rt.renderer
+            self.batch = self.channel if isinstance(self.channel, BatchChannel) else None
         return self.prepared, self.channel, self.renderer
 
 
@@ -219,8 +223,8 @@ def _send(sending: _Sending, items: list[tuple[Delivery, EmailPayload | PostPayl
     if not items:
         return []
     _, channel, _ = sending.lookup()  # a payload was made, so this lookup has succeeded
-    if isinstance(channel, BatchChannel):
-        return list(channel.send_many(items))
+    if sending.batch is not None:
+        return list(sending.batch.send_many(items))
     results: list[Result] = []
     for delivery, payload in items:
         try:
