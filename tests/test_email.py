@@ -145,3 +145,18 @@ def test_smtp_replies_are_translated_at_the_boundary() -> None:
     assert isinstance(hard, PermanentDeliveryError) and hard.bounce and "550 5.1.1 No such user" in str(hard)
     assert isinstance(policy_block, PermanentDeliveryError) and not policy_block.bounce
     assert isinstance(translate(ConnectionRefusedError()), TransientDeliveryError)
+
+
+@pytest.mark.parametrize("address", [
+    "a@b.example", "José@b.example", "o'connor@b.example", "a b@x.example", "a<b@x.example", "a>@x.example",
+    "a\tb@x.example", "a\r\nRCPT TO:<evil@x.example>", '"q u"@x.example',
+])
+def test_envelope_paths_are_what_smtplib_would_send_and_one_line(address: str) -> None:
+    import smtplib
+
+    from notifier.channels.email import _path
+
+    path = _path(address)
+    assert "\r" not in path and "\n" not in path  # no second SMTP command from an address
+    if "\r" not in address and "\n" not in address:
+        assert path == smtplib.quoteaddr(address)

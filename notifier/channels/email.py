@@ -25,6 +25,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import mailbox
+import re
 import smtplib
 import socket
 import ssl
@@ -242,9 +243,12 @@ def _stuffed(data: bytes) -> bytes:
     return data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
+_UNSAFE_IN_PATH = re.compile(r"[<>\r\n \t]")
+
+
 def _path(address: str) -> str:
     """``<address>`` for MAIL FROM and RCPT TO (addresses were validated with the config)."""
-    if address.isascii() and not any(c in address for c in "<>\r\n \t"):
+    if address.isascii() and _UNSAFE_IN_PATH.search(address) is None:
         return f"<{address}>"
     return smtplib.quoteaddr(_one_line(address))
 
