@@ -19,7 +19,7 @@ from notifier.audience import Recipient, Suppressed, opted_out
 from notifier.channels.base import BatchChannel, Channel, Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from notifier.ledger import Record, now_iso
+from notifier.ledger import Outcome, Record, Status, now_iso
 from notifier.rendering import Renderer
 from notifier.runtime import Prepared, Runtime
 from notifier.tokens import unsubscribe_url
@@ -115,28 +115,28 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     # FLUSH_EVERY at a time: rendered, sent (pipelined on one SMTP connection), then
     # recorded, so a killed worker has sent at most that many the ledger does not know of.
     for start in range(0, len(mine), FLUSH_EVERY):
-        marks: list[Record] = []
-        sends: list[tuple[int, Record, Delivery, EmailPayload | PostPayload]] = []
-        outcomes: list[tuple[int, Record, Result]] = []  # (index in marks, record, how it went)
+        marks: list[tuple[str, Outcome]] = []
+        sends: list[tuple[int, Delivery, EmailPayload | PostPayload]] = []
+        results: list[tuple[int, Delivery, Result]] = []  # (index in marks, delivery, how it went)
         for claim in mine[start : start + FLUSH_EVERY]:
             recipient = claim.field[cut:]
-            record = claim.record or Record(channel=batch.channel, recipient=recipient)
             if recipient in suppressed:
-                marks.append(record.but(status="suppressed", error=suppressed[recipient]))
+                marks.append((claim.field, _changed(claim.outcome, status="suppressed", error=suppressed[recipient])))
                 continue
-            delivery = Delivery(batch.occurrence_id, record.channel, record.recipient, record.attempts + 1)
+            delivery = Delivery(batch.occurrence_id, batch.channel, recipient, claim.outcome.attempts + 1)
             try:
-                payload = _payload(sending, delivery, record)
+                payload = _payload(sending, delivery)
             except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-                outcomes.append((len(marks), record, exc))
+                results.append((len(marks), delivery, exc))
             else:
-                sends.append((len(marks), record, delivery, payload))
-            marks.append(record)  # replaced below by how the attempt went
-        results = _send(sending, [(d, p) for _, _, d, p in sends])
-        outcomes += [(at, record, result) for (at, record, _, _), result in zip(sends, results, strict=True)]
-        for at, record, result in outcomes:
-            marks[at] = _settle(rt, record, result)
-            wait = _retry_in(rt, marks[at], result)
+                sends.append((len(marks), delivery, payload))
+            marks.append((claim.field, claim.outcome))  # replaced below by how the attempt went
+        sent = _send(sending, [(d, p) for _, d, p in sends])
+        results += [(at, delivery, result) for (at, delivery, _), result in zip(sends, sent, strict=True)]
+        for at, delivery, result in results:
+            settled = _settle(rt, delivery, result)
+            marks[at] = (marks[at][0], settled)
+            wait = _retry_in(rt, settled, result)
             if wait is not None:
                 retry = max(retry or 0.0, wait)
         ledger.mark(batch.occurrence_id, marks, owner=owner)
@@ -173,42 +173,45 @@ class _Sending:
 Result = Receipt | TransientDeliveryError | PermanentDeliveryError | ConfigError
 
 
-def _settle(rt: Runtime, record: Record, result: Result) -> Record:
-    """The record of one attempt at a delivery, given how it went."""
-    attempt = record.attempts + 1
+def _changed(outcome: Outcome, *, status: Status, error: str) -> Outcome:
+    """``outcome`` with a new status and error, updated now (attempts as they were)."""
+    return Outcome(status, outcome.attempts, error, outcome.provider_id, outcome.url, now_iso(), outcome.sent_at)
+
+
+def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
+    """The outcome of one attempt at a delivery (its ``attempt`` numbers this one)."""
+    attempt, now = delivery.attempt, now_iso()
     if isinstance(result, Receipt):
-        now = now_iso()
-        return record.but(status="sent", attempts=attempt, error=None, provider_id=result.provider_id,
-                          url=result.url, sent_at=now, updated=now)
+        return Outcome("sent", attempt, None, result.provider_id, result.url, updated=now, sent_at=now)
     if isinstance(result, TransientDeliveryError):
         if attempt >= rt.settings.max_attempts:
-            return record.but(status="failed", attempts=attempt, error=f"gave up after {attempt} attempts: {result}")
-        log.info("delivery %s to %s deferred: %s", record.channel, record.recipient, result)
-        return record.but(attempts=attempt, error=str(result))
+            return Outcome("failed", attempt, f"gave up after {attempt} attempts: {result}", updated=now)
+        log.info("delivery %s to %s deferred: %s", delivery.channel, delivery.recipient, result)
+        return Outcome("pending", attempt, str(result), updated=now)
     if isinstance(result, PermanentDeliveryError):
-        if result.bounce and record.channel == EMAIL_CHANNEL:
-            rt.ledger.suppress(record.recipient, f"bounced: {result.provider_reply or result}")
-        return record.but(status="failed", attempts=attempt, error=str(result))
-    return record.but(status="failed", attempts=attempt, error=f"cannot render: {result}")
+        if result.bounce and delivery.channel == EMAIL_CHANNEL:
+            rt.ledger.suppress(delivery.recipient, f"bounced: {result.provider_reply or result}")
+        return Outcome("failed", attempt, str(result), updated=now)
+    return Outcome("failed", attempt, f"cannot render: {result}", updated=now)
 
 
-def _retry_in(rt: Runtime, settled: Record, result: Result) -> float | None:
+def _retry_in(rt: Runtime, settled: Outcome, result: Result) -> float | None:
     """Seconds until a delivery left pending is due again; None when it is final."""
     if settled.status != "pending" or not isinstance(result, TransientDeliveryError):
         return None
     return max(backoff(rt, settled.attempts), result.retry_after or 0.0)
 
 
-def _payload(sending: _Sending, delivery: Delivery, record: Record) -> EmailPayload | PostPayload:
+def _payload(sending: _Sending, delivery: Delivery) -> EmailPayload | PostPayload:
     """What to send for one delivery: the e-mail rendered for its recipient, or the post."""
     rt = sending.rt
     prepared, _, renderer = sending.lookup()
     event, context = prepared.event, prepared.context
     if delivery.channel == EMAIL_CHANNEL:
-        recipient = prepared.recipients.get(record.recipient)
+        recipient = prepared.recipients.get(delivery.recipient)
         if recipient is None:
             raise PermanentDeliveryError("no longer in the audience's lists")
-        url = unsubscribe_url(rt.settings.public_url, rt.secret_key, record.recipient)
+        url = unsubscribe_url(rt.settings.public_url, rt.secret_key, delivery.recipient)
         content = renderer.email(event, recipient, context=context, unsubscribe_url=url)
         return EmailPayload(to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url)
     platform = rt.config.accounts[delivery.channel].platform

@@ -16,7 +16,8 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state
 ``occs:<c>``               sorted set of the consultation's occurrences by firing time
 ``st:<id>``                hash ``<channel>|<recipient>`` -> status
-``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record`
+``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record` as fanned out
+``out:<id>``               hash ``<channel>|<recipient>`` -> JSON :class:`Outcome`, once attempted
 ``cnt:<id>``               hash ``<channel>|<status>`` -> count
 ``claim:<id>:<field>``     the worker sending that delivery now (with a lease)
 ``suppressed``             hash address -> JSON {reason, at}
@@ -93,14 +94,42 @@ class Record:
         raw["lists"] = tuple(raw.get("lists") or ())
         return cls(**raw)
 
-    def but(self, **changes: Any) -> Record:
-        """A copy with ``changes`` and ``updated`` set to now (unless ``changes`` sets it)."""
-        if "updated" not in changes:
-            changes["updated"] = now_iso()
-        return replace(self, **changes)
+    def having(self, outcome: Outcome) -> Record:
+        """This record as ``outcome`` left it."""
+        return replace(self, **{name: getattr(outcome, name) for name in _OUTCOME_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a delivery has gone so far: the part of its :class:`Record` that sending changes.
+
+    A worker claims and marks deliveries with these rather than whole records: the name,
+    lists and creation time written when the occurrence fanned out never change, so they
+    are neither read back nor written again for every attempt.
+    """
+
+    status: Status = "pending"
+    attempts: int = 0
+    error: str | None = None
+    provider_id: str | None = None
+    url: str | None = None
+    updated: str | None = None
+    sent_at: str | None = None
+
+    def to_json(self) -> str:
+        """Compact JSON for Redis."""
+        return _encode({"status": self.status, "attempts": self.attempts, "error": self.error,
+                        "provider_id": self.provider_id, "url": self.url, "updated": self.updated,
+                        "sent_at": self.sent_at})
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Outcome:
+        """The outcome stored as ``data``."""
+        return cls(**json.loads(data))
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +168,14 @@ ClaimState = Literal["claimed", "busy", "final"]
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The result of claiming one delivery."""
+    """The result of claiming one delivery, and how its earlier attempts went."""
 
     field: str
     state: ClaimState
-    record: Record | None
+    outcome: Outcome
 
 
-# KEYS: st, dl, workers.  ARGV: owner, lease_ms, now_ms, dead_after_ms, claim_prefix, fields...
+# KEYS: st, out, workers.  ARGV: owner, lease_ms, now_ms, dead_after_ms, claim_prefix, fields...
 # An owner is "<worker id>|<message id>": the same message (a Dramatiq retry) may take its own
 # claims back, another message of the same worker may not; a claim whose worker is dead is free.
 _CLAIM = """
@@ -178,11 +207,11 @@ end
 return out
 """
 
-# KEYS: st, dl, cnt.  ARGV: claim_prefix, owner, then triples (field, status, json).
+# KEYS: st, out, cnt.  ARGV: claim_prefix, owner, then triples (field, status, outcome json).
 # Counts move only when the status changes; a sent delivery stays sent; only the owner releases a claim.
 _MARK = """
 for i = 3, #ARGV, 3 do
-  local f, status, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local f, status, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[1], f)
   if old ~= 'sent' then
     local channel = string.match(f, '^([^|]*)|')
@@ -191,7 +220,7 @@ for i = 3, #ARGV, 3 do
       if old then redis.call('HINCRBY', KEYS[3], channel .. '|' .. old, -1) end
       redis.call('HINCRBY', KEYS[3], channel .. '|' .. status, 1)
     end
-    redis.call('HSET', KEYS[2], f, record)
+    redis.call('HSET', KEYS[2], f, outcome)
   end
   local key = ARGV[1] .. f
   if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
@@ -321,22 +350,24 @@ class Ledger:
         yours to send, ``busy`` ones a live worker is sending, ``final`` ones are done. One round trip."""
         now_ms = int(time.time() * 1000)
         raw = self._claim(
-            keys=[self._k("st", occurrence_id), self._k("dl", occurrence_id), WORKERS_KEY],
+            keys=[self._k("st", occurrence_id), self._k("out", occurrence_id), WORKERS_KEY],
             args=[owner, CLAIM_LEASE_MS, now_ms, DEAD_AFTER_MS, self._k("claim", occurrence_id, ""), *fields],
         )
+        first = Outcome()  # not attempted yet: most claims
         claims = []
         for i, f in enumerate(fields):
             state, data = text(raw[2 * i]), raw[2 * i + 1]
-            claims.append(Claim(f, cast(ClaimState, state), Record.from_json(data) if data else None))
+            claims.append(Claim(f, cast(ClaimState, state), Outcome.from_json(data) if data else first))
         return claims
 
-    def mark(self, occurrence_id: str, records: Iterable[Record], *, owner: str) -> None:
-        """Store new states of deliveries and release their claims (one round trip)."""
+    def mark(self, occurrence_id: str, outcomes: Iterable[tuple[str, Outcome]], *, owner: str) -> None:
+        """Store how deliveries (by field, ``<channel>|<recipient>``) went and release their
+        claims (one round trip)."""
         args: list[str] = [self._k("claim", occurrence_id, ""), owner]
-        for record in records:
-            args += [record.field, record.status, record.to_json()]
+        for field_, outcome in outcomes:
+            args += [field_, outcome.status, outcome.to_json()]
         if len(args) > 2:
-            keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id)]
+            keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
             self._mark(keys=keys, args=args)
 
     def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
@@ -349,14 +380,20 @@ class Ledger:
         return out
 
     def records(self, occurrence_id: str) -> list[Record]:
-        """Every delivery of one occurrence."""
-        data = self.client.hgetall(self._k("dl", occurrence_id))
-        return [Record.from_json(v) for v in data.values()]
+        """Every delivery of one occurrence, as its latest attempt left it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k("dl", occurrence_id))
+        pipe.hgetall(self._k("out", occurrence_id))
+        fanned_out, outcomes = pipe.execute()
+        return [_merged(data, outcomes.get(f)) for f, data in fanned_out.items()]
 
     def record(self, occurrence_id: str, channel: str, recipient: str) -> Record | None:
-        """One delivery, if recorded."""
-        data = self.client.hget(self._k("dl", occurrence_id), f"{channel}|{recipient}")
-        return Record.from_json(data) if data else None
+        """One delivery, if recorded, as its latest attempt left it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self._k("dl", occurrence_id), f"{channel}|{recipient}")
+        pipe.hget(self._k("out", occurrence_id), f"{channel}|{recipient}")
+        data, outcome = pipe.execute()
+        return _merged(data, outcome) if data else None
 
     # -- suppression --------------------------------------------------------
 
@@ -428,6 +465,12 @@ class Ledger:
                 if occurrence.state == "claimed":
                     out.append(occurrence)
         return out
+
+
+def _merged(record: bytes | str, outcome: bytes | str | None) -> Record:
+    """A delivery's record as fanned out, updated by its latest outcome if it has one."""
+    found = Record.from_json(record)
+    return found.having(Outcome.from_json(outcome)) if outcome else found
 
 
 def _chunks(items: Iterable[Record], size: int) -> Iterator[list[Record]]:

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from notifier.broker import DEAD_AFTER_MS, NAMESPACE, beat
-from notifier.ledger import Ledger, Record
+from notifier.ledger import Ledger, Outcome, Record
 
 AT = datetime(2019, 7, 9, 8, 0, tzinfo=UTC)
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -178,7 +178,7 @@ def test_a_delivery_is_claimed_by_one_owner_while_its_worker_lives(ledger: Ledge
     [claim] = ledger.claim(occurrence, fields(JANE), owner="w1|m1")
 
     assert claim.state == "claimed"
-    assert claim.record is not None and claim.record.name == "jane.smith" and claim.record.lists == ("csp",)
+    assert claim.outcome == Outcome(), "not attempted yet"
     assert states(ledger, occurrence, "w2|m2", JANE) == ["busy"]
     assert states(ledger, occurrence, "w1|m9", JANE) == ["busy"], "another message of the same worker"
     assert states(ledger, occurrence, "w1|m1", JANE) == ["claimed"], "a retry of the same message"
@@ -212,14 +212,13 @@ def test_mark_stores_each_outcome_and_keeps_counts(ledger: Ledger, redis_client:
     occurrence = fired(ledger)
     ledger.add(occurrence, emails(JANE, ZOE, SAM))
     beat(redis_client, "w1")
-    claims = {c.field: c.record for c in ledger.claim(occurrence, fields(JANE, ZOE, SAM), owner="w1|m1")}
-    jane, zoe, sam = (claims[f] for f in fields(JANE, ZOE, SAM))
-    assert jane is not None and zoe is not None and sam is not None
+    ledger.claim(occurrence, fields(JANE, ZOE, SAM), owner="w1|m1")
+    jane, zoe, sam = fields(JANE, ZOE, SAM)
 
     ledger.mark(occurrence, [
-        jane.but(status="sent", attempts=1, provider_id="<soc:opened:1.jane@pcc.example>", sent_at="now"),
-        zoe.but(status="failed", attempts=1, error="550 5.1.1 no such user"),
-        sam.but(attempts=1, error="451 4.3.0 try later"),
+        (jane, Outcome("sent", 1, provider_id="<soc:opened:1.jane@pcc.example>", sent_at="now")),
+        (zoe, Outcome("failed", 1, error="550 5.1.1 no such user")),
+        (sam, Outcome("pending", 1, error="451 4.3.0 try later")),
     ], owner="w1|m1")
 
     assert ledger.counts(occurrence) == {"email": {"sent": 1, "failed": 1, "pending": 1}}
@@ -228,10 +227,13 @@ def test_mark_stores_each_outcome_and_keeps_counts(ledger: Ledger, redis_client:
         "sent", 1, "<soc:opened:1.jane@pcc.example>")
     assert (stored[ZOE].status, stored[ZOE].error) == ("failed", "550 5.1.1 no such user")
     assert (stored[SAM].status, stored[SAM].attempts, stored[SAM].error) == ("pending", 1, "451 4.3.0 try later")
-    assert stored[JANE].lists == ("csp",), "what fan-out recorded is kept"
-    # marking released the claim: another live worker may retry the pending one now, not in 5 minutes
+    assert (stored[JANE].lists, stored[JANE].name) == (("csp",), "jane.smith"), "what fan-out recorded is kept"
+    # marking released the claim: another live worker may retry the pending one now, not in 5
+    # minutes, and it knows how the last attempt went
     beat(redis_client, "w2")
-    assert states(ledger, occurrence, "w2|m2", JANE, ZOE, SAM) == ["final", "final", "claimed"]
+    again = ledger.claim(occurrence, fields(JANE, ZOE, SAM), owner="w2|m2")
+    assert [c.state for c in again] == ["final", "final", "claimed"]
+    assert again[2].outcome == Outcome("pending", 1, error="451 4.3.0 try later")
 
 
 def test_a_sent_delivery_stays_sent_and_is_counted_once(ledger: Ledger, redis_client: redis.Redis) -> None:
@@ -239,12 +241,11 @@ def test_a_sent_delivery_stays_sent_and_is_counted_once(ledger: Ledger, redis_cl
     ledger.add(occurrence, emails(JANE))
     beat(redis_client, "w1")
     [claim] = ledger.claim(occurrence, fields(JANE), owner="w1|m1")
-    assert claim.record is not None
-    sent = claim.record.but(status="sent", attempts=1, provider_id="<a@pcc.example>")
+    sent = (claim.field, Outcome("sent", 1, provider_id="<a@pcc.example>"))
 
     ledger.mark(occurrence, [sent], owner="w1|m1")
     ledger.mark(occurrence, [sent], owner="w1|m1")
-    ledger.mark(occurrence, [claim.record.but(status="failed", attempts=2, error="late duplicate")], owner="w2|m2")
+    ledger.mark(occurrence, [(claim.field, Outcome("failed", 2, error="late duplicate"))], owner="w2|m2")
 
     assert ledger.counts(occurrence) == {"email": {"sent": 1}}
     record = ledger.record(occurrence, "email", JANE)
@@ -256,8 +257,7 @@ def test_a_rerun_after_a_crash_sends_only_what_was_not_sent(ledger: Ledger, redi
     ledger.add(occurrence, emails(JANE, ZOE, SAM))
     beat(redis_client, "w1")
     claims = ledger.claim(occurrence, fields(JANE, ZOE, SAM), owner="w1|m1")
-    ledger.mark(occurrence, [c.record.but(status="sent", attempts=1) for c in claims[:2] if c.record],
-                owner="w1|m1")
+    ledger.mark(occurrence, [(c.field, Outcome("sent", 1)) for c in claims[:2]], owner="w1|m1")
     kill(redis_client, "w1")  # killed before it sent Sam's
     beat(redis_client, "w2")
 
