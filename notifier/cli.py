@@ -30,6 +30,7 @@ from notifier.channels import limits
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
+from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, NotifierError, Problem, UsageError
 from notifier.ledger import Record
 from notifier.rendering import Renderer
@@ -435,14 +436,17 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     table = Table(title=f"{consultation}: deliveries by event and channel", title_justify="left")
     statuses = ("sent", "failed", "suppressed", "pending")
     for column in ("Occurrence", "Fired", "Channel", *statuses):
-        table.add_column(column, justify="right" if column in statuses else "left",
-                         no_wrap=column in ("Occurrence", "Fired"))
+        # In 80 columns a long account id folds onto a second line; no header or count is cut.
+        table.add_column(column, justify="right" if column in statuses else "left", overflow="fold",
+                         no_wrap=column in ("Occurrence", "Fired"),
+                         min_width=len(column) if column in statuses else None)
 
     def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
         return occurrence.removeprefix(f"{consultation}:")
 
     for s in summary:
-        table.add_row(short(s["occurrence"]), s["fired_at"][:19].replace("T", " ") + (" late" if s["late"] else ""),
+        fired = s["fired_at"][:16] if out.width >= WIDE_REPORT else s["fired_at"][5:16]  # 80 columns: no year
+        table.add_row(short(s["occurrence"]), fired.replace("T", " ") + (" late" if s["late"] else ""),
                       s["channel"], *(str(s.get(k, 0)) for k in statuses))
     out.print(table)
     # Every column fits a wide terminal; a narrow one gets what says who was told what and
@@ -452,23 +456,30 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
         columns = ["Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Sent", "Last error",
                    "Provider id"]
     else:
+        # 80 columns: "To" is the address an e-mail went to, or the account a post went on.
         several = len({r["occurrence"] for r in rows}) > 1
-        columns = [*(["Occurrence"] if several else []), "Recipient", "Channel", "Status", "Sent", "Last error"]
+        columns = [*(["Occurrence"] if several else []), "To", "Status", "Sent", "Last error"]
     detail = Table(title="Deliveries", title_justify="left")
+    # Rich shrinks the widest column first, so the error column is capped at what is left
+    # once the address has 28 and the fixed ones theirs: the table then fits the terminal.
+    fixed = {"Occurrence": max((len(short(r["occurrence"])) for r in rows), default=10), "Status": 10, "Sent": 11}
+    left = out.width - 28 - sum(fixed.get(c, 0) for c in columns) - 3 * len(columns) - 1
     for column in columns:
-        detail.add_column(column, overflow="fold", no_wrap=column in ("Occurrence", "Status", "Sent"),
-                          min_width=28 if column == "Recipient" else None)
+        detail.add_column(column, overflow="fold", no_wrap=column in fixed,
+                          min_width=28 if column in ("Recipient", "To") else None,
+                          max_width=max(left, 12) if column == "Last error" and not wide else None)
     for r in rows:
         cells = {
             "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
+            "To": r["channel"] if r["recipient"] == ACCOUNT else r["recipient"],
             "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
-            "Sent": r["sent_at"][:16].replace("T", " "), "Last error": r["last_error"],
-            "Provider id": r["provider_id"],
+            "Sent": r["sent_at"][:16].replace("T", " ") if wide else r["sent_at"][5:16].replace("T", " "),
+            "Last error": r["last_error"], "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
     out.print(detail)
     if not wide:
-        out.print("(a wider terminal shows lists, tries and provider ids; --format csv or json gives every field)")
+        out.print("(more in a wider terminal; --format csv or json gives every field)")
 
 
 @cli.command()

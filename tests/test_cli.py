@@ -93,6 +93,8 @@ def test_send_wait_on_the_embedded_redis_delivers_to_the_maildir_outbox(project:
     table = project.run("report", "soc-strategy-2019", check=True).stdout
     assert "opened:1" in table, "an 80-column table still names the event"
     assert JANE[:28] in table, "and keeps room for the recipient"
+    assert max(map(len, table.splitlines())) <= 80, "every line fits the terminal: nothing wraps or is cut"
+    assert "pcc-facebook" in table and "suppressed" in table, "a post's row names its account; headers are whole"
     assert "--format csv or json gives every field" in table
     assert not list((project.data / "redis").glob("*.sock")), "the embedded Redis stops with the last user"
 
