@@ -133,6 +133,7 @@ class Sink:
     count: int = 0
     last_change: float = 0.0
     changed: threading.Condition = field(default_factory=threading.Condition)
+    history: list[tuple[float, int]] = field(default_factory=list)  # (when, count) at each change
 
     def start(self) -> None:
         """Start the sink and wait until it accepts connections."""
@@ -162,6 +163,7 @@ class Sink:
             if found:
                 with self.changed:
                     self.count, self.last_change = int(found[-1]), time.perf_counter()
+                    self.history.append((self.last_change, self.count))
                     self.changed.notify_all()
 
     def wait_for(self, count: int, *, idle_timeout: float, progress: bool = False) -> tuple[int, float]:
@@ -178,6 +180,11 @@ class Sink:
                 if self.count == before and time.perf_counter() - self.last_change > idle_timeout:
                     break
             return self.count, self.last_change
+
+    def reached(self, count: int) -> float | None:
+        """When the counter first reached ``count``, if it did."""
+        with self.changed:
+            return next((when for when, seen in self.history if seen >= count), None)
 
     def stop(self) -> None:
         """Stop the sink."""
@@ -463,6 +470,10 @@ def main() -> None:
         after = took - send_took
         print(f"  of which `notifier send` (load and validate the config, fire) {send_took:.2f} s, then the workers "
               f"{after:.2f} s = {accepted / after:,.0f} e-mails/s")
+        first, most = sink.reached(offset + 1), sink.reached(offset + int(accepted * 0.99))
+        if first is not None and most is not None:
+            print(f"  first e-mail accepted {first - started:.2f} s after `notifier send` started; "
+                  f"the last 1% took {last - most:.2f} s")
         print(f"ledger: {ledger}; messages after the last expected: {extra}")
         print("CPU seconds in that time: " + ", ".join(
             f"{k} {v:.1f}" + (f" (system {system[k]:.1f})" if k in system else "") for k, v in cpu.items())
