@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import enum
 import mailbox
 import re
 import smtplib
@@ -31,11 +32,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
@@ -316,9 +318,17 @@ def _refused(
 Outcome = smtplib.SMTPSenderRefused | smtplib.SMTPRecipientsRefused | None
 
 
+class Step(enum.Enum):
+    """What :func:`transactions` also yields, between outcomes: that it has just written to
+    the server and will next wait for replies, so a caller may write to another
+    connection meanwhile (:meth:`SmtpChannel.send_many` keeps two busy this way)."""
+
+    WRITTEN = "written"
+
+
 def transactions(
     conn: smtplib.SMTP, from_address: str, envelopes: Sequence[tuple[str, bytes]]
-) -> Iterator[Outcome]:
+) -> Iterator[Outcome | Step]:
     """Send several messages, each to one recipient, on an open connection, yielding each
     one's outcome in order as soon as it is known.
 
@@ -331,7 +341,8 @@ def transactions(
     Where the server offers PIPELINING, a message's data, its final dot and the next
     message's MAIL, RCPT and DATA go in one write (RFC 2920 allows commands after the end
     of data), so the replies to both come back in one read: one round trip a message
-    instead of two. Otherwise it is :func:`transaction` once per message.
+    instead of two. Otherwise it is :func:`transaction` once per message. After each write
+    that replies will answer, :attr:`Step.WRITTEN` is yielded.
     """
     conn.ehlo_or_helo_if_needed()
     if not conn.has_extn("pipelining"):
@@ -346,6 +357,7 @@ def transactions(
     ending = b""  # the previous message's data and dot, written with the next commands
     for to_address, data in envelopes:
         conn.send(ending + "".join(_commands(conn, from_address, to_address, data)).encode("ascii"))
+        yield Step.WRITTEN
         if ending:
             code, reply = conn.getreply()
             if code != 250:
@@ -362,6 +374,7 @@ def transactions(
         yield refusal
     if ending:
         conn.send(ending)
+        yield Step.WRITTEN
         code, reply = conn.getreply()
         if code != 250:
             _abandon(conn, code)
@@ -378,8 +391,33 @@ def _abandon(conn: smtplib.SMTP, code: int) -> None:
             conn.rset()
 
 
+_R = TypeVar("_R")
+
+
+def _in_step(lanes: list[Generator[Step, None, list[_R]]]) -> list[list[_R]]:
+    """Run ``lanes`` round robin, each up to its next write, until all have finished; what
+    each returned. While one lane's replies travel, the next lane writes."""
+    results: list[list[_R] | None] = [None] * len(lanes)
+    running = dict(enumerate(lanes))
+    while running:
+        for lane, steps in list(running.items()):
+            try:
+                next(steps)
+            except StopIteration as done:
+                results[lane] = done.value
+                del running[lane]
+    return [r if r is not None else [] for r in results]
+
+
+#: SMTP connections a worker thread keeps open. :meth:`SmtpChannel.send_many` writes the
+#: next message to one while the other's replies are on their way: a thread that has to
+#: sleep until a reply comes spends more CPU on the sleeping and waking than on the message
+#: (bench/RESULTS.md, round 5), and each connection still has one round trip a message.
+LANES = 2
+
+
 class SmtpChannel:
-    """Sends over SMTP, with one connection per thread kept open and reused."""
+    """Sends over SMTP, with up to :data:`LANES` connections per thread kept open and reused."""
 
     name = "email"
 
@@ -390,8 +428,9 @@ class SmtpChannel:
         self._all: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> smtplib.SMTP:
-        conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
+    def _connection(self, lane: int = 0) -> smtplib.SMTP:
+        conns: dict[int, smtplib.SMTP] = self._conns()
+        conn = conns.get(lane)
         if conn is not None:
             return conn
         t = self.target
@@ -404,14 +443,20 @@ class SmtpChannel:
                 conn.starttls(context=context)
         if t.username:
             conn.login(t.username, t.password or "")
-        self._local.conn = conn
+        conns[lane] = conn
         with self._lock:
             self._all.append(conn)
         return conn
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
+    def _conns(self) -> dict[int, smtplib.SMTP]:
+        """This thread's open connections, by lane."""
+        conns: dict[int, smtplib.SMTP] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        return conns
+
+    def _drop(self, lane: int = 0) -> None:
+        conn = self._conns().pop(lane, None)
         if conn is not None:
             with self._lock:
                 if conn in self._all:
@@ -445,35 +490,59 @@ class SmtpChannel:
     def send_many(
         self, items: Sequence[tuple[Delivery, EmailPayload | PostPayload]]
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
-        """Send several e-mails on this thread's connection, pipelined across messages
+        """Send several e-mails on this thread's connections, pipelined across messages
         (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
-        would raise for it. Every message is handled as :meth:`send` handles it: a connection
-        the server closed is reopened once per message, and a message that fails otherwise
-        drops the connection, so the next one starts on a new one."""
+        would raise for it.
+
+        The messages are dealt to :data:`LANES` connections in turn, and the lanes go in
+        step: each writes its next message, then each reads its replies. Within a lane every
+        message is handled as :meth:`send` handles it: a connection the server closed is
+        reopened once per message, and a message that fails otherwise drops that lane's
+        connection, so the lane's next message starts on a new one.
+        """
         emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
         assert len(emails) == len(items), "an e-mail channel sends e-mails"
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
                      for payload, msgid in zip(emails, msgids, strict=True)]
+        dealt = [range(lane, len(items), LANES) for lane in range(min(LANES, len(items)))]
+        lanes = [self._lane(lane, [envelopes[i] for i in indices], [msgids[i] for i in indices])
+                 for lane, indices in enumerate(dealt)]
+        out: list[Receipt | TransientDeliveryError | PermanentDeliveryError | None] = [None] * len(items)
+        for indices, results in zip(dealt, _in_step(lanes), strict=True):
+            for i, result in zip(indices, results, strict=True):
+                out[i] = result
+        sent = [result for result in out if result is not None]
+        assert len(sent) == len(items), "every lane answers for each of its messages"
+        return sent
+
+    def _lane(
+        self, lane: int, envelopes: list[tuple[str, bytes]], msgids: list[str]
+    ) -> Generator[Step, None, list[Receipt | TransientDeliveryError | PermanentDeliveryError]]:
+        """Send ``envelopes`` on connection ``lane``, yielding after each write (see
+        :func:`_in_step`); returns each message's receipt or error, in order."""
         out: list[Receipt | TransientDeliveryError | PermanentDeliveryError] = []
         reconnected = False  # whether the message after the last one in ``out`` was tried on a new connection
-        while len(out) < len(items):
+        while len(out) < len(envelopes):
             try:
-                conn = self._connection()
+                conn = self._connection(lane)
                 for outcome in transactions(conn, self.sender.from_address, envelopes[len(out):]):
+                    if outcome is Step.WRITTEN:
+                        yield outcome
+                        continue
                     out.append(Receipt(provider_id=msgids[len(out)]) if outcome is None else translate(outcome))
                     reconnected = False
             except smtplib.SMTPServerDisconnected as exc:
-                self._drop()  # a kept-open connection the server closed: reconnect once
+                self._drop(lane)  # a kept-open connection the server closed: reconnect once
                 if reconnected:
                     out.append(translate(exc))
                 reconnected = not reconnected
             except smtplib.SMTPAuthenticationError as exc:
-                self._drop()
+                self._drop(lane)
                 out.append(PermanentDeliveryError(f"SMTP login refused: {_reply(exc.smtp_code, exc.smtp_error)}"))
                 reconnected = False
             except (smtplib.SMTPException, OSError) as exc:
-                self._drop()  # refusals of a sender or recipient are yielded, not raised
+                self._drop(lane)  # refusals of a sender or recipient are yielded, not raised
                 out.append(translate(exc))
                 reconnected = False
         return out
