@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -170,3 +170,40 @@ def test_delivery_end_to_end_over_a_pipelining_server(
     assert set(received) == sent and max(received.values()) == 1
     [accepted] = pipelining_server.handler.to(jane)
     assert accepted["Message-ID"] == records[jane].provider_id == pipelining_server.handler.refused[0]["Message-ID"]
+
+
+def test_a_lane_stopped_mid_transaction_drops_its_connection(pipelining_server: SmtpServer) -> None:
+    """A worker's time limit can stop a send between a write and its replies: the
+    connection, with replies unread, must not be reused, or the next message would read
+    the previous one's replies as its own."""
+    with channel(pipelining_server) as smtp:
+        envelopes = [(address(n), b"Subject: x\r\n\r\nhello\r\n") for n in range(3)]
+        lane = smtp._lane(0, envelopes, [f"<{n}@pcc.example>" for n in range(3)])
+        next(lane)  # the first message's commands are written, its replies not yet read
+        assert len(smtp._all) == 1
+        lane.close()
+        assert smtp._all == [], "the half-used connection was dropped"
+        results = smtp.send_many(items(2))  # and new ones work
+
+    assert all(isinstance(r, Receipt) for r in results)
+    assert Counter(pipelining_server.handler.recipients()) == Counter(address(n) for n in range(2))
+
+
+def test_when_one_lane_fails_the_others_are_stopped_too() -> None:
+    from notifier.channels.email import Step, _in_step
+
+    stopped: list[str] = []
+
+    def lane(name: str, fail: bool) -> Generator[Step, None, list[str]]:
+        try:
+            yield Step.WRITTEN
+            if fail:
+                raise RuntimeError("time limit")
+            yield Step.WRITTEN
+            return [name]
+        finally:
+            stopped.append(name)
+
+    with pytest.raises(RuntimeError, match="time limit"):
+        _in_step([lane("a", fail=True), lane("b", fail=False)])
+    assert sorted(stopped) == ["a", "b"], "b was closed, not left suspended mid-transaction"

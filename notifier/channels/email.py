@@ -399,13 +399,18 @@ def _in_step(lanes: list[Generator[Step, None, list[_R]]]) -> list[list[_R]]:
     each returned. While one lane's replies travel, the next lane writes."""
     results: list[list[_R] | None] = [None] * len(lanes)
     running = dict(enumerate(lanes))
-    while running:
-        for lane, steps in list(running.items()):
-            try:
-                next(steps)
-            except StopIteration as done:
-                results[lane] = done.value
-                del running[lane]
+    try:
+        while running:
+            for lane, steps in list(running.items()):
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    results[lane] = done.value
+                    del running[lane]
+    except BaseException:
+        for steps in running.values():  # the others stop too, and drop their half-used connections
+            steps.close()
+        raise
     return [r if r is not None else [] for r in results]
 
 
@@ -545,6 +550,11 @@ class SmtpChannel:
                 self._drop(lane)  # refusals of a sender or recipient are yielded, not raised
                 out.append(translate(exc))
                 reconnected = False
+            except BaseException:
+                # Stopped mid-transaction (a time limit, the other lane failing, shutdown):
+                # replies may be unread, so this connection must never be used again.
+                self._drop(lane)
+                raise
         return out
 
     def close(self) -> None:
