@@ -13,7 +13,9 @@ would, but pipelines MAIL, RCPT and DATA where the server offers PIPELINING and
 dot-stuffs with ``bytes.replace``: about half the client CPU of ``sendmail`` per message.
 :func:`transactions` (``SmtpChannel.send_many``) sends several messages so, and with
 PIPELINING writes each message's data together with the next one's MAIL, RCPT and DATA:
-one round trip a message, with each message's outcome still its own.
+one round trip a message, with each message's outcome still its own. ``send_many`` deals
+the messages to two connections of the thread and writes to one while the other's replies
+travel (:data:`LANES`).
 
 SMTP errors are translated at this boundary: 4xx replies, connection errors and timeouts
 are transient; 5xx replies are permanent (550/551/553 and 5.1.x also mark the address
