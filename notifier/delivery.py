@@ -112,7 +112,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     if batch.channel == EMAIL_CHANNEL:
         suppressed = ledger.suppressions([c.field[cut:] for c in mine])
     sending = _Sending(rt, batch.occurrence_id, batch.channel)
-    # FLUSH_EVERY at a time: rendered, sent (pipelined on one SMTP connection), then
+    # FLUSH_EVERY at a time: rendered, sent (pipelined on the thread's SMTP connections), then
     # recorded, so a killed worker has sent at most that many the ledger does not know of.
     for start in range(0, len(mine), FLUSH_EVERY):
         marks: list[tuple[str, Outcome]] = []
