@@ -399,7 +399,7 @@ _R = TypeVar("_R")
 def _in_step(lanes: list[Generator[Step, None, list[_R]]]) -> list[list[_R]]:
     """Run ``lanes`` round robin, each up to its next write, until all have finished; what
     each returned. While one lane's replies travel, the next lane writes."""
-    results: list[list[_R] | None] = [None] * len(lanes)
+    results: list[list[_R]] = [[] for _ in lanes]
     running = dict(enumerate(lanes))
     try:
         while running:
@@ -413,7 +413,7 @@ def _in_step(lanes: list[Generator[Step, None, list[_R]]]) -> list[list[_R]]:
         for steps in running.values():  # the others stop too, and drop their half-used connections
             steps.close()
         raise
-    return [r if r is not None else [] for r in results]
+    return results
 
 
 #: SMTP connections a worker thread keeps open. :meth:`SmtpChannel.send_many` writes the
@@ -512,16 +512,11 @@ class SmtpChannel:
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
                      for payload, msgid in zip(emails, msgids, strict=True)]
-        dealt = [range(lane, len(items), LANES) for lane in range(min(LANES, len(items)))]
-        lanes = [self._lane(lane, [envelopes[i] for i in indices], [msgids[i] for i in indices])
-                 for lane, indices in enumerate(dealt)]
-        out: list[Receipt | TransientDeliveryError | PermanentDeliveryError | None] = [None] * len(items)
-        for indices, results in zip(dealt, _in_step(lanes), strict=True):
-            for i, result in zip(indices, results, strict=True):
-                out[i] = result
-        sent = [result for result in out if result is not None]
-        assert len(sent) == len(items), "every lane answers for each of its messages"
-        return sent
+        # Message i goes on lane i % LANES, as that lane's (i // LANES)th.
+        lanes = [self._lane(lane, envelopes[lane::LANES], msgids[lane::LANES])
+                 for lane in range(min(LANES, len(items)))]
+        results = _in_step(lanes)
+        return [results[i % LANES][i // LANES] for i in range(len(items))]
 
     def _lane(
         self, lane: int, envelopes: list[tuple[str, bytes]], msgids: list[str]
