@@ -433,6 +433,9 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     if not summary:
         out.print(f"{consultation}: nothing has been sent yet.")
         return
+    # Every column fits a wide terminal; a narrow one gets what says who was told what and
+    # when, and a pointer to the rest (the csv and json formats always carry every field).
+    wide = out.width >= WIDE_REPORT
     table = Table(title=f"{consultation}: deliveries by event and channel", title_justify="left")
     statuses = ("sent", "failed", "suppressed", "pending")
     for column in ("Occurrence", "Fired", "Channel", *statuses):
@@ -444,14 +447,13 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
         return occurrence.removeprefix(f"{consultation}:")
 
+    def when(iso: str) -> str:  # to the minute; in 80 columns without the year
+        return (iso[:16] if wide else iso[5:16]).replace("T", " ")
+
     for s in summary:
-        fired = s["fired_at"][:16] if out.width >= WIDE_REPORT else s["fired_at"][5:16]  # 80 columns: no year
-        table.add_row(short(s["occurrence"]), fired.replace("T", " ") + (" late" if s["late"] else ""),
+        table.add_row(short(s["occurrence"]), when(s["fired_at"]) + (" late" if s["late"] else ""),
                       s["channel"], *(str(s.get(k, 0)) for k in statuses))
     out.print(table)
-    # Every column fits a wide terminal; a narrow one gets what says who was told what and
-    # when, and a pointer to the rest (the csv and json formats always carry every field).
-    wide = out.width >= WIDE_REPORT
     if wide:
         columns = ["Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Sent", "Last error",
                    "Provider id"]
@@ -473,7 +475,7 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
             "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
             "To": r["channel"] if r["recipient"] == ACCOUNT else r["recipient"],
             "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
-            "Sent": r["sent_at"][:16].replace("T", " ") if wide else r["sent_at"][5:16].replace("T", " "),
+            "Sent": when(r["sent_at"]),
             "Last error": r["last_error"], "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
