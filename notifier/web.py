@@ -24,7 +24,7 @@ Routes
     the admin API is off (404).
 
 The token in the URL is the only credential (see :mod:`notifier.tokens`): it names one
-address and is signed with ``NOTIFIER_SECRET_KEY``, so an invalid, altered, truncated or
+address, encrypted and authenticated with ``NOTIFIER_SECRET_KEY``, so an invalid, altered, truncated or
 forged token gets a 400 page and changes nothing. Every value put into a page is escaped,
 tokens are kept out of the access log, and addresses are masked in pages and logs.
 """

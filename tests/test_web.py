@@ -29,6 +29,8 @@ from notifier.web import LEADER_KEY, bound_port, make_server, mask_email, parse_
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"web-test-secret"
 JANE = "jane.smith@telford.example"
+#: sign(KEY, JANE) as minted before tokens were encrypted: links in inboxes look like this.
+OLD_JANE = "amFuZS5zbWl0aEB0ZWxmb3JkLmV4YW1wbGU.woVHDJ-CIgdY-0_biOqCDg"
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +266,14 @@ def test_an_address_suppressed_for_a_bounce_is_explained_and_kept_as_such(
     assert ledger.suppression(JANE) == "bounced"
 
 
+def test_a_link_sent_before_tokens_were_encrypted_still_unsubscribes(
+    base: str, http: httpx.Client, ledger: Ledger
+) -> None:
+    assert http.get(f"{base}/unsubscribe/{OLD_JANE}").status_code == 200
+    assert http.post(f"{base}/unsubscribe/{OLD_JANE}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert ledger.suppressed() == {JANE: "unsubscribed"}
+
+
 def test_get_and_head_never_unsubscribe(base: str, http: httpx.Client, ledger: Ledger) -> None:
     # Link scanners and mail clients prefetch links; only a POST may act.
     token = sign(KEY, JANE)
@@ -276,17 +286,20 @@ def test_get_and_head_never_unsubscribe(base: str, http: httpx.Client, ledger: L
 
 def _bad_tokens() -> dict[str, str]:
     good = sign(KEY, JANE)
-    body, mac = good.split(".")
+    body, mac = OLD_JANE.split(".")
     other = base64.urlsafe_b64encode(b"someone.else@telford.example").rstrip(b"=").decode()
     return {
-        "forged": f"{body}.{base64.urlsafe_b64encode(b'0123456789abcdef').rstrip(b'=').decode()}",
-        "signature altered": tampered(good, len(body) + 1 + len(mac) // 2),
-        "address altered": tampered(good, 2),
-        "address swapped": f"{other}.{mac}",
+        "forged": base64.urlsafe_b64encode(bytes(16) + b"someone.else@telford.example").rstrip(b"=").decode(),
+        "altered at the start": tampered(good, 2),
+        "altered at the end": tampered(good, len(good) - 3),
         "truncated": good[:-4],
-        "signature missing": f"{body}.",
-        "no dot": body,
         "another key": sign(b"some-other-key", JANE),
+        "old format, forged": f"{body}.{base64.urlsafe_b64encode(b'0123456789abcdef').rstrip(b'=').decode()}",
+        "old format, signature altered": tampered(OLD_JANE, len(body) + 1 + len(mac) // 2),
+        "old format, address altered": tampered(OLD_JANE, 2),
+        "old format, address swapped": f"{other}.{mac}",
+        "old format, signature missing": f"{body}.",
+        "old format, no dot": body,
         "garbage": "not-a-token",
         "markup": "<img src=x onerror=alert(1)>",
     }
