@@ -36,8 +36,10 @@ from notifier.ledger import Record
 from notifier.rendering import Renderer
 from notifier.validation import check, load_and_check
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: text from templates and config is printed as it is (``:x:`` stays ``:x:``); every
+# print of such text also passes markup=False, so ``[red]`` is not taken for a style either.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 2
 WIDE_REPORT = 160  # columns: below this, report leaves lists and provider ids to csv and json

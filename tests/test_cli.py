@@ -61,6 +61,21 @@ def test_preview_of_a_post_shows_its_length_against_the_limit(wide: Project) -> 
     assert "280" in result.stdout
 
 
+def test_preview_prints_emoji_codes_and_square_brackets_literally_as_they_are_sent(wide: Project) -> None:
+    # Rich would turn :x: into an emoji and [red]/[bold] into styles (dropping the brackets).
+    wide.write("templates/outcome/email.j2",
+               "{% block subject %}Results :x: [red]now[/red]{% endblock %}\n"
+               "{% block text %}Tick :white_check_mark: or cross :x:, see [bold]here[/bold] [link=x]y[/link]"
+               "{% endblock %}\n")
+    wide.write("templates/outcome/x.j2", "Post :x: [red]out[/red] {{ consultation.url }}")
+    email = wide.run("preview", "soc-strategy-2019", "outcome", "--channel", "email", check=True).stdout
+    assert "Subject: Results :x: [red]now[/red]" in email
+    assert "Tick :white_check_mark: or cross :x:, see [bold]here[/bold] [link=x]y[/link]" in email
+    assert "\u274c" not in email and "\u2705" not in email
+    post = wide.run("preview", "soc-strategy-2019", "outcome", "--channel", "pcc-x", check=True).stdout
+    assert "Post :x: [red]out[/red] https://" in post
+
+
 def test_preview_of_someone_not_in_the_audience_is_a_clear_error(wide: Project) -> None:
     result = wide.run("preview", "soc-strategy-2019", "opened", "--to", "nobody@nowhere.example")
     assert result.returncode == 1
