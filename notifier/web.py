@@ -62,6 +62,7 @@ from notifier.broker import NAMESPACE, redis_url, workers_alive
 from notifier.config import Settings
 from notifier.errors import ConfigError, Problem
 from notifier.ledger import Ledger
+from notifier.redaction import redact
 from notifier.tokens import BadToken, verify
 
 log = logging.getLogger(__name__)
@@ -608,23 +609,19 @@ def exposition(report: dict[str, Any], suppressed: dict[str, int]) -> str:
 # Serving
 # ---------------------------------------------------------------------------
 
-_TOKEN_IN_PATH = re.compile(r"/(unsubscribe|resubscribe)/[^/?#\s\"]+")
-
-
 class RedactTokens(logging.Filter):
-    """Replaces unsubscribe tokens in access-log lines with ``***``.
+    """Passes access-log lines through :func:`notifier.redaction.redact`.
 
-    A token is a capability (it unsubscribes someone) and encodes their address, so it must
-    not end up in log files or log shippers.
+    A token is a capability (it unsubscribes someone), so it must not end up in log files
+    or log shippers, under whatever path or spelling it was requested.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact the record's arguments and message in place; always keep the record."""
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_PATH.sub(r"/\1/***", a) if isinstance(a, str) else a
-                                for a in record.args)
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = _TOKEN_IN_PATH.sub(r"/\1/***", record.msg)
+            record.msg = redact(record.msg)
         return True
 
 

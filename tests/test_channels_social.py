@@ -9,6 +9,7 @@ which credentials, and what the ledger would record.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -502,6 +503,37 @@ def test_refused_credentials_are_permanent_with_a_clear_message(
     assert "not-the-right-credential-42" not in str(caught.value)
     assert "not-the-right-credential-42" not in (caught.value.provider_reply or "")
     assert platforms.accepted(platform) == []
+
+
+def _encodings(secret: str) -> dict[str, str]:
+    """Spellings of ``secret`` a far side may echo (in a URL it logs, a JSON or HTML reply)."""
+    every_byte = "".join(f"%{b:02X}" for b in secret.encode())
+    return {
+        "percent-encoded, every byte": every_byte,
+        "percent-encoded, lower-case hex": every_byte.lower(),
+        "percent-encoded twice": every_byte.replace("%", "%25"),
+        "percent-encoded, hyphens only": secret.replace("-", "%2D"),
+        "JSON escapes": "".join(f"\\u{ord(c):04x}" for c in secret),
+        "HTML entities": "".join(f"&#{ord(c)};" for c in secret),
+        "base64": base64.b64encode(secret.encode()).decode(),
+    }
+
+
+@pytest.mark.parametrize("encoding", list(_encodings("x")))
+@pytest.mark.parametrize("platform", ["x", "facebook"])
+def test_a_credential_echoed_in_another_encoding_never_reaches_errors(
+    platforms: Platforms, channel_for: Callable[..., Any], platform: str, encoding: str
+) -> None:
+    secret = secret_of(platform, platforms)
+    echoed = _encodings(secret)[encoding]
+    channel = channel_for(platform)
+    platforms.fail(platform, 400, message=f"bad request for https://api.example/post?token={echoed}&x=1 ({echoed})")
+    with pytest.raises((TransientDeliveryError, PermanentDeliveryError)) as caught:
+        channel.send(delivery(channel.name), payload())
+    for text in (str(caught.value), caught.value.provider_reply or ""):
+        assert echoed not in text and secret not in text, text
+        assert echoed.lower() not in text.lower(), text
+    assert "***" in str(caught.value)
 
 
 @pytest.mark.parametrize("platform", LIVE)

@@ -11,9 +11,9 @@ not 2xx into our errors with :func:`error_for` (or :func:`raise_for_status`):
 * every other 4xx (and a 3xx, since we do not follow redirects) is
   :class:`PermanentDeliveryError` carrying the platform's own error message.
 
-Credentials are kept out of everything we say: :func:`redact` scrubs them from error
-messages and provider replies, and tokens travel only in headers or form bodies, never in
-URLs (which httpx logs).
+Credentials are kept out of everything we say: :func:`notifier.redaction.redact` scrubs them
+(in any spelling: percent-encoded, escaped, base64) from error messages and provider
+replies, and tokens travel only in headers or form bodies, never in URLs (which httpx logs).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from notifier import __version__
 from notifier.channels.base import PostPayload
 from notifier.channels.limits import overflow
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from notifier.redaction import redact
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 USER_AGENT = f"notifier/{__version__} (stakeholder notifications)"
@@ -82,14 +83,6 @@ def post_text(payload: PostPayload) -> str:
     if not payload.link or payload.link in text:
         return text
     return f"{text}\n\n{payload.link}" if text else payload.link
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every occurrence of each secret (token, password, session) replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def retry_after(response: httpx.Response, *, now: float | None = None) -> float | None:
