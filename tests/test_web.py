@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import select
 import socket
 import threading
 import time
@@ -24,7 +25,8 @@ import redis
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.tokens import sign
-from notifier.web import LEADER_KEY, bound_port, make_server, mask_email, parse_bind
+from notifier.web import LEADER_KEY, ConnectionLimits, bound_port, make_server, mask_email, parse_bind
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"web-test-secret"
@@ -68,9 +70,11 @@ class Servers:
 
     running: list[tuple[object, threading.Thread]] = field(default_factory=list)
 
-    def start(self, settings: Settings, client: redis.Redis | None = None) -> str:
+    def start(
+        self, settings: Settings, client: redis.Redis | None = None, limits: ConnectionLimits | None = None
+    ) -> str:
         """Start ``make_server(settings)``; its base URL once it accepts connections."""
-        server = make_server(settings, client=client)
+        server = make_server(settings, client=client, limits=limits)
         thread = threading.Thread(target=server.run, name="test-web", daemon=True)
         thread.start()
         self.running.append((server, thread))
@@ -433,6 +437,86 @@ def test_a_token_under_any_path_or_case_stays_out_of_the_access_log(base: str, h
         assert "***" in line, line
     # what is no token is kept: the log still says what was asked for
     assert any("/links/***" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------
+# Connections: no client holds one for ever
+# ---------------------------------------------------------------------------
+
+QUICK = ConnectionLimits(head_timeout=1.0, keep_alive=1, concurrency=3)
+
+
+def _connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, *, within: float, trickle: bytes = b"") -> float:
+    """Seconds until the server closes ``sock`` (reading, and sending ``trickle`` a byte
+    every 0.2 s meanwhile); fails if it is still open after ``within`` seconds."""
+    start = time.monotonic()
+    pending = trickle
+    while time.monotonic() - start < within:
+        readable, _, _ = select.select([sock], [], [], 0.2)
+        if readable:
+            try:
+                if sock.recv(65536) == b"":
+                    return time.monotonic() - start
+            except ConnectionResetError:
+                return time.monotonic() - start
+        elif pending:
+            try:
+                sock.sendall(pending[:1])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - start
+            pending = pending[1:]
+    pytest.fail(f"the server kept the connection open for {within} s")
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_within_the_head_timeout(
+    servers: Servers, tmp_path: Path, redis_url: str
+) -> None:
+    base = servers.start(make_settings(tmp_path, redis_url), limits=QUICK)
+    with _connect(base) as sock:
+        took = _closed_by_server(sock, within=QUICK.head_timeout + 4)
+    assert took >= QUICK.head_timeout * 0.9
+
+
+def test_headers_sent_a_byte_at_a_time_do_not_hold_a_connection_past_the_head_timeout(
+    servers: Servers, tmp_path: Path, redis_url: str
+) -> None:
+    base = servers.start(make_settings(tmp_path, redis_url), limits=QUICK)
+    slow = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200  # never finished
+    with _connect(base) as sock:
+        took = _closed_by_server(sock, within=QUICK.head_timeout + 4, trickle=slow)
+    assert took >= QUICK.head_timeout * 0.9
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(
+    servers: Servers, tmp_path: Path, redis_url: str
+) -> None:
+    base = servers.start(make_settings(tmp_path, redis_url), limits=QUICK)
+    with _connect(base) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:80]
+        _closed_by_server(sock, within=QUICK.keep_alive + 4)
+
+
+def test_connections_beyond_the_cap_get_503_until_the_held_ones_are_closed(
+    servers: Servers, tmp_path: Path, redis_url: str, http: httpx.Client
+) -> None:
+    base = servers.start(make_settings(tmp_path, redis_url), limits=QUICK)
+    held = [_connect(base) for _ in range(QUICK.concurrency)]
+    try:
+        wait_until(lambda: httpx.get(f"{base}/", timeout=10).status_code == 503, 5, "the cap to be reached")
+        for sock in held:
+            _closed_by_server(sock, within=QUICK.head_timeout + 4)
+        assert httpx.get(f"{base}/", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_the_address_is_masked_to_its_first_character_and_domain() -> None:
