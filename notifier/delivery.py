@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from notifier.audience import Recipient, Suppressed, opted_out
+from notifier.breaker import Breaker, Gate
 from notifier.channels.base import BatchChannel, Channel, Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
-from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Outcome, Record, Status, now_iso
 from notifier.rendering import Renderer
 from notifier.runtime import Prepared, Runtime
@@ -159,6 +160,8 @@ class _Sending:
     #: The channel again where it is a :class:`BatchChannel`: an ``isinstance`` check against
     #: a runtime-checkable protocol inspects every member, so it is made once a batch.
     batch: BatchChannel | None = None
+    #: The channel's circuit breaker as this batch sees it (see :mod:`notifier.breaker`).
+    gate: Gate | None = None
 
     def lookup(self) -> tuple[Prepared, Channel, Renderer]:
         """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
@@ -167,6 +170,8 @@ class _Sending:
             self.channel = self.rt.channel(self.channel_name)
             self.renderer = self.rt.renderer
             self.batch = self.channel if isinstance(self.channel, BatchChannel) else None
+            pause = 3 * self.rt.settings.retry_base.total_seconds()
+            self.gate = Gate(Breaker(self.rt.client, self.channel_name, pause, self.rt.ledger.ns))
         return self.prepared, self.channel, self.renderer
 
 
@@ -181,6 +186,8 @@ def _changed(outcome: Outcome, *, status: Status, error: str) -> Outcome:
 def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
     """The outcome of one attempt at a delivery (its ``attempt`` numbers this one)."""
     attempt, now = delivery.attempt, now_iso()
+    if isinstance(result, ChannelPausedError):  # not attempted: the attempt does not count
+        return Outcome("pending", attempt - 1, str(result), updated=now)
     if isinstance(result, Receipt):
         return Outcome("sent", attempt, None, result.provider_id, result.url, updated=now, sent_at=now)
     if isinstance(result, TransientDeliveryError):
@@ -226,12 +233,18 @@ def _send(sending: _Sending, items: list[tuple[Delivery, EmailPayload | PostPayl
     if not items:
         return []
     _, channel, _ = sending.lookup()  # a payload was made, so this lookup has succeeded
-    if sending.batch is not None:
-        return list(sending.batch.send_many(items))
+    assert sending.gate is not None
+    paused = sending.gate.paused()
+    if paused is not None:
+        return [paused] * len(items)
     results: list[Result] = []
-    for delivery, payload in items:
-        try:
-            results.append(channel.send(delivery, payload))
-        except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-            results.append(exc)
+    if sending.batch is not None:
+        results += sending.batch.send_many(items)
+    else:
+        for delivery, payload in items:
+            try:
+                results.append(channel.send(delivery, payload))
+            except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
+                results.append(exc)
+    sending.gate.report(results)
     return results

@@ -87,3 +87,15 @@ class PermanentDeliveryError(DeliveryError):
     def __init__(self, message: str, *, bounce: bool = False, provider_reply: str | None = None) -> None:
         super().__init__(message, provider_reply=provider_reply)
         self.bounce = bounce
+
+
+class UnreachableError(TransientDeliveryError):
+    """The far side could not be reached or did not answer in time (refused, reset, timed
+    out). Counted by the channel's circuit breaker (:mod:`notifier.breaker`): a channel that
+    keeps being unreachable is paused as a whole rather than waited on message by message."""
+
+
+class ChannelPausedError(TransientDeliveryError):
+    """Not attempted: the channel's circuit breaker is open after repeated unreachable
+    attempts. The delivery stays pending, its attempt is not counted, and ``retry_after``
+    says when the channel is tried again."""

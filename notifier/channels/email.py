@@ -43,7 +43,7 @@ from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
-from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError
+from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError, UnreachableError
 
 _NO_BREAK = str.maketrans({"\r": " ", "\n": " "})
 
@@ -224,8 +224,10 @@ def translate(exc: Exception) -> TransientDeliveryError | PermanentDeliveryError
         return _by_code(code, message)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _by_code(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentDeliveryError(str(exc))  # only raised by our connect path: see SmtpChannel._open
     if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | TimeoutError | socket.timeout):
-        return TransientDeliveryError(f"SMTP connection failed: {exc}")
+        return UnreachableError(f"SMTP connection failed: {exc}")
     return TransientDeliveryError(f"SMTP error: {exc}")
 
 
@@ -434,25 +436,59 @@ class SmtpChannel:
         self._local = threading.local()
         self._all: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
+        #: Until when (time.monotonic()) a new connection is not tried, and why: set when
+        #: connecting timed out, so the other messages of a batch (and other threads) fail
+        #: at once rather than each waiting the timeout again.
+        self._silent: tuple[float, str] | None = None
 
     def _connection(self, lane: int = 0) -> smtplib.SMTP:
+        """This thread's open connection for ``lane``, opened if need be.
+
+        A connection that cannot be opened raises ``OSError`` (``TimeoutError`` when the
+        server accepted but did not answer in time), never ``SMTPServerDisconnected``, which
+        the senders take for a kept-open connection the server closed and retry at once.
+        """
         conns: dict[int, smtplib.SMTP] = self._conns()
         conn = conns.get(lane)
         if conn is not None:
             return conn
-        t = self.target
-        context = ssl.create_default_context()
-        if t.tls:
-            conn = smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=context)
-        else:
-            conn = smtplib.SMTP(t.host, t.port, timeout=t.timeout)
-            if t.starttls:
-                conn.starttls(context=context)
-        if t.username:
-            conn.login(t.username, t.password or "")
+        silent = self._silent
+        if silent is not None and time.monotonic() < silent[0]:
+            raise TimeoutError(f"{silent[1]} (not tried again for {self.target.timeout:g} s)")
+        conn = self._open()
+        self._silent = None
         conns[lane] = conn
         with self._lock:
             self._all.append(conn)
+        return conn
+
+    def _open(self) -> smtplib.SMTP:
+        """A new connection, greeted, secured and logged in as the target says."""
+        t = self.target
+        where = f"SMTP server {t.host}:{t.port}"
+        try:
+            conn = (smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=ssl.create_default_context())
+                    if t.tls else smtplib.SMTP(t.host, t.port, timeout=t.timeout))
+        except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
+            if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
+                raise ConnectionError(f"{where} closed the connection before greeting: {exc}") from None
+            reason = f"{where} accepted the connection but did not answer within {t.timeout:g} s"
+            self._silent = (time.monotonic() + t.timeout, reason)
+            raise TimeoutError(reason) from None
+        try:
+            if t.starttls and not t.tls:
+                conn.starttls(context=ssl.create_default_context())
+            if t.username:
+                conn.ehlo_or_helo_if_needed()
+                if not conn.has_extn("auth"):
+                    raise smtplib.SMTPNotSupportedError(
+                        f"{where} does not offer AUTH, but NOTIFIER_SMTP_URL has a user name and password: "
+                        "the relay would send unauthenticated or refuse; fix the URL or the relay")
+                conn.login(t.username, t.password or "")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                conn.close()
+            raise
         return conn
 
     def _conns(self) -> dict[int, smtplib.SMTP]:
