@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -296,9 +297,36 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool) 
         service.close()
 
 
+#: Seconds between progress lines of ``send --wait`` when stderr is not a terminal.
+PROGRESS_EVERY_S = 5.0
+
+
+def _progress_lines() -> Any:
+    """An ``on_progress`` for a log or a pipe, where a bar would be noise or nothing: a line
+    with the counts by status at the start, every :data:`PROGRESS_EVERY_S`, and at the end."""
+    last: list[float] = []
+
+    def update(p: Any) -> None:
+        now = time.monotonic()
+        if last and now - last[-1] < PROGRESS_EVERY_S and not p.finished:
+            return
+        last.append(now)
+        by_status: dict[str, int] = {}
+        for counts in p.counts.values():
+            for status, n in counts.items():
+                by_status[status] = by_status.get(status, 0) + n
+        detail = ", ".join(f"{status} {by_status[status]}" for status in sorted(by_status)) or "none recorded yet"
+        elapsed = now - last[0]
+        err.print(f"delivering: {p.done} of {p.total} final ({detail}) after {elapsed:.0f} s", markup=False)
+
+    return update
+
+
 def _wait_with_bar(service: Any, occurrence_id: str) -> Any:
+    if not err.is_terminal:
+        return service.wait(occurrence_id, on_progress=_progress_lines())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
+    with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("delivering", total=None)
 
         def update(p: Any) -> None:

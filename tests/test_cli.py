@@ -92,6 +92,14 @@ def test_send_dry_run_renders_everything_and_sends_nothing(wide: Project, smtp_s
     assert "fired soc-strategy-2019:opened:1" in wide.run("send", "soc-strategy-2019", "opened").stdout
 
 
+def test_send_wait_off_a_terminal_prints_progress_lines_with_counts_by_status(wide: Project) -> None:
+    # stderr is a pipe here, as under cron, systemd or CI: a progress bar would print nothing.
+    result = wide.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("delivering: ")]
+    assert len(lines) >= 2, result.stderr
+    assert lines[-1].startswith("delivering: 41 of 41 final (sent 40, suppressed 1) after "), lines[-1]
+
+
 def test_send_wait_on_the_embedded_redis_delivers_to_the_maildir_outbox(project: Project) -> None:
     # no NOTIFIER_REDIS_URL and no SMTP: the embedded Redis and the Maildir, as on a fresh clone
     result = project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
