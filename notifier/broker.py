@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -46,6 +45,7 @@ from redis.retry import Retry
 
 from notifier.config import Settings
 from notifier.errors import NotifierError
+from notifier.redaction import redact
 
 NAMESPACE = "notifier"
 WORKERS_KEY = f"{NAMESPACE}:workers"  # worker liveness is per process, shared by every ledger namespace
@@ -190,17 +190,8 @@ def connect(settings: Settings) -> redis.Redis:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {redact(str(exc))}") from None
     return client
-
-
-def _safe(url: str) -> str:
-    """A Redis URL without its password (before the host, or a ``password=`` query), for messages."""
-    base, question, query = url.partition("?")
-    if "@" in base and "://" in base:
-        scheme, rest = base.split("://", 1)
-        base = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return base + question + re.sub(r"(^|&)password=[^&]*", r"\1password=***", query)
 
 
 # ---------------------------------------------------------------------------

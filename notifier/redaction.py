@@ -1,11 +1,14 @@
 """The one redactor: credentials and unsubscribe tokens out of everything we write down.
 
 :func:`redact` is applied to provider replies and error messages before they reach the
-ledger (and so the report), and to the web service's access log. It replaces with ``***``:
+ledger (and so the report), to the web service's access log, and to Redis URLs and errors
+in messages and ``/healthz``. It replaces with ``***``:
 
 * each given secret (an access token, a password) in any spelling a far side might echo
   it in: as is, percent-encoded (any character, once or twice, hex in either case, ``+``
   for a space), as JSON ``\\uXXXX`` or HTML ``&#NN;`` escapes, and as base64 / base64url;
+* the credentials in a URL: its user and password (``redis://***@host``) and a
+  ``password=`` query parameter;
 * the token of every ``/unsubscribe/…`` or ``/resubscribe/…`` path, whatever its case;
 * any other path segment or query value that looks like a token (24 or more base64url
   characters, percent-escapes or dots, mixing upper and lower case): an unsubscribe token
@@ -26,6 +29,8 @@ MASK = "***"
 #: Secrets shorter than this are not redacted: they would match ordinary text.
 MIN_SECRET = 4
 
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+_PASSWORD_PARAM = re.compile(r"(?P<name>[?&;]password=)[^&#\s]*", re.IGNORECASE)
 _TOKEN_PATH = re.compile(r"/(unsubscribe|resubscribe)/[^/?#&\s\"']+", re.IGNORECASE)
 _SEGMENT = r"[A-Za-z0-9_.~%-]"
 _TOKEN_LIKE = re.compile(
@@ -57,5 +62,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET:
             text = _pattern(secret).sub(MASK, text)
+    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    text = _PASSWORD_PARAM.sub(rf"\g<name>{MASK}", text)
     text = _TOKEN_PATH.sub(rf"/\1/{MASK}", text)
     return _TOKEN_LIKE.sub(MASK, text)

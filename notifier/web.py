@@ -370,7 +370,7 @@ def _unknown(error: str | None) -> dict[str, Any]:
 
 def _describe(exc: BaseException) -> str:
     """A short description of a Redis error, without anything that could be a credential."""
-    text = re.sub(r"\S+://\S*@", "***@", str(exc))[:200]
+    text = redact(str(exc))[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
