@@ -304,20 +304,20 @@ PROGRESS_EVERY_S = 5.0
 def _progress_lines() -> Any:
     """An ``on_progress`` for a log or a pipe, where a bar would be noise or nothing: a line
     with the counts by status at the start, every :data:`PROGRESS_EVERY_S`, and at the end."""
-    last: list[float] = []
+    first, last = time.monotonic(), -PROGRESS_EVERY_S
 
     def update(p: Any) -> None:
+        nonlocal last
         now = time.monotonic()
-        if last and now - last[-1] < PROGRESS_EVERY_S and not p.finished:
+        if now - last < PROGRESS_EVERY_S and not p.finished:
             return
-        last.append(now)
+        last = now
         by_status: dict[str, int] = {}
         for counts in p.counts.values():
             for status, n in counts.items():
                 by_status[status] = by_status.get(status, 0) + n
         detail = ", ".join(f"{status} {by_status[status]}" for status in sorted(by_status)) or "none recorded yet"
-        elapsed = now - last[0]
-        err.print(f"delivering: {p.done} of {p.total} final ({detail}) after {elapsed:.0f} s", markup=False)
+        err.print(f"delivering: {p.done} of {p.total} final ({detail}) after {now - first:.0f} s", markup=False)
 
     return update
 

@@ -157,3 +157,18 @@ def test_a_relay_without_auth_when_the_url_has_credentials_fails_at_once_naming_
         assert smtp_server.handler.count() == 0
     finally:
         rt.close()
+
+
+def test_a_relay_without_starttls_when_the_url_asks_for_it_fails_at_once_naming_starttls(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    rt = _runtime(project, redis_url, f"{smtp_server.url}?starttls=1")
+    try:
+        (batch,) = _email_batches(rt)
+        assert delivery.deliver(rt, batch) is None, "nothing left to retry"
+        records = list(_emails(rt, batch).values())
+        assert {(r.status, r.attempts) for r in records} == {("failed", 1)}
+        assert "does not offer STARTTLS" in (records[0].error or "")
+        assert smtp_server.handler.count() == 0, "nothing sent in the clear"
+    finally:
+        rt.close()

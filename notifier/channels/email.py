@@ -476,10 +476,14 @@ class SmtpChannel:
             self._silent = (time.monotonic() + t.timeout, reason)
             raise TimeoutError(reason) from None
         try:
+            conn.ehlo_or_helo_if_needed()
             if t.starttls and not t.tls:
+                if not conn.has_extn("starttls"):
+                    raise smtplib.SMTPNotSupportedError(
+                        f"{where} does not offer STARTTLS, but NOTIFIER_SMTP_URL asks for it (starttls=1)")
                 conn.starttls(context=ssl.create_default_context())
             if t.username:
-                conn.ehlo_or_helo_if_needed()
+                conn.ehlo_or_helo_if_needed()  # again after STARTTLS, which forgets the first
                 if not conn.has_extn("auth"):
                     raise smtplib.SMTPNotSupportedError(
                         f"{where} does not offer AUTH, but NOTIFIER_SMTP_URL has a user name and password: "
