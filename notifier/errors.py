@@ -87,3 +87,11 @@ class PermanentDeliveryError(DeliveryError):
     def __init__(self, message: str, *, bounce: bool = False, provider_reply: str | None = None) -> None:
         super().__init__(message, provider_reply=provider_reply)
         self.bounce = bounce
+
+
+class EmbeddedDataError(NotifierError):
+    """The embedded Redis's data files cannot be loaded safely by the embedded server.
+
+    Raised instead of letting a server start empty over them: an empty ledger would make
+    every event look unsent and send it again.
+    """
