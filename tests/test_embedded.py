@@ -3,12 +3,14 @@ it cannot read, and stopped by its last user however that user ends (SIGTERM, Ct
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,15 @@ def _servers_on(data: Path) -> list[int]:
             if "redis-server" in command and str(data.resolve()) in command:
                 found.append(int(proc.name))
     return found
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left(tmp_path: Path) -> Iterator[None]:
+    """A test that fails does not leave a redis-server running behind it."""
+    yield
+    for pid in _servers_on(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _old_notifier_on_redis_7(project: Project) -> None:
@@ -230,20 +241,30 @@ def test_a_send_wait_stopped_by_a_signal_stops_the_embedded_redis(project: Proje
 
     code = send.stop(how)
 
-    assert code != 0, "".join(send.lines)
-    assert "Traceback" not in "".join(send.lines)
+    said = "".join(send.lines)
+    assert code != 0, said
+    assert "Traceback" not in said and "CRITICAL" not in said, said
     assert _servers_on(project.data) == [], "the last user stopped the embedded redis-server"
     assert not list((project.data / "redis").glob("*.sock"))
 
 
-@pytest.mark.parametrize("command", [["worker", "--threads", "2"], ["run", "--threads", "2"]],
-                         ids=["worker", "run"])
-def test_worker_and_run_on_the_embedded_redis_stop_it_on_sigterm(project: Project, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "started"),
+    [
+        (["worker", "--threads", "2"], " started ("),
+        (["run", "--threads", "2"], "notifier running:"),
+        (["scheduler"], "scheduler started"),
+        (["web"], "web listening on"),
+    ],
+    ids=["worker", "run", "scheduler", "web"],
+)
+def test_long_running_commands_on_the_embedded_redis_stop_it_on_sigterm(
+    project: Project, command: list[str], started: str
+) -> None:
     project.env["NOTIFIER_WEB_BIND"] = f"127.0.0.1:{free_port()}"
     running = Running(project, *command)
-    wait_until(lambda: running.said(" started (") or running.said("notifier running:"), 60,
-               f"notifier {command[0]} to start")
-    assert _servers_on(project.data)
+    wait_until(lambda: running.said(started) and _servers_on(project.data), 60,
+               f"notifier {command[0]} to start on the embedded redis-server")
 
     code = running.stop(signal.SIGTERM)
 
