@@ -230,10 +230,10 @@ class EmbeddedRedis:
                 return
             time.sleep(0.02)
         said = log.read_bytes()[logged:].decode(errors="replace")[-1500:] if log.exists() else ""
-        raise EmbeddedDataError(
-            f"the embedded redis-server ({binary}) did not start on {self._data_files()}; "
-            f"it said: {(result.stderr or said).strip()} (all in {log}). {ADVICE.format(dir=self.dir)}"
-        )
+        message = f"the embedded redis-server ({binary}) did not start; it said: {(result.stderr or said).strip()}"
+        if any((self.dir / name).exists() for name in DATA_FILES):
+            raise EmbeddedDataError(f"{message} (all in {log}) on {self._data_files()}. {ADVICE.format(dir=self.dir)}")
+        raise RedisUnavailable(f"{message} (all in {log})")
 
     def _exited(self) -> bool:
         """True when the daemonized server wrote its pid file and is no longer running."""

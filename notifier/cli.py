@@ -31,7 +31,7 @@ from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.delivery import ACCOUNT
-from notifier.errors import ConfigError, NotifierError, Problem, UsageError
+from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import Record
 from notifier.rendering import Renderer
 from notifier.validation import check, load_and_check
@@ -113,6 +113,8 @@ def _ledger_or_none(settings: Settings) -> Any:
 
     try:
         return Ledger(connect(settings))
+    except EmbeddedDataError:
+        raise  # the state is known to be unreadable, not unknown: stop
     except NotifierError as exc:
         err.print(f"note: state unknown ({exc})", style="yellow")
         return None

@@ -179,7 +179,8 @@ def test_a_server_that_comes_up_empty_over_the_data_dir_is_stopped_and_nothing_i
     assert "came up without the dataset" in result.stderr and "appendonly.aof" in result.stderr
     assert _outbox(project) == 36, "an empty ledger does not make the event look unsent"
     plan = project.run("plan", "soc-strategy-2019")
-    assert "missed" not in plan.stdout
+    assert plan.returncode == 1 and "came up without the dataset" in plan.stderr
+    assert "missed" not in plan.stdout, "plan does not say opened was missed"
     assert _servers_on(project.data) == []
 
 
