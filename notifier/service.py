@@ -110,8 +110,8 @@ class Service:
     def worker(self, *, threads: int = 8) -> Iterator[dramatiq.Worker]:
         """A Dramatiq worker in this process for the duration of the block."""
         worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=200)
-        worker.start()
         try:
+            worker.start()  # inside: a SIGTERM or Ctrl-C while it starts stops what it started
             yield worker
         finally:
             worker.stop(timeout=actors.TIME_LIMIT_MS)  # in-flight messages finish or are requeued
