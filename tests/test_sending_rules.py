@@ -4,13 +4,13 @@ block, early needs --early, the outbox is not "sent", failures can be retried, t
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
-from notifier.ledger import Ledger
+from notifier.ledger import Ledger, Outcome, Record
 from tests.conftest import Project, SmtpServer
 
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -143,3 +143,29 @@ def test_report_times_are_local_with_the_year_and_csv_json_name_their_offset(wid
     assert f"{sent:%d %b %Y %H:%M}" in table, "day, month in words, year, local time"
     assert "Europe/Paris" in table, "the zone is named"
     assert max(map(len, table.splitlines())) <= 80
+
+
+def test_requeue_puts_only_failed_deliveries_back_to_pending_and_an_outbox_one_stays_final(
+    redis_client: redis.Redis,
+) -> None:
+    ledger = Ledger(redis_client)
+    occurrence = ledger.claim_occurrence("soc", "opened", at=datetime.now(UTC))
+    assert occurrence is not None
+    sam = "sam@pcc.example"
+    ledger.add(occurrence, [Record(channel="email", recipient=r) for r in (JANE, ZOE, sam)])
+    claims = ledger.claim(occurrence, [f"email|{r}" for r in (JANE, ZOE, sam)], owner="w1|m1")
+    assert [c.state for c in claims] == ["claimed"] * 3
+    ledger.mark(occurrence, [
+        (f"email|{JANE}", Outcome("outbox", 1, provider_id="<a@pcc.example>")),
+        (f"email|{ZOE}", Outcome("failed", 8, error="gave up after 8 attempts: 451 try later")),
+        (f"email|{sam}", Outcome("failed", 1, error="554 refused")),
+    ], owner="w1|m1")
+
+    assert sorted(ledger.requeue_failed(occurrence)) == [f"email|{sam}", f"email|{ZOE}"]
+    assert ledger.counts(occurrence) == {"email": {"outbox": 1, "pending": 2}}
+    zoe = ledger.record(occurrence, "email", ZOE)
+    assert zoe is not None and (zoe.status, zoe.attempts) == ("pending", 0), "a fresh count of attempts"
+    assert zoe.error == "gave up after 8 attempts: 451 try later", "the last error is kept until the next attempt"
+    assert ledger.requeue_failed(occurrence) == [], "nothing failed is left"
+    again = ledger.claim(occurrence, [f"email|{r}" for r in (JANE, ZOE)], owner="w2|m2")
+    assert [c.state for c in again] == ["final", "claimed"], "an outbox delivery is never sent again"
