@@ -494,14 +494,18 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     detail = Table(title="Deliveries", title_justify="left")
     # Rich shrinks the widest column first, so the error column is capped at what is left
     # once the address has 28 and the fixed ones theirs: the table then fits the terminal.
-    fixed = {"Occurrence": max((len(short(r["occurrence"])) for r in rows), default=10), "Status": 10, "Sent": 17}
+    fixed = {"Occurrence": max([len("Occurrence")] + [len(short(r["occurrence"])) for r in rows]), "Status": 10,
+             "Sent": 17}
     left = out.width - 28 - sum(fixed.get(c, 0) for c in columns) - 3 * len(columns) - 1
+    to = 28
     if not wide and left < 12:  # no room for the time on one line: the date over the time
         fixed["Sent"], left = 11, left + 6
+    if not wide and left < 12:  # still none (an Occurrence column too): the address folds sooner
+        to, left = to - (12 - left), 12
     for column in columns:
         detail.add_column(column, overflow="fold", no_wrap=column in fixed and column != "Sent",
                           width=fixed["Sent"] if column == "Sent" and not wide else None,
-                          min_width=28 if column in ("Recipient", "To") else None,
+                          min_width=to if column in ("Recipient", "To") else None,
                           max_width=max(left, 12) if column == "Last error" and not wide else None)
     for r in rows:
         cells = {

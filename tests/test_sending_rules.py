@@ -169,3 +169,12 @@ def test_requeue_puts_only_failed_deliveries_back_to_pending_and_an_outbox_one_s
     assert ledger.requeue_failed(occurrence) == [], "nothing failed is left"
     again = ledger.claim(occurrence, [f"email|{r}" for r in (JANE, ZOE)], owner="w2|m2")
     assert [c.state for c in again] == ["final", "claimed"], "an outbox delivery is never sent again"
+
+
+def test_an_80_column_report_of_several_occurrences_still_fits(wide: Project) -> None:
+    wide.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
+    wide.run("send", "soc-strategy-2019", "opened", "--again", "--wait", check=True)
+    wide.env["COLUMNS"] = "80"
+    table = wide.run("report", "soc-strategy-2019", check=True).stdout
+    assert "opened:1" in table and "opened:2" in table
+    assert max(map(len, table.splitlines())) <= 80, "the Occurrence column does not push the table past 80"
