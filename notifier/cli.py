@@ -458,6 +458,11 @@ def report(consultation: str, fmt: str, event: str | None) -> None:
         sys.exit(EXIT_FAILED)
 
 
+def _when(iso: str) -> str:
+    """A report time (ISO, already in the configured zone) to the minute: ``29 Nov 2026 19:23``."""
+    return f"{datetime.fromisoformat(iso):%d %b %Y %H:%M}" if iso else ""
+
+
 def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]], *, zone: str) -> None:
     if not summary:
         out.print(f"{consultation}: nothing has been sent yet.")
@@ -477,11 +482,8 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
         return occurrence.removeprefix(f"{consultation}:")
 
-    def when(iso: str) -> str:  # local (the report's zone), to the minute: 29 Nov 2026 19:23
-        return f"{datetime.fromisoformat(iso):%d %b %Y %H:%M}" if iso else ""
-
     for s in summary:
-        table.add_row(short(s["occurrence"]), when(s["fired_at"]) + (" late" if s["late"] else ""),
+        table.add_row(short(s["occurrence"]), _when(s["fired_at"]) + (" late" if s["late"] else ""),
                       s["channel"], *(str(s.get(k, 0)) for k in statuses))
     out.print(table)
     if wide:
@@ -512,7 +514,7 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
             "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
             "To": r["channel"] if r["recipient"] == ACCOUNT else r["recipient"],
             "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
-            "Sent": when(r["sent_at"]),
+            "Sent": _when(r["sent_at"]),
             "Last error": r["last_error"], "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
