@@ -33,7 +33,7 @@ from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
-from notifier.ledger import Record
+from notifier.ledger import STATUSES, SUCCEEDED, Record
 from notifier.rendering import Renderer
 from notifier.validation import check, load_and_check
 
@@ -255,8 +255,10 @@ def _print_email(data: bytes) -> None:
 @click.option("--wait", is_flag=True, help="Block until every delivery is final and print a summary.")
 @click.option("--dry-run", is_flag=True, help="Resolve and render everything; send nothing.")
 @click.option("--again", is_flag=True, help="Fire an event that already fired (a new occurrence).")
-def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool) -> None:
-    """Fire an event now, through the same path the scheduler uses."""
+@click.option("--early", is_flag=True, help="Fire a scheduled event before its time (it then does not go at its time).")
+def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, early: bool) -> None:
+    """Fire an event now, through the same path the scheduler uses. Warnings are printed
+    and do not stop it; a scheduled event before its time needs --early."""
     settings = _settings()
     if dry_run:
         _dry_run(settings, consultation, event)
@@ -265,7 +267,7 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool) 
 
     service = Service(settings)
     try:
-        occurrence_id = service.fire(consultation, event, again=again)
+        occurrence_id = service.fire(consultation, event, again=again, early=early, warn=lambda p: _problems([p]))
         if occurrence_id is None:
             fired = service.ledger.fired(consultation, event)
             out.print(f"{consultation} {event} already fired ({fired}); nothing sent. "
@@ -279,22 +281,7 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool) 
                 service.actors.fire.send(fired)
         else:
             out.print(f"fired {occurrence_id}")
-        alive = service.workers_alive()
-        if not wait:
-            if not alive:
-                err.print("note: no worker is running; deliveries wait in the queue until "
-                          "`notifier worker` (or `notifier run`) starts. Use --wait to deliver now.",
-                          style="yellow")
-            return
-        if alive:
-            progress = _wait_with_bar(service, occurrence_id)
-        else:
-            out.print("no worker is running: delivering in this process")
-            with service.worker():
-                progress = _wait_with_bar(service, occurrence_id)
-        _summary(service.ledger.records(occurrence_id))
-        if progress.failed:
-            sys.exit(EXIT_FAILED)
+        _deliver(service, occurrence_id, wait=wait)
     finally:
         service.close()
 
@@ -324,6 +311,48 @@ def _progress_lines() -> Any:
     return update
 
 
+@cli.command()
+@click.argument("consultation")
+@click.argument("event")
+@click.option("--wait", is_flag=True, help="Block until every delivery is final and print a summary.")
+def retry(consultation: str, event: str, wait: bool) -> None:
+    """Put the failed deliveries of the event's latest occurrence back to pending (same
+    Message-ID) and deliver only those."""
+    from notifier.service import Service
+
+    service = Service(_settings())
+    try:
+        occurrence_id, count = service.retry(consultation, event)
+        if not count:
+            out.print(f"{occurrence_id} has no failed deliveries; nothing to retry.")
+            return
+        out.print(f"retrying {count} failed deliver{'y' if count == 1 else 'ies'} of {occurrence_id}")
+        _deliver(service, occurrence_id, wait=wait)
+    finally:
+        service.close()
+
+
+def _deliver(service: Any, occurrence_id: str, *, wait: bool) -> None:
+    """After queueing: without ``wait``, a note if no worker will pick it up; with it, wait
+    (delivering in this process if no worker is alive), print the summary, exit 2 on failures."""
+    alive = service.workers_alive()
+    if not wait:
+        if not alive:
+            err.print("note: no worker is running; deliveries wait in the queue until "
+                      "`notifier worker` (or `notifier run`) starts. Use --wait to deliver now.",
+                      style="yellow")
+        return
+    if alive:
+        progress = _wait_with_bar(service, occurrence_id)
+    else:
+        out.print("no worker is running: delivering in this process")
+        with service.worker():
+            progress = _wait_with_bar(service, occurrence_id)
+    _summary(service.ledger.records(occurrence_id))
+    if progress.failed:
+        sys.exit(EXIT_FAILED)
+
+
 def _wait_with_bar(service: Any, occurrence_id: str) -> Any:
     if not err.is_terminal:
         return service.wait(occurrence_id, on_progress=_progress_lines())
@@ -339,7 +368,7 @@ def _wait_with_bar(service: Any, occurrence_id: str) -> Any:
 
 def _summary(records: list[Record]) -> None:
     table = Table(title="Deliveries", title_justify="left")
-    statuses = ("sent", "failed", "suppressed", "pending")
+    statuses = STATUSES
     table.add_column("Channel")
     for status in statuses:
         table.add_column(status, justify="right")
@@ -446,7 +475,7 @@ def report(consultation: str, fmt: str, event: str | None) -> None:
     settings = _settings()
     config = _load(settings)
     config.consultation(consultation)
-    found = reporting.build(Ledger(connect(settings)), consultation, event=event)
+    found = reporting.build(Ledger(connect(settings)), consultation, event=event, tz=config.tz)
     if fmt == "json":
         click.echo(json.dumps(found.as_json(), indent=2))
     elif fmt == "csv":
@@ -456,20 +485,26 @@ def report(consultation: str, fmt: str, event: str | None) -> None:
         writer.writerows(found.deliveries)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        _report_tables(consultation, found.summary, found.deliveries)
+        _report_tables(consultation, found.summary, found.deliveries, zone=str(config.tz))
     if found.failed:
         sys.exit(EXIT_FAILED)
 
 
-def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+def _when(iso: str) -> str:
+    """A report time (ISO, already in the configured zone) to the minute: ``29 Nov 2026 19:23``."""
+    return f"{datetime.fromisoformat(iso):%d %b %Y %H:%M}" if iso else ""
+
+
+def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]], *, zone: str) -> None:
     if not summary:
         out.print(f"{consultation}: nothing has been sent yet.")
         return
     # Every column fits a wide terminal; a narrow one gets what says who was told what and
     # when, and a pointer to the rest (the csv and json formats always carry every field).
     wide = out.width >= WIDE_REPORT
-    table = Table(title=f"{consultation}: deliveries by event and channel", title_justify="left")
-    statuses = ("sent", "failed", "suppressed", "pending")
+    table = Table(title=f"{consultation}: deliveries by event and channel (times {zone})", title_justify="left")
+    # The statuses that occur, in the usual order: all five do not fit 80 columns beside the rest.
+    statuses = [s for s in STATUSES if any(row.get(s) for row in summary)]
     for column in ("Occurrence", "Fired", "Channel", *statuses):
         # In 80 columns a long account id folds onto a second line; no header or count is cut.
         table.add_column(column, justify="right" if column in statuses else "left", overflow="fold",
@@ -479,11 +514,8 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
         return occurrence.removeprefix(f"{consultation}:")
 
-    def when(iso: str) -> str:  # to the minute; in 80 columns without the year
-        return (iso[:16] if wide else iso[5:16]).replace("T", " ")
-
     for s in summary:
-        table.add_row(short(s["occurrence"]), when(s["fired_at"]) + (" late" if s["late"] else ""),
+        table.add_row(short(s["occurrence"]), _when(s["fired_at"]) + (" late" if s["late"] else ""),
                       s["channel"], *(str(s.get(k, 0)) for k in statuses))
     out.print(table)
     if wide:
@@ -496,18 +528,25 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     detail = Table(title="Deliveries", title_justify="left")
     # Rich shrinks the widest column first, so the error column is capped at what is left
     # once the address has 28 and the fixed ones theirs: the table then fits the terminal.
-    fixed = {"Occurrence": max((len(short(r["occurrence"])) for r in rows), default=10), "Status": 10, "Sent": 11}
+    fixed = {"Occurrence": max([len("Occurrence")] + [len(short(r["occurrence"])) for r in rows]), "Status": 10,
+             "Sent": 17}
     left = out.width - 28 - sum(fixed.get(c, 0) for c in columns) - 3 * len(columns) - 1
+    to = 28
+    if not wide and left < 12:  # no room for the time on one line: the date over the time
+        fixed["Sent"], left = 11, left + 6
+    if not wide and left < 12:  # still none (an Occurrence column too): the address folds sooner
+        to, left = to - (12 - left), 12
     for column in columns:
-        detail.add_column(column, overflow="fold", no_wrap=column in fixed,
-                          min_width=28 if column in ("Recipient", "To") else None,
+        detail.add_column(column, overflow="fold", no_wrap=column in fixed and column != "Sent",
+                          width=fixed["Sent"] if column == "Sent" and not wide else None,
+                          min_width=to if column in ("Recipient", "To") else None,
                           max_width=max(left, 12) if column == "Last error" and not wide else None)
     for r in rows:
         cells = {
             "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
             "To": r["channel"] if r["recipient"] == ACCOUNT else r["recipient"],
             "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
-            "Sent": when(r["sent_at"]),
+            "Sent": _when(r["sent_at"]),
             "Last error": r["last_error"], "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
@@ -621,7 +660,7 @@ def rehearse(consultation: str) -> None:
         emails = [r for r in mine if r.channel == EMAIL_CHANNEL]
         timeline_table.add_row(
             _local(event.at, config) if event.at else "on demand (rehearsed now)", event.name,
-            str(sum(r.status == "sent" for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
+            str(sum(r.status in SUCCEEDED for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
             ", ".join(r.channel for r in mine if r.channel != EMAIL_CHANNEL) or "-",
         )
     out.print(timeline_table)
@@ -636,7 +675,7 @@ def rehearse(consultation: str) -> None:
     for address, items in sorted(by_person.items(), key=lambda kv: (kv[1][0].name or kv[0]).lower()):
         first = items[0]
         who = f"{first.name} <{address}>" if first.name else address
-        lines = [f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status == "sent" else f"not sent ({r.what})")
+        lines = [f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status in SUCCEEDED else f"not sent ({r.what})")
                  for r in items]
         people.add_row(who, ", ".join(first.lists), "\n".join(lines))
     out.print(people)

@@ -85,6 +85,11 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+def attempts(n: int) -> str:
+    """``1 attempt``, ``3 attempts``: how output counts them."""
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
 def backoff(rt: Runtime, attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
     base = rt.settings.retry_base.total_seconds()
@@ -189,10 +194,11 @@ def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
     if isinstance(result, ChannelPausedError):  # not attempted: the attempt does not count
         return Outcome("pending", attempt - 1, str(result), updated=now)
     if isinstance(result, Receipt):
-        return Outcome("sent", attempt, None, result.provider_id, result.url, updated=now, sent_at=now)
+        status: Status = "outbox" if result.outbox else "sent"
+        return Outcome(status, attempt, None, result.provider_id, result.url, updated=now, sent_at=now)
     if isinstance(result, TransientDeliveryError):
         if attempt >= rt.settings.max_attempts:
-            return Outcome("failed", attempt, f"gave up after {attempt} attempts: {result}", updated=now)
+            return Outcome("failed", attempt, f"gave up after {attempts(attempt)}: {result}", updated=now)
         log.info("delivery %s to %s deferred: %s", delivery.channel, delivery.recipient, result)
         return Outcome("pending", attempt, str(result), updated=now)
     if isinstance(result, PermanentDeliveryError):

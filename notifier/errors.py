@@ -59,6 +59,11 @@ class UsageError(NotifierError):
     """A command was asked for something that does not exist (an unknown consultation, say)."""
 
 
+class TooEarlyError(UsageError):
+    """A scheduled event was fired by hand before its time without saying so (``--early``):
+    it would go out early and then not at its time."""
+
+
 class DeliveryError(NotifierError):
     """A delivery did not happen. ``provider_reply`` is what the far side said, if anything."""
 

@@ -5,7 +5,7 @@ It is also what makes every side effect happen once:
 * an event occurrence is claimed atomically before it fires (two schedulers, one firing);
 * a delivery is claimed (``SET NX`` with a lease, owned by a live worker) before it is sent,
   so two workers never send the same one, and a claim held by a dead worker is taken over;
-* a delivery already ``sent`` (or ``failed``, or ``suppressed``) is never sent again.
+* a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``) is never sent again.
 
 Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehearsals):
 
@@ -18,7 +18,7 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``st:<id>``                hash ``<channel>|<recipient>`` -> status
 ``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record` as fanned out
 ``out:<id>``               hash ``<channel>|<recipient>`` -> JSON :class:`Outcome`, once attempted
-``cnt:<id>``               hash ``<channel>|<status>`` -> count
+``cnt:<id>``               hash ``<channel>|<status>`` -> count (``notifier retry`` moves failed ones back)
 ``claim:<id>:<field>``     the worker sending that delivery now (with a lease)
 ``suppressed``             hash address -> JSON {reason, at}
 ``workers``                sorted set of live worker ids by last heartbeat
@@ -38,8 +38,13 @@ import redis
 
 from notifier.broker import DEAD_AFTER_MS, NAMESPACE, WORKERS_KEY, text
 
-Status = Literal["pending", "sent", "failed", "suppressed"]
-FINAL: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+#: ``outbox``: written to the outbox (Maildir, JSONL file) instead of delivered; final like ``sent``.
+Status = Literal["pending", "sent", "outbox", "failed", "suppressed"]
+FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed"})
+#: Done and successful: never sent again, and not a failure for exit codes.
+SUCCEEDED: frozenset[str] = frozenset({"sent", "outbox"})
+#: The statuses a delivery can have, in the order summaries show them.
+STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "suppressed", "pending")
 CLAIM_LEASE_MS = 300_000
 CHUNK = 1_000
 #: ``json.dumps`` with options builds an encoder on every call; this one is built once.
@@ -184,7 +189,7 @@ for i = 6, #ARGV do
   local f = ARGV[i]
   local status = redis.call('HGET', KEYS[1], f)
   local state
-  if status == 'sent' or status == 'failed' or status == 'suppressed' then
+  if status == 'sent' or status == 'outbox' or status == 'failed' or status == 'suppressed' then
     state = 'final'
   else
     local key = ARGV[5] .. f
@@ -208,12 +213,12 @@ return out
 """
 
 # KEYS: st, out, cnt.  ARGV: claim_prefix, owner, then triples (field, status, outcome json).
-# Counts move only when the status changes; a sent delivery stays sent; only the owner releases a claim.
+# Counts move only when the status changes; a sent (or outbox) delivery stays so; only the owner releases a claim.
 _MARK = """
 for i = 3, #ARGV, 3 do
   local f, status, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[1], f)
-  if old ~= 'sent' then
+  if old ~= 'sent' and old ~= 'outbox' then
     local channel = string.match(f, '^([^|]*)|')
     if old ~= status then
       redis.call('HSET', KEYS[1], f, status)
@@ -226,6 +231,32 @@ for i = 3, #ARGV, 3 do
   if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
 end
 return 1
+"""
+
+# KEYS: st, out, cnt.  ARGV: updated (now).  Every failed delivery back to pending with a fresh
+# count of attempts (its last error kept until the next attempt); returns their fields.
+_REQUEUE = """
+local fields = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == 'failed' then
+    local f = all[i]
+    local channel = string.match(f, '^([^|]*)|')
+    redis.call('HSET', KEYS[1], f, 'pending')
+    redis.call('HINCRBY', KEYS[3], channel .. '|failed', -1)
+    redis.call('HINCRBY', KEYS[3], channel .. '|pending', 1)
+    local raw = redis.call('HGET', KEYS[2], f)
+    if raw then
+      local outcome = cjson.decode(raw)
+      outcome['status'] = 'pending'
+      outcome['attempts'] = 0
+      outcome['updated'] = ARGV[1]
+      redis.call('HSET', KEYS[2], f, cjson.encode(outcome))
+    end
+    fields[#fields + 1] = f
+  end
+end
+return fields
 """
 
 # KEYS: st, dl, cnt.  ARGV: triples (field, status, json).  Adds what is not there yet.
@@ -266,6 +297,7 @@ class Ledger:
         self._mark = client.register_script(_MARK)
         self._add = client.register_script(_ADD)
         self._fire = client.register_script(_FIRE)
+        self._requeue = client.register_script(_REQUEUE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -369,6 +401,13 @@ class Ledger:
         if len(args) > 2:
             keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
             self._mark(keys=keys, args=args)
+
+    def requeue_failed(self, occurrence_id: str) -> list[str]:
+        """Put every failed delivery of the occurrence back to pending, atomically, and return
+        their fields (``<channel>|<recipient>``) to deliver again. Their Message-IDs stay the
+        same (they are derived from the delivery); each starts a fresh count of attempts."""
+        keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
+        return [text(f) for f in self._requeue(keys=keys, args=[now_iso()])]
 
     def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
         """``{channel: {status: count}}`` for one occurrence."""

@@ -21,7 +21,7 @@ from notifier import delivery, timeline
 from notifier.broker import NAMESPACE, connect
 from notifier.config import EMAIL_CHANNEL, Settings, load_config
 from notifier.errors import ConfigError
-from notifier.ledger import Ledger, Record
+from notifier.ledger import SUCCEEDED, Ledger, Record
 from notifier.runtime import Runtime
 from notifier.validation import check
 
@@ -97,7 +97,7 @@ def _what(rt: Runtime, folder: Path, event: timeline.Event, at: datetime, record
     subjects = _subjects(folder / "outbox" / "email")
     found = []
     for r in sorted(records, key=lambda r: (r.channel != EMAIL_CHANNEL, r.channel, (r.name or r.recipient).lower())):
-        if r.status != "sent":
+        if r.status not in SUCCEEDED:
             what = r.error or r.status
         elif r.channel == EMAIL_CHANNEL:
             what = subjects.get(r.provider_id or "", "")

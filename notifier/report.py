@@ -1,12 +1,14 @@
 """The evidence of who was told what, when: the ledger of one consultation as plain rows.
 
 ``notifier report`` prints it as tables, CSV or JSON, and the web service's admin API
-serves the same JSON, so both always agree.
+serves the same JSON, so both always agree. Times are ISO 8601 with their offset, in the
+configured time zone (``2026-07-09T09:00:03+01:00``), to the second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from notifier.ledger import Ledger
@@ -34,8 +36,17 @@ class Report:
         return {"consultation": self.consultation, "summary": self.summary, "deliveries": self.deliveries}
 
 
-def build(ledger: Ledger, consultation: str, *, event: str | None = None) -> Report:
-    """The report of ``consultation`` (only ``event``'s occurrences when given)."""
+def local_iso(moment: datetime | str | None, tz: tzinfo) -> str:
+    """``moment`` (a datetime or the ledger's ISO text) as ISO 8601 in ``tz`` with its offset,
+    to the second; ``""`` for none."""
+    if not moment:
+        return ""
+    found = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return found.astimezone(tz).isoformat(timespec="seconds")
+
+
+def build(ledger: Ledger, consultation: str, *, event: str | None = None, tz: tzinfo = UTC) -> Report:
+    """The report of ``consultation`` (only ``event``'s occurrences when given), its times in ``tz``."""
     report = Report(consultation)
     for occurrence in ledger.occurrences(consultation):
         if event is not None and occurrence.event != event:
@@ -43,14 +54,15 @@ def build(ledger: Ledger, consultation: str, *, event: str | None = None) -> Rep
         for channel, counts in sorted(ledger.counts(occurrence.id).items()):
             report.summary.append({
                 "occurrence": occurrence.id, "event": occurrence.event, "channel": channel,
-                "fired_at": occurrence.fired_at.isoformat(), "late": occurrence.late, **counts,
+                "fired_at": local_iso(occurrence.fired_at, tz), "late": occurrence.late, **counts,
             })
         for record in sorted(ledger.records(occurrence.id), key=lambda r: (r.channel, r.recipient)):
             report.deliveries.append({
                 "occurrence": occurrence.id, "event": occurrence.event, "channel": record.channel,
                 "recipient": record.recipient, "name": record.name or "", "lists": " ".join(record.lists),
                 "status": record.status, "attempts": record.attempts, "last_error": record.error or "",
-                "provider_id": record.provider_id or "", "url": record.url or "", "created": record.created,
-                "updated": record.updated or "", "sent_at": record.sent_at or "",
+                "provider_id": record.provider_id or "", "url": record.url or "",
+                "created": local_iso(record.created, tz), "updated": local_iso(record.updated, tz),
+                "sent_at": local_iso(record.sent_at, tz),
             })
     return report

@@ -418,7 +418,9 @@ class Scheduler:
         if not self.lease.held or event.at is None:
             return None
         late = now - event.at > LATE_AFTER
-        occurrence_id = self.service.fire(event.consultation_id, event.name, late=late, config=self._config)
+        # Due by this scheduler's clock (which `run --now` may set): never "early".
+        occurrence_id = self.service.fire(event.consultation_id, event.name, late=late, early=True,
+                                          config=self._config)
         if occurrence_id is not None:
             log.info("fired %s%s", occurrence_id, f" late, {now - event.at} after its time" if late else "")
         return occurrence_id

@@ -20,10 +20,12 @@ import redis
 from notifier import actors, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings, collector_paused, load_config
-from notifier.errors import ConfigError
+from notifier.delivery import BATCH
+from notifier.errors import ConfigError, Problem, UsageError
 from notifier.ledger import FINAL, Ledger
 from notifier.runtime import Runtime
-from notifier.validation import check
+from notifier.timeline import Event
+from notifier.validation import check, check_event
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class Progress:
     def failed(self) -> int:
         """Deliveries that failed permanently."""
         return sum(c.get("failed", 0) for c in self.counts.values())
+
+
+def _log_warning(problem: Problem) -> None:
+    log.warning("%s", problem)
 
 
 class Service:
@@ -75,24 +81,61 @@ class Service:
         *,
         again: bool = False,
         late: bool = False,
+        early: bool = False,
         config: Config | None = None,
+        warn: Callable[[Problem], None] | None = None,
     ) -> str | None:
-        """Fire an event now: the new occurrence id, or None if it already fired."""
+        """Fire an event now: the new occurrence id, or None if it already fired.
+
+        A scheduled event before its time needs ``early`` (:class:`TooEarlyError` otherwise);
+        warnings (a stakeholder named differently on two lists, an outcome before the close)
+        go to ``warn`` (the log by default) and never stop the firing.
+        """
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
-        if event_name not in consultation.events:
-            from notifier.validation import check_event
-
-            errors = check_event(config, self.runtime.renderer, consultation, event)
-            if errors:
-                raise ConfigError(errors)
+        for problem in self.preflight(config, event, again=again, early=early):
+            (warn or _log_warning)(problem)
         at = event.at if event.at is not None and not again else datetime.now(UTC)
         occurrence_id = self.ledger.claim_occurrence(consultation_id, event_name, at=at, again=again, late=late)
         if occurrence_id is not None:
             self.actors.fire.send(occurrence_id)
             log.info("fired %s", occurrence_id)
         return occurrence_id
+
+    def preflight(self, config: Config, event: Event, *, again: bool, early: bool) -> list[Problem]:
+        """What stops ``event`` firing by hand now (raised: errors, or too early), and the
+        warnings that do not. An event configured in the consultation was checked with the
+        config; one fired on demand (an ``outcome``) is checked here."""
+        consultation = config.consultation(event.consultation_id)
+        warnings: list[Problem] = []
+        if event.name not in consultation.events:
+            problems = check_event(config, self.runtime.renderer, consultation, event)
+            errors = [p for p in problems if p.severity == "error"]
+            if errors:
+                raise ConfigError(errors)
+            warnings += problems
+        if again or self.ledger.fired(event.consultation_id, event.name) is None:  # else a no-op anyway
+            warnings += timeline.check_timing(consultation, event, datetime.now(UTC), config.tz, early=early)
+        return warnings
+
+    def retry(self, consultation_id: str, event_name: str) -> tuple[str, int]:
+        """Put the failed deliveries of the event's latest occurrence back to pending and
+        queue only those: the occurrence id and how many. UsageError if it never fired."""
+        self.config().consultation(consultation_id)  # an unknown consultation is named as such
+        occurrence_id = self.ledger.fired(consultation_id, event_name)
+        if occurrence_id is None:
+            raise UsageError(f"{consultation_id} {event_name} has not fired: there is nothing to retry")
+        by_channel: dict[str, list[str]] = {}
+        for field in self.ledger.requeue_failed(occurrence_id):
+            channel, recipient = field.split("|", 1)
+            by_channel.setdefault(channel, []).append(recipient)
+        for channel, recipients in by_channel.items():
+            for start in range(0, len(recipients), BATCH):
+                self.actors.deliver.send(occurrence_id, channel, recipients[start : start + BATCH])
+        count = sum(map(len, by_channel.values()))
+        log.info("retrying %d failed deliveries of %s", count, occurrence_id)
+        return occurrence_id, count
 
     def progress(self, occurrence_id: str) -> Progress:
         """Counts of an occurrence's deliveries."""

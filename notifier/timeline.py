@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from notifier.config import Consultation
+from notifier.errors import Problem, TooEarlyError
 
 _AT = re.compile(r"^\s*(opens|closes)(?:\s*([+-](?:\s*[+-]?\s*\d+\s*[dhm])+))?\s*$")
 _OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([dhm])")
@@ -113,3 +114,27 @@ def days_left(consultation: Consultation, moment: datetime, tz: ZoneInfo) -> int
     closes = normalise(consultation.closes, tz).date()
     return max(0, (closes - normalise(moment, tz).date()).days)
 
+
+
+def check_timing(
+    consultation: Consultation, event: Event, now: datetime, tz: ZoneInfo, *, early: bool
+) -> list[Problem]:
+    """Whether ``event`` may be fired by hand at ``now``: the warnings, if any.
+
+    A scheduled event before its time raises :class:`TooEarlyError` unless ``early``: once
+    fired it is done and does not go again at its time, so sending early must be meant. An
+    on-demand event (an ``outcome``) before the consultation has closed is only a warning.
+    """
+    if event.at is not None:
+        if now < event.at and not early:
+            raise TooEarlyError(
+                f"{event.key} is scheduled for {event.at:%a %d %b %Y %H:%M %Z}: firing it now sends it early, "
+                "and it will then not go at its time. Use --early to send it now anyway."
+            )
+        return []
+    closes = normalise(consultation.closes, tz)
+    if now < closes:
+        return [consultation.where.warning(
+            f"event {event.name!r} is sent before the consultation closes ({closes:%a %d %b %Y %H:%M %Z})"
+        )]
+    return []

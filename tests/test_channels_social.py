@@ -673,7 +673,7 @@ def test_outbox_writes_one_line_per_delivery(tmp_path: Path) -> None:
     assert entry["event"] == "opened"
     assert entry["consultation"] == "soc-strategy-2019"
     datetime.fromisoformat(entry["time"])
-    assert first == again == Receipt(provider_id="outbox:pcc-x.jsonl:1")
+    assert first == again == Receipt(provider_id="outbox:pcc-x.jsonl:1", outbox=True)
     assert other.provider_id == "outbox:pcc-x.jsonl:2"
 
 

@@ -77,10 +77,16 @@ class PostPayload:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """What the far side gave back: its id for the message or post, and a URL if any."""
+    """What the far side gave back: its id for the message or post, and a URL if any.
+
+    ``outbox`` is true when the payload was written to the outbox (the Maildir, a JSONL
+    file) instead of being delivered: the ledger records it as ``outbox``, not ``sent``, so
+    the evidence never passes a file on disk off as a delivery.
+    """
 
     provider_id: str | None = None
     url: str | None = None
+    outbox: bool = False
 
 
 class Channel(Protocol):

@@ -617,14 +617,14 @@ class MaildirChannel:
         self._maildir = mailbox.Maildir(str(path), create=False)
 
     def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
-        """Store one e-mail; the Message-ID is the provider id."""
+        """Store one e-mail (an ``outbox`` receipt: not delivered); the Message-ID is the provider id."""
         assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         try:
             self._maildir.add(build_message(self.sender, payload, msgid=msgid))
         except OSError as exc:
             raise TransientDeliveryError(f"cannot write to the outbox {self.path}: {exc}") from None
-        return Receipt(provider_id=msgid)
+        return Receipt(provider_id=msgid, outbox=True)
 
     def close(self) -> None:
         """Nothing to release."""

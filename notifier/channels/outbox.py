@@ -89,7 +89,7 @@ class OutboxChannel:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         except OSError as exc:
             raise TransientDeliveryError(f"outbox {self.name!r}: cannot write {self.path}: {exc}") from exc
-        return Receipt(provider_id=f"outbox:{self.path.name}:{number}")
+        return Receipt(provider_id=f"outbox:{self.path.name}:{number}", outbox=True)
 
     def close(self) -> None:
         """Nothing to release: the file is opened per post."""
