@@ -154,7 +154,7 @@ def test_send_twice_on_the_command_line_says_already_fired(env: dict[str, str], 
 
 #: ``notifier send --wait`` processes started at once, and how many times over (see the test).
 CONCURRENT_SENDS = 6
-CONCURRENT_ROUNDS = 4
+CONCURRENT_ROUNDS = 3
 
 
 def test_sends_started_together_on_one_data_dir_email_everyone_once(
