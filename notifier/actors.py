@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +82,16 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
 
     def fire(occurrence_id: str) -> None:
         rt = runtime()
-        if rt.ledger.occurrence(occurrence_id).state == "fanned-out":
-            return  # a second fire message (the scheduler's sweep, a redelivery): already done
-        for batch in delivery.fan_out(rt, occurrence_id):  # each batch sent as soon as it is recorded
-            deliver_actor.send(batch.occurrence_id, batch.channel, list(batch.recipients))
+        message = CurrentMessage.get_current_message()
+        owner = f"{rt.worker_id}|{message.message_id if message else uuid.uuid4().hex}"
+        if not rt.ledger.take_fan_out(occurrence_id, owner=owner):
+            return  # a second fire message (the scheduler's sweep, a second send): done or under way
+        try:
+            for batch in delivery.fan_out(rt, occurrence_id):  # each batch sent as soon as it is recorded
+                deliver_actor.send(batch.occurrence_id, batch.channel, list(batch.recipients))
+        except BaseException:
+            rt.ledger.release_fan_out(occurrence_id, owner=owner)  # the retry, or the next fire, takes it
+            raise
         rt.ledger.set_state(occurrence_id, "fanned-out")
 
     def deliver(occurrence_id: str, channel: str, recipients: list[str]) -> None:

@@ -60,6 +60,8 @@ NAMESPACE = "notifier"
 WORKERS_KEY = f"{NAMESPACE}:workers"  # worker liveness is per process, shared by every ledger namespace
 DRAMATIQ_NAMESPACE = "notifier-dramatiq"
 #: A worker silent this long is dead: its messages are requeued and its claims may be taken.
+#: A claim whose holder never beat (not a worker, or one that could not reach Redis at boot)
+#: is taken over only once the claim itself is this old.
 DEAD_AFTER_MS = 10_000
 HEARTBEAT_EVERY_S = 2.0
 #: In the embedded server: the id of its dataset, also recorded in ``redis/server.json``.
@@ -378,6 +380,12 @@ class Heartbeat(dramatiq.Middleware):
         self.worker_id = worker_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Beat once before Dramatiq starts any worker thread, so no claim of this worker is
+        ever seen without its heartbeat (:meth:`after_worker_boot` runs only after the threads
+        have started taking messages)."""
+        beat(cast(RedisBroker, broker).client, self.worker_id)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.clear()

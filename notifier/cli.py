@@ -274,11 +274,7 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, 
                       "Use --again for a new occurrence.")
             if not wait or fired is None:
                 return
-            occurrence_id = fired
-            if service.ledger.occurrence(fired).state == "claimed":
-                # Claimed but perhaps never queued (a crash between the two): queue it again.
-                # Harmless if it was queued: a fanned-out occurrence ignores a second fire.
-                service.actors.fire.send(fired)
+            occurrence_id = fired  # only waited for: the process that fired it queued the fan-out
         else:
             out.print(f"fired {occurrence_id}")
         _deliver(service, occurrence_id, wait=wait)

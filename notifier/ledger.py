@@ -3,8 +3,11 @@
 It is also what makes every side effect happen once:
 
 * an event occurrence is claimed atomically before it fires (two schedulers, one firing);
+* an occurrence is fanned out by one ``fire`` message at a time (``fanner`` in ``occ:<id>``),
+  so a second ``fire`` does nothing while the first is at it or once it is done;
 * a delivery is claimed (``SET NX`` with a lease, owned by a live worker) before it is sent,
-  so two workers never send the same one, and a claim held by a dead worker is taken over;
+  so two workers never send the same one, and a claim held by a dead worker is taken over
+  (a holder with no heartbeat at all counts as alive until its claim is ``DEAD_AFTER_MS`` old);
 * a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``) is never sent again.
 
 Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehearsals):
@@ -13,7 +16,8 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``fired:<c>:<e>``          id of the latest occurrence of event e of consultation c
 ``seq:<c>:<e>``            occurrence counter (``send --again`` makes a new one)
 ``missed:<c>:<e>``         when a scheduled event was missed past the grace period
-``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state
+``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state, and
+                           fanner, fanner_at (the ``fire`` message fanning it out, since when)
 ``occs:<c>``               sorted set of the consultation's occurrences by firing time
 ``st:<id>``                hash ``<channel>|<recipient>`` -> status
 ``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record` as fanned out
@@ -180,10 +184,24 @@ class Claim:
     outcome: Outcome
 
 
+# Whether the holder of a claim ("<worker id>|<message id>", taken at ``since`` ms) is dead: its
+# worker's heartbeat when it has one, else the time of the claim itself, is older than dead_after.
+# So a worker that has not beaten yet (or a process that is no worker) keeps its claim for
+# dead_after after taking it, rather than losing it at once.
+_DEAD = """
+local function dead(workers, holder, since, now, dead_after)
+  local seen = redis.call('ZSCORE', workers, string.match(holder, '^([^|]*)'))
+  local last = seen and tonumber(seen) or since
+  return last < now - dead_after
+end
+"""
+
 # KEYS: st, out, workers.  ARGV: owner, lease_ms, now_ms, dead_after_ms, claim_prefix, fields...
 # An owner is "<worker id>|<message id>": the same message (a Dramatiq retry) may take its own
-# claims back, another message of the same worker may not; a claim whose worker is dead is free.
-_CLAIM = """
+# claims back, another message of the same worker may not; a claim whose holder is dead is free.
+# A claim's age is its lease less what is left of it.
+_CLAIM = _DEAD + """
+local now, lease, dead_after = tonumber(ARGV[3]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local out = {}
 for i = 6, #ARGV do
   local f = ARGV[i]
@@ -197,8 +215,8 @@ for i = 6, #ARGV do
       state = 'claimed'
     else
       local holder = redis.call('GET', key)
-      local seen = holder and redis.call('ZSCORE', KEYS[3], string.match(holder, '^([^|]*)'))
-      if holder == ARGV[1] or not seen or tonumber(seen) < tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+      local since = now - (lease - redis.call('PTTL', key))
+      if holder == ARGV[1] or dead(KEYS[3], holder, since, now, dead_after) then
         redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
         state = 'claimed'
       else
@@ -210,6 +228,28 @@ for i = 6, #ARGV do
   out[#out + 1] = redis.call('HGET', KEYS[2], f) or ''
 end
 return out
+"""
+
+# KEYS: occ, workers.  ARGV: owner, now_ms, dead_after_ms.  Take the fan-out of an occurrence:
+# 1 when the caller is to fan out, 0 when it is done or a live owner is at it, false if unknown.
+# A redelivery of the same message (same message id, any worker) takes it back.
+_TAKE_FAN_OUT = _DEAD + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'fanned-out' then return 0 end
+local holder = redis.call('HGET', KEYS[1], 'fanner')
+if holder and string.match(holder, '|(.*)$') ~= string.match(ARGV[1], '|(.*)$') then
+  local since = tonumber(redis.call('HGET', KEYS[1], 'fanner_at'))
+  if not dead(KEYS[2], holder, since, tonumber(ARGV[2]), tonumber(ARGV[3])) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'fanner', ARGV[1], 'fanner_at', ARGV[2])
+return 1
+"""
+
+# KEYS: occ.  ARGV: owner.  Only the owner gives a fan-out up.
+_RELEASE_FAN_OUT = """
+if redis.call('HGET', KEYS[1], 'fanner') == ARGV[1] then redis.call('HDEL', KEYS[1], 'fanner', 'fanner_at') end
+return 1
 """
 
 # KEYS: st, out, cnt.  ARGV: claim_prefix, owner, then triples (field, status, outcome json).
@@ -298,6 +338,8 @@ class Ledger:
         self._add = client.register_script(_ADD)
         self._fire = client.register_script(_FIRE)
         self._requeue = client.register_script(_REQUEUE)
+        self._take_fan_out = client.register_script(_TAKE_FAN_OUT)
+        self._release_fan_out = client.register_script(_RELEASE_FAN_OUT)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -342,6 +384,22 @@ class Ledger:
         if not data:
             raise KeyError(occurrence_id)
         return Occurrence.from_hash(occurrence_id, data)
+
+    def take_fan_out(self, occurrence_id: str, *, owner: str) -> bool:
+        """Whether ``owner`` (``<worker id>|<message id>``) is to fan the occurrence out: not when
+        it is fanned out already or a live worker's other message is at it (a second ``fire``),
+        yes when nobody is, a redelivery of the same message is, or the one who is has died.
+        KeyError if the occurrence is unknown."""
+        taken = self._take_fan_out(
+            keys=[self._k("occ", occurrence_id), WORKERS_KEY], args=[owner, int(time.time() * 1000), DEAD_AFTER_MS]
+        )
+        if taken is None:
+            raise KeyError(occurrence_id)
+        return bool(taken)
+
+    def release_fan_out(self, occurrence_id: str, *, owner: str) -> None:
+        """Give up a fan-out ``owner`` took and could not finish, so the next ``fire`` may take it."""
+        self._release_fan_out(keys=[self._k("occ", occurrence_id)], args=[owner])
 
     def set_state(self, occurrence_id: str, state: str) -> None:
         """Move an occurrence on (claimed -> fanned-out)."""

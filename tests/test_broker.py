@@ -29,7 +29,7 @@ from notifier.broker import (
     workers_alive,
 )
 from notifier.config import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 
 @pytest.fixture
@@ -171,6 +171,33 @@ def test_workers_alive_lists_recent_heartbeats_only(redis_client: redis.Redis) -
     redis_client.zadd(f"{NAMESPACE}:workers", {"host:3:cccc": stale, "host:2:bbbb": stale})
 
     assert workers_alive(redis_client) == ["host:1:aaaa"]
+
+
+def test_a_worker_is_alive_in_redis_before_its_first_message_runs(
+    settings: Settings, redis_client: redis.Redis, keep_global_broker: None
+) -> None:
+    """Delivery claims are checked against this heartbeat: messages waiting when a worker
+    boots must not run before it, or a duplicate would find their claims' holder "dead"."""
+    broker = make_broker(settings, worker_id="booting-worker")
+    seen: list[bool] = []
+    lock = threading.Lock()
+
+    def probe() -> None:
+        alive = "booting-worker" in workers_alive(redis_client)
+        with lock:
+            seen.append(alive)
+
+    actor = dramatiq.Actor(probe, broker=broker, actor_name="probe", queue_name="probe", priority=0, options={})
+    for _ in range(16):
+        actor.send()
+    worker = dramatiq.Worker(broker, worker_threads=8)
+    worker.start()
+    try:
+        wait_until(lambda: len(seen) >= 16, 30, "the 16 waiting messages to run")
+    finally:
+        worker.stop()
+        broker.close()
+    assert seen == [True] * 16
 
 
 def test_text_decodes_replies_and_passes_strings() -> None:

@@ -152,6 +152,35 @@ def test_send_twice_on_the_command_line_says_already_fired(env: dict[str, str], 
     assert smtp_server.handler.count() == 2 * count
 
 
+#: ``notifier send --wait`` processes started at once, and how many times over (see the test).
+CONCURRENT_SENDS = 6
+CONCURRENT_ROUNDS = 3
+
+
+def test_sends_started_together_on_one_data_dir_email_everyone_once(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    """Several ``send --wait`` at once on a fresh embedded data dir: one fires, the others find
+    it fired and only wait; with no worker alive each delivers in-process, and still every
+    address gets one message. (Before the fix each "already fired" process queued the fan-out
+    again and a claim of a worker that had not beaten yet was taken over: doubles.)"""
+    expected = example_emails(project)
+    project.env["NOTIFIER_SMTP_URL"] = smtp_server.url
+    command = [sys.executable, "-m", "notifier", "send", "soc-strategy-2019", "opened", "--wait"]
+    for round_ in range(CONCURRENT_ROUNDS):
+        env = {**project.env, "NOTIFIER_DATA_DIR": str(project.root / f"var-{round_}")}  # fresh each round
+        before = len(smtp_server.handler.recipients())
+        sends = [subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(CONCURRENT_SENDS)]
+        outputs = [p.communicate(timeout=180) for p in sends]
+        assert [p.returncode for p in sends] == [0] * CONCURRENT_SENDS, outputs
+        assert sum("fired soc-strategy-2019:opened:1" in out for out, _ in outputs) == 1, "one fired it"
+        received = Counter(smtp_server.handler.recipients()[before:])
+        assert set(received) == expected, f"round {round_}"
+        twice = sorted(address for address, n in received.items() if n > 1)
+        assert twice == [], f"round {round_}: e-mailed more than once: {twice}"
+
+
 # ---------------------------------------------------------------------------
 # Failures
 # ---------------------------------------------------------------------------

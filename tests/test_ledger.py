@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from notifier.broker import DEAD_AFTER_MS, NAMESPACE, beat
-from notifier.ledger import Ledger, Outcome, Record
+from notifier.ledger import CLAIM_LEASE_MS, Ledger, Outcome, Record
 
 AT = datetime(2019, 7, 9, 8, 0, tzinfo=UTC)
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -42,6 +42,11 @@ def states(ledger: Ledger, occurrence: str, owner: str, *recipients: str) -> lis
 def kill(client: redis.Redis, worker_id: str) -> None:
     """Make ``worker_id`` look dead: its last heartbeat is older than DEAD_AFTER_MS."""
     client.zadd(f"{NAMESPACE}:workers", {worker_id: time.time() * 1000 - DEAD_AFTER_MS - 5_000})
+
+
+def age_claim(client: redis.Redis, occurrence: str, recipient: str, ms: int) -> None:
+    """Make the claim on ``recipient``'s e-mail look taken ``ms`` ago (its lease has run that long)."""
+    client.pexpire(f"{NAMESPACE}:claim:{occurrence}:email|{recipient}", CLAIM_LEASE_MS - ms)
 
 
 def fired(ledger: Ledger, consultation: str = "soc", event: str = "opened") -> str:
@@ -141,6 +146,44 @@ def test_unstarted_lists_claimed_occurrences_with_nothing_recorded(ledger: Ledge
     assert ledger.unstarted([], older_than=0, within=600) == []
 
 
+def test_one_fire_message_at_a_time_fans_an_occurrence_out(ledger: Ledger, redis_client: redis.Redis) -> None:
+    occurrence = fired(ledger)
+    beat(redis_client, "w1")
+    beat(redis_client, "w2")
+
+    assert ledger.take_fan_out(occurrence, owner="w1|m1")
+    assert not ledger.take_fan_out(occurrence, owner="w2|m2"), "a second fire while a live worker fans out"
+    assert not ledger.take_fan_out(occurrence, owner="w1|m9"), "another message of the same worker"
+    assert ledger.take_fan_out(occurrence, owner="w2|m1"), "the same message, redelivered (a retry)"
+
+    ledger.set_state(occurrence, "fanned-out")
+    assert not ledger.take_fan_out(occurrence, owner="w2|m1"), "fanned out: nothing left to do"
+    assert not ledger.take_fan_out(occurrence, owner="w1|m3")
+    with pytest.raises(KeyError):
+        ledger.take_fan_out("soc:nothing:1", owner="w1|m1")
+
+
+def test_a_fan_out_left_by_a_dead_or_failed_fire_is_taken_by_the_next(ledger: Ledger,
+                                                                      redis_client: redis.Redis) -> None:
+    occurrence = fired(ledger)
+    beat(redis_client, "w1")
+    beat(redis_client, "w2")
+    assert ledger.take_fan_out(occurrence, owner="w1|m1")
+    kill(redis_client, "w1")
+    assert ledger.take_fan_out(occurrence, owner="w2|m2"), "its worker died mid fan-out"
+
+    ledger.release_fan_out(occurrence, owner="w1|m1")  # not its owner any more: no effect
+    assert not ledger.take_fan_out(occurrence, owner="w3|m3")
+    ledger.release_fan_out(occurrence, owner="w2|m2")  # its fire raised: the next fire fans out
+    assert ledger.take_fan_out(occurrence, owner="w3|m3")
+
+    other = fired(ledger, event="closed")
+    assert ledger.take_fan_out(other, owner="unbeaten|m1")
+    assert not ledger.take_fan_out(other, owner="w2|m2"), "a holder that has not beaten yet is not dead"
+    redis_client.hset(f"{NAMESPACE}:occ:{other}", "fanner_at", int(time.time() * 1000) - DEAD_AFTER_MS - 1_000)
+    assert ledger.take_fan_out(other, owner="w2|m2"), "no heartbeat for DEAD_AFTER_MS since it took it: dead"
+
+
 # ---------------------------------------------------------------------------
 # Deliveries
 # ---------------------------------------------------------------------------
@@ -199,13 +242,20 @@ def test_a_dead_workers_claim_is_taken_over(ledger: Ledger, redis_client: redis.
     assert states(ledger, occurrence, "w1|m1", JANE, ZOE) == ["busy", "busy"]
 
 
-def test_a_claim_by_a_worker_that_never_beat_is_free(ledger: Ledger, redis_client: redis.Redis) -> None:
+def test_a_claim_by_a_holder_that_never_beat_is_kept_until_it_is_dead_after_old(
+    ledger: Ledger, redis_client: redis.Redis
+) -> None:
+    """A worker whose first heartbeat is not in yet (or a process that is no worker) is not
+    dead: taking its claim at once is how duplicate messages just after a boot both sent."""
     occurrence = fired(ledger)
     ledger.add(occurrence, emails(JANE))
     beat(redis_client, "w2")
-    ledger.claim(occurrence, fields(JANE), owner="ghost|m1")
+    ledger.claim(occurrence, fields(JANE), owner="unbeaten|m1")
 
-    assert states(ledger, occurrence, "w2|m2", JANE) == ["claimed"]
+    assert states(ledger, occurrence, "w2|m2", JANE) == ["busy"]
+
+    age_claim(redis_client, occurrence, JANE, DEAD_AFTER_MS + 1_000)
+    assert states(ledger, occurrence, "w2|m2", JANE) == ["claimed"], "silent for DEAD_AFTER_MS: dead"
 
 
 def test_mark_stores_each_outcome_and_keeps_counts(ledger: Ledger, redis_client: redis.Redis) -> None:
