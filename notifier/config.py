@@ -991,6 +991,9 @@ def _consultation(
         return None
     consultation = consultation.model_copy(update={"id": consultation_id, "where": Where(str(path), 1)})
     consultation._lines = lines
+    if not _is_http_url(consultation.url):
+        problems.append(Problem.at(path, _value_line(lines, ("url",)), "url must be an http(s) URL like "
+                                   f"https://www.example.org/consultations/…, not {consultation.url!r}"))
     if consultation.opens >= consultation.closes:
         problems.append(
             Problem.at(path, _line(lines, ("closes",)), "closes must be after opens "
