@@ -279,3 +279,31 @@ def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> 
     )
     assert (bob.name, bob.organisation, bob.subscribed, bob.extra) == (None, "Gazette", True, {"role": ""})
     assert carl.subscribed is False and dan.extra == {"role": ""}
+
+
+def _chain(depth: int, *, back_to_start: bool) -> str:
+    """A stakeholders file of ``depth`` lists, each including the next (and the last the first)."""
+    lines = ["lists:"]
+    for i in range(depth):
+        last = i == depth - 1
+        include = ("chain-0" if back_to_start else None) if last else f"chain-{i + 1}"
+        lines.append(f"  chain-{i}:")
+        if include:
+            lines.append(f"    include: [{include}]")
+        lines.append(f"    members: [{{email: person{i}@chain.example}}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_include_chain_a_thousand_lists_deep_validates(project: Project) -> None:
+    project.write("config/stakeholders/chain.yaml", _chain(1000, back_to_start=False))
+    result = project.run("validate")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_include_cycle_a_thousand_lists_round_is_reported_with_its_file_and_line(project: Project) -> None:
+    project.write("config/stakeholders/chain.yaml", _chain(1000, back_to_start=True))
+    result = project.run("validate")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "chain.yaml:2: include cycle: chain-0 -> chain-1 -> " in result.stderr, result.stderr
