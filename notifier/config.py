@@ -411,8 +411,58 @@ class Config(_Model):
 # YAML with line numbers
 # ---------------------------------------------------------------------------
 
+# What all the aliases of one YAML file may expand to, in values (each scalar, list and
+# mapping counts one). A config that shares a few blocks by alias stays far below it; a
+# "billion laughs" file of nested aliases (272 bytes that expand to hundreds of millions
+# of values) is refused at the alias that crosses it, before anything is expanded.
+MAX_ALIAS_VALUES = 10_000
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that leaves ``2019-07-09 09:00``-style timestamps as text for our parser."""
+    """SafeLoader that leaves ``2019-07-09 09:00``-style timestamps as text for our parser,
+    and refuses aliases that would expand beyond :data:`MAX_ALIAS_VALUES` or into themselves."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> values it expands to
+        self._expanded = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """The next node; an alias is counted against the budget at its own line first."""
+        if self.check_event(yaml.AliasEvent):
+            event: yaml.AliasEvent = self.peek_event()  # type: ignore[no-untyped-call]
+            node = self.anchors.get(str(event.anchor))
+            if node is not None:
+                self._count_alias(node, str(event.anchor), event.start_mark)
+        return super().compose_node(parent, index)
+
+    def _count_alias(self, node: yaml.Node, anchor: str, mark: Any) -> None:
+        if node.end_mark is None:  # still being composed: the alias is inside what it names
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{anchor} is inside the block it names, so it would never end", mark
+            )
+        self._expanded += _size(node, self._sizes)
+        if self._expanded > MAX_ALIAS_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"too many aliases: by *{anchor} here they expand to more than "
+                f"{MAX_ALIAS_VALUES:,} values (write the values out, or share less)", mark,
+            )
+
+
+def _size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` expands to (itself and everything in it, aliases expanded);
+    remembered in ``sizes`` so a node aliased many times is counted once."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_size(k, sizes) + _size(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = total
+    return total
 
 
 _Loader.yaml_implicit_resolvers = {
