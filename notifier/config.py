@@ -270,6 +270,19 @@ def _fast_domain(domain: str) -> str | None:
     return found
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0 controls, DEL and C1 controls
+
+
+def _no_control(value: str) -> None:
+    """ValueError naming the first control character in ``value`` (a line break, a NUL, ...)."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        code = ord(found.group())
+        what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
+        raise ValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
+                         "are one line of text")
+
+
 class Member(BaseModel):
     """A stakeholder: ``email`` required; ``name``, ``organisation``, ``subscribed`` optional.
 
@@ -287,6 +300,15 @@ class Member(BaseModel):
     @classmethod
     def _valid_email(cls, value: str) -> str:
         return _check_email(value)
+
+    @field_validator("name", "organisation")
+    @classmethod
+    def _one_plain_line(cls, value: str | None) -> str | None:
+        # The name goes into the To header of every e-mail: a CR, LF or NUL there is header
+        # injection or SMTP smuggling (C\r.\rMAIL FROM:...), whatever the MIME writer does.
+        if value is not None:
+            _no_control(value)
+        return value
 
     @property
     def extra(self) -> dict[str, Any]:

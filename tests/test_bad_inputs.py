@@ -47,6 +47,7 @@ ALSO_SEND_AND_PREVIEW = (
     "recipient-in-social-post",
     "include-missing-file",
     "unknown-name-in-included-template",
+    "member-name-with-carriage-return",
 )
 
 # ``path:line: message`` or ``path: message``; the path is everything up to the first ": ".
