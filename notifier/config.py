@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -623,6 +623,36 @@ def _parse_moment(value: Any, tz: ZoneInfo) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 
+def clock_change_note(local: datetime, tz: ZoneInfo) -> str | None:
+    """What the wall-clock time ``local`` (its date and time, read in ``tz``) means when the
+    clocks change then, as ``2027-03-28 01:30 does not exist in ...``; None when it names
+    exactly one moment.
+
+    A time the clocks skip (01:30 on the day they go forward) is read as the same wall time
+    before the change, which lands after it; a time that happens twice (01:30 on the day
+    they go back) is its first occurrence. Both are quiet surprises, so ``validate`` says
+    which moment will be used, with its offset.
+    """
+    naive = local.replace(tzinfo=None)
+    first = naive.replace(tzinfo=tz, fold=0)
+    used = first.astimezone(UTC).astimezone(tz)
+    written = f"{naive:%Y-%m-%d %H:%M}"
+    if used.replace(tzinfo=None) != naive:
+        return (f"{written} does not exist in {tz.key} (the clocks go forward then): "
+                f"it is read as {_with_offset(used)}")
+    second = naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        later = second.astimezone(UTC).astimezone(tz)
+        return (f"{written} happens twice in {tz.key} (the clocks go back then): the first is used, "
+                f"{_with_offset(used)}; write {later.isoformat(timespec='minutes')} for the second")
+    return None
+
+
+def _with_offset(moment: datetime) -> str:
+    """``2027-03-28 02:30 BST (+01:00)``."""
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()} ({moment.isoformat()[-6:]})"
+
+
 def load_config(config_dir: Path | str) -> Config:
     """Load and validate the whole config directory; raise ConfigError with every problem."""
     config, problems = load_partial(config_dir)
@@ -666,8 +696,9 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
     lists = _load_lists(root / "stakeholders", problems, failed)
     consultations = _load_consultations(root / "consultations", tz, problems)
     _check_references(lists, consultations, accounts, failed, problems)
-    if not problems:
-        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts, **settings), []
+    if not _errors(problems):
+        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts,
+                      warnings=tuple(problems), **settings), []
     lists, consultations = _without_dangling(lists, consultations, accounts)
     partial = Config.model_construct(
         root=root,
@@ -1026,7 +1057,7 @@ def _consultation(
 ) -> Consultation | None:
     from notifier.timeline import parse_at
 
-    before = len(problems)
+    before = _errors(problems)
     data = dict(data)
     for key in ("id", "where"):
         if key in data:
@@ -1073,20 +1104,49 @@ def _consultation(
         )
     for event in consultation.events.values():
         if event.at is not None:
+            line = _value_line(lines, ("events", event.name, "at"))
             try:
-                parse_at(event.at, tz)
+                at = parse_at(event.at, tz)
             except ValueError as exc:
-                problems.append(Problem.at(path, _value_line(lines, ("events", event.name, "at")), str(exc)))
-    return consultation if len(problems) == before else None
+                problems.append(Problem.at(path, line, str(exc)))
+                continue
+            note = _event_clock_note(consultation, at.moment, at.anchor, at.days, tz)
+            if note:
+                if at.moment is None:  # "at: closes - 7d is 2027-10-31 01:30, which happens twice ..."
+                    day, time, rest = note.split(" ", 2)
+                    note = f"{event.at.strip()} is {day} {time}, which {rest}"
+                problems.append(Problem.warn(path, line, f"at: {note}"))
+    return consultation if _errors(problems) == before else None
+
+
+def _event_clock_note(
+    consultation: Consultation, moment: datetime | None, anchor: str | None, days: int, tz: ZoneInfo
+) -> str | None:
+    """:func:`clock_change_note` for the wall-clock time an event's ``at`` names: a local
+    datetime as written, or opens/closes moved by whole days (which keep the wall time)."""
+    if moment is not None:
+        return clock_change_note(moment, tz) if moment.tzinfo is tz else None
+    if not days:
+        return None  # opens or closes itself (warned about there), or moved by elapsed hours
+    base = consultation.opens if anchor == "opens" else consultation.closes
+    return clock_change_note(base.astimezone(tz) + timedelta(days=days), tz)
+
+
+def _errors(problems: list[Problem]) -> int:
+    """How many of ``problems`` are errors (not warnings)."""
+    return sum(problem.severity == "error" for problem in problems)
 
 
 def _moment(data: dict[str, Any], key: str, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]) -> bool:
     """Replace ``data[key]`` with the aware datetime it says; False (and a problem) if it cannot."""
     try:
-        data[key] = _parse_moment(data[key], tz)
+        data[key] = moment = _parse_moment(data[key], tz)
     except ValueError as exc:
         problems.append(Problem.at(path, _value_line(lines, (key,)), f"{key}: {exc}"))
         return False
+    note = clock_change_note(moment, tz) if moment.tzinfo is tz else None  # local time, no offset written
+    if note:
+        problems.append(Problem.warn(path, _value_line(lines, (key,)), f"{key}: {note}"))
     return True
 
 
