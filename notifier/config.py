@@ -1055,8 +1055,6 @@ def _load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> 
 def _consultation(
     consultation_id: str, data: dict[str, Any], path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]
 ) -> Consultation | None:
-    from notifier.timeline import parse_at
-
     before = _errors(problems)
     data = dict(data)
     for key in ("id", "where"):
@@ -1102,21 +1100,32 @@ def _consultation(
             Problem.at(path, _line(lines, ("closes",)), "closes must be after opens "
                        f"({consultation.closes:%Y-%m-%d %H:%M} is not after {consultation.opens:%Y-%m-%d %H:%M})")
         )
-    for event in consultation.events.values():
-        if event.at is not None:
-            line = _value_line(lines, ("events", event.name, "at"))
-            try:
-                at = parse_at(event.at, tz)
-            except ValueError as exc:
-                problems.append(Problem.at(path, line, str(exc)))
-                continue
-            note = _event_clock_note(consultation, at.moment, at.anchor, at.days, tz)
-            if note:
-                if at.moment is None:  # "at: closes - 7d is 2027-10-31 01:30, which happens twice ..."
-                    day, time, rest = note.split(" ", 2)
-                    note = f"{event.at.strip()} is {day} {time}, which {rest}"
-                problems.append(Problem.warn(path, line, f"at: {note}"))
+    _check_event_times(consultation, path, lines, tz, problems)
     return consultation if _errors(problems) == before else None
+
+
+def _check_event_times(
+    consultation: Consultation, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]
+) -> None:
+    """Each event's ``at``: an error if it cannot be read, a warning if the clocks skip or
+    repeat the wall-clock time it names."""
+    from notifier.timeline import parse_at
+
+    for event in consultation.events.values():
+        if event.at is None:
+            continue
+        line = _value_line(lines, ("events", event.name, "at"))
+        try:
+            at = parse_at(event.at, tz)
+        except ValueError as exc:
+            problems.append(Problem.at(path, line, str(exc)))
+            continue
+        note = _event_clock_note(consultation, at.moment, at.anchor, at.days, tz)
+        if note:
+            if at.moment is None:  # "at: closes - 7d is 2027-10-31 01:30, which happens twice ..."
+                day, time, rest = note.split(" ", 2)
+                note = f"{event.at.strip()} is {day} {time}, which {rest}"
+            problems.append(Problem.warn(path, line, f"at: {note}"))
 
 
 def _event_clock_note(
