@@ -416,9 +416,12 @@ class RecordingUndefined(jinja2.ChainableUndefined):
 
     def _record(self) -> None:
         recorded = _STATE.undefined
-        if recorded is not None:
-            path, line = _caller_place()
-            recorded.append((path, line, self._undefined_message + _known(self)))
+        if recorded is None:
+            # Not rendering (Jinja folding constants as it compiles, say): refuse as
+            # StrictUndefined does, so the use is left for the render, which records it.
+            self._fail_with_undefined_error()
+        path, line = _caller_place()
+        recorded.append((path, line, self._undefined_message + _known(self)))
 
     def __str__(self) -> str:
         self._record()
