@@ -226,8 +226,8 @@ def _refused(project: Project, template: str, *, channel: str = "x") -> tuple[Pr
     import time
 
     if channel == "email":
-        project.write("templates/opened/email.j2",
-                      "{% block subject %}Hi{% endblock %}\n{% block text %}\nDear all,\n" + template + "\n{% endblock %}\n")
+        body = "{% block subject %}Hi{% endblock %}\n{% block text %}\nDear all,\n" + template + "\n{% endblock %}\n"
+        project.write("templates/opened/email.j2", body)
     else:
         project.write("templates/opened/x.j2", "The {{ consultation.title }}\n" + template + "\n")
     renderer, ev, ctx = setup(project)
