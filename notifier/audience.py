@@ -71,28 +71,33 @@ class Audience:
 
 
 def find_cycle(lists: Mapping[str, StakeholderList], start: str) -> list[str] | None:
-    """The include path from ``start`` back to itself, e.g. ``[a, b, a]``, or None."""
-    path: list[str] = []
-    on_path: set[str] = set()
-    done: set[str] = set()
+    """The include path from ``start`` back to itself, e.g. ``[a, b, a]``, or None.
 
-    def visit(list_id: str) -> list[str] | None:
-        if list_id in on_path:
-            return [*path[path.index(list_id) :], list_id]
-        if list_id in done or list_id not in lists:
-            return None
-        path.append(list_id)
-        on_path.add(list_id)
-        for included in lists[list_id].include:
-            cycle = visit(included)
-            if cycle:
-                return cycle
-        path.pop()
-        on_path.discard(list_id)
-        done.add(list_id)
+    A depth-first walk with its own stack rather than recursion, so a chain of includes
+    thousands of lists deep is walked like a short one (no RecursionError).
+    """
+    if start not in lists:
         return None
-
-    return visit(start)
+    path = [start]
+    on_path = {start}
+    done: set[str] = set()
+    pending = [iter(lists[start].include)]  # pending[i]: what path[i] has left to visit
+    while pending:
+        included = next(pending[-1], None)
+        if included is None:
+            finished = path.pop()
+            on_path.discard(finished)
+            done.add(finished)
+            pending.pop()
+            continue
+        if included in on_path:
+            return [*path[path.index(included) :], included]
+        if included in done or included not in lists:
+            continue
+        path.append(included)
+        on_path.add(included)
+        pending.append(iter(lists[included].include))
+    return None
 
 
 def expand(lists: Mapping[str, StakeholderList], names: Iterable[str]) -> list[str]:

@@ -24,7 +24,7 @@ import secrets
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -292,6 +292,19 @@ def _fast_domain(domain: str) -> str | None:
     return found
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0 controls, DEL and C1 controls
+
+
+def _no_control(value: str) -> None:
+    """ValueError naming the first control character in ``value`` (a line break, a NUL, ...)."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        code = ord(found.group())
+        what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
+        raise ValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
+                         "are one line of text")
+
+
 class Member(BaseModel):
     """A stakeholder: ``email`` required; ``name``, ``organisation``, ``subscribed`` optional.
 
@@ -309,6 +322,15 @@ class Member(BaseModel):
     @classmethod
     def _valid_email(cls, value: str) -> str:
         return _check_email(value)
+
+    @field_validator("name", "organisation")
+    @classmethod
+    def _one_plain_line(cls, value: str | None) -> str | None:
+        # The name goes into the To header of every e-mail: a CR, LF or NUL there is header
+        # injection or SMTP smuggling (C\r.\rMAIL FROM:...), whatever the MIME writer does.
+        if value is not None:
+            _no_control(value)
+        return value
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -433,8 +455,58 @@ class Config(_Model):
 # YAML with line numbers
 # ---------------------------------------------------------------------------
 
+# What all the aliases of one YAML file may expand to, in values (each scalar, list and
+# mapping counts one). A config that shares a few blocks by alias stays far below it; a
+# "billion laughs" file of nested aliases (272 bytes that expand to hundreds of millions
+# of values) is refused at the alias that crosses it, before anything is expanded.
+MAX_ALIAS_VALUES = 10_000
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that leaves ``2019-07-09 09:00``-style timestamps as text for our parser."""
+    """SafeLoader that leaves ``2019-07-09 09:00``-style timestamps as text for our parser,
+    and refuses aliases that would expand beyond :data:`MAX_ALIAS_VALUES` or into themselves."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> values it expands to
+        self._expanded = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """The next node; an alias is counted against the budget at its own line first."""
+        if self.check_event(yaml.AliasEvent):
+            event: yaml.AliasEvent = self.peek_event()  # type: ignore[no-untyped-call]
+            node = self.anchors.get(str(event.anchor))
+            if node is not None:
+                self._count_alias(node, str(event.anchor), event.start_mark)
+        return super().compose_node(parent, index)
+
+    def _count_alias(self, node: yaml.Node, anchor: str, mark: Any) -> None:
+        if node.end_mark is None:  # still being composed: the alias is inside what it names
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{anchor} is inside the block it names, so it would never end", mark
+            )
+        self._expanded += _size(node, self._sizes)
+        if self._expanded > MAX_ALIAS_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"too many aliases: by *{anchor} here they expand to more than "
+                f"{MAX_ALIAS_VALUES:,} values (write the values out, or share less)", mark,
+            )
+
+
+def _size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` expands to (itself and everything in it, aliases expanded);
+    remembered in ``sizes`` so a node aliased many times is counted once."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_size(k, sizes) + _size(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = total
+    return total
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -573,6 +645,36 @@ def _parse_moment(value: Any, tz: ZoneInfo) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 
+def clock_change_note(local: datetime, tz: ZoneInfo) -> str | None:
+    """What the wall-clock time ``local`` (its date and time, read in ``tz``) means when the
+    clocks change then, as ``2027-03-28 01:30 does not exist in ...``; None when it names
+    exactly one moment.
+
+    A time the clocks skip (01:30 on the day they go forward) is read as the same wall time
+    before the change, which lands after it; a time that happens twice (01:30 on the day
+    they go back) is its first occurrence. Both are quiet surprises, so ``validate`` says
+    which moment will be used, with its offset.
+    """
+    naive = local.replace(tzinfo=None)
+    first = naive.replace(tzinfo=tz, fold=0)
+    used = first.astimezone(UTC).astimezone(tz)
+    written = f"{naive:%Y-%m-%d %H:%M}"
+    if used.replace(tzinfo=None) != naive:
+        return (f"{written} does not exist in {tz.key} (the clocks go forward then): "
+                f"it is read as {_with_offset(used)}")
+    second = naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        later = second.astimezone(UTC).astimezone(tz)
+        return (f"{written} happens twice in {tz.key} (the clocks go back then): the first is used, "
+                f"{_with_offset(used)}; write {later.isoformat(timespec='minutes')} for the second")
+    return None
+
+
+def _with_offset(moment: datetime) -> str:
+    """``2027-03-28 02:30 BST (+01:00)``."""
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()} ({moment.isoformat()[-6:]})"
+
+
 def load_config(config_dir: Path | str) -> Config:
     """Load and validate the whole config directory; raise ConfigError with every problem."""
     config, problems = load_partial(config_dir)
@@ -616,8 +718,9 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
     lists = _load_lists(root / "stakeholders", problems, failed)
     consultations = _load_consultations(root / "consultations", tz, problems)
     _check_references(lists, consultations, accounts, failed, problems)
-    if not problems:
-        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts, **settings), []
+    if not _errors(problems):
+        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts,
+                      warnings=tuple(problems), **settings), []
     lists, consultations = _without_dangling(lists, consultations, accounts)
     partial = Config.model_construct(
         root=root,
@@ -974,9 +1077,7 @@ def _load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> 
 def _consultation(
     consultation_id: str, data: dict[str, Any], path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]
 ) -> Consultation | None:
-    from notifier.timeline import parse_at
-
-    before = len(problems)
+    before = _errors(problems)
     data = dict(data)
     for key in ("id", "where"):
         if key in data:
@@ -1013,27 +1114,70 @@ def _consultation(
         return None
     consultation = consultation.model_copy(update={"id": consultation_id, "where": Where(str(path), 1)})
     consultation._lines = lines
+    if not _is_http_url(consultation.url):
+        problems.append(Problem.at(path, _value_line(lines, ("url",)), "url must be an http(s) URL like "
+                                   f"https://www.example.org/consultations/…, not {consultation.url!r}"))
     if consultation.opens >= consultation.closes:
         problems.append(
             Problem.at(path, _line(lines, ("closes",)), "closes must be after opens "
                        f"({consultation.closes:%Y-%m-%d %H:%M} is not after {consultation.opens:%Y-%m-%d %H:%M})")
         )
+    _check_event_times(consultation, path, lines, tz, problems)
+    return consultation if _errors(problems) == before else None
+
+
+def _check_event_times(
+    consultation: Consultation, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]
+) -> None:
+    """Each event's ``at``: an error if it cannot be read, a warning if the clocks skip or
+    repeat the wall-clock time it names."""
+    from notifier.timeline import parse_at
+
     for event in consultation.events.values():
-        if event.at is not None:
-            try:
-                parse_at(event.at, tz)
-            except ValueError as exc:
-                problems.append(Problem.at(path, _value_line(lines, ("events", event.name, "at")), str(exc)))
-    return consultation if len(problems) == before else None
+        if event.at is None:
+            continue
+        line = _value_line(lines, ("events", event.name, "at"))
+        try:
+            at = parse_at(event.at, tz)
+        except ValueError as exc:
+            problems.append(Problem.at(path, line, str(exc)))
+            continue
+        note = _event_clock_note(consultation, at.moment, at.anchor, at.days, tz)
+        if note:
+            if at.moment is None:  # "at: closes - 7d is 2027-10-31 01:30, which happens twice ..."
+                day, time, rest = note.split(" ", 2)
+                note = f"{event.at.strip()} is {day} {time}, which {rest}"
+            problems.append(Problem.warn(path, line, f"at: {note}"))
+
+
+def _event_clock_note(
+    consultation: Consultation, moment: datetime | None, anchor: str | None, days: int, tz: ZoneInfo
+) -> str | None:
+    """:func:`clock_change_note` for the wall-clock time an event's ``at`` names: a local
+    datetime as written, or opens/closes moved by whole days (which keep the wall time)."""
+    if moment is not None:
+        return clock_change_note(moment, tz) if moment.tzinfo is tz else None
+    if not days:
+        return None  # opens or closes itself (warned about there), or moved by elapsed hours
+    base = consultation.opens if anchor == "opens" else consultation.closes
+    return clock_change_note(base.astimezone(tz) + timedelta(days=days), tz)
+
+
+def _errors(problems: list[Problem]) -> int:
+    """How many of ``problems`` are errors (not warnings)."""
+    return sum(problem.severity == "error" for problem in problems)
 
 
 def _moment(data: dict[str, Any], key: str, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]) -> bool:
     """Replace ``data[key]`` with the aware datetime it says; False (and a problem) if it cannot."""
     try:
-        data[key] = _parse_moment(data[key], tz)
+        data[key] = moment = _parse_moment(data[key], tz)
     except ValueError as exc:
         problems.append(Problem.at(path, _value_line(lines, (key,)), f"{key}: {exc}"))
         return False
+    note = clock_change_note(moment, tz) if moment.tzinfo is tz else None  # local time, no offset written
+    if note:
+        problems.append(Problem.warn(path, _value_line(lines, (key,)), f"{key}: {note}"))
     return True
 
 

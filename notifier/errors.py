@@ -55,6 +55,19 @@ class ConfigError(NotifierError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class TemplateLimitError(NotifierError):
+    """A template went over what one render may use: time, output or the size of a value.
+
+    ``path`` and ``line`` say where, when the template's own frames are not on the
+    traceback (output is checked as it streams out, between the template's steps).
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
 class UsageError(NotifierError):
     """A command was asked for something that does not exist (an unknown consultation, say)."""
 

@@ -6,7 +6,9 @@ Templates live in ``templates/<consultation>/<event>/`` or ``templates/<event>/`
 * ``social.j2`` for every social account, overridden by ``<platform>.j2``.
 
 They run in Jinja2's immutable sandbox with ``StrictUndefined``: an unknown name is an
-error, never an empty string. The ``html`` block is auto-escaped, ``subject`` and ``text``
+error, never an empty string. The sandbox (:mod:`notifier.sandbox`) also bounds each
+render's time, output and the size of the values it makes; for ``validate`` a recording
+undefined reports every unknown name in a template at once. The ``html`` block is auto-escaped, ``subject`` and ``text``
 are not (they are not HTML). A subject is one line.
 """
 
@@ -24,12 +26,13 @@ from zoneinfo import ZoneInfo
 import jinja2
 from jinja2 import meta
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from notifier import sandbox
 from notifier.audience import Recipient
 from notifier.config import Config, Consultation
-from notifier.errors import ConfigError, Problem
+from notifier.errors import ConfigError, Problem, TemplateLimitError
 from notifier.memo import ByIdentity
+from notifier.sandbox import Sandbox
 from notifier.timeline import Event, days_left, normalise
 
 EMAIL_NAMES = frozenset(
@@ -58,11 +61,15 @@ def format_time(value: datetime) -> str:
 
 
 def _format_date(value: Any, fmt: str | None) -> str:
+    if isinstance(value, jinja2.Undefined):
+        return str(value)  # StrictUndefined raises, naming what is undefined; validate's records it
     value = _moment(value, "date")
     return value.strftime(fmt) if fmt else f"{value.day} {value:%B %Y}"
 
 
 def _format_time(value: Any, _fmt: None) -> str:
+    if isinstance(value, jinja2.Undefined):
+        return str(value)
     value = _moment(value, "time")
     hour = value.hour % 12 or 12
     minutes = f":{value.minute:02d}" if value.minute else ""
@@ -84,44 +91,15 @@ def _remembered(how: Any, value: Any, fmt: str | None) -> str:
 
 def _moment(value: Any, filter_name: str) -> datetime:
     """``value``, if it is a datetime; otherwise an error the template's author can act on."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises UndefinedError, naming what is undefined
     if not isinstance(value, datetime):
         raise TypeError(f"the {filter_name} filter needs a date and time, not {type(value).__name__}")
     return value
 
 
-# Every name ``getattr`` finds on a dict instance: those of dict and its bases (dir), and,
-# to be safe, of its metaclass. Built-in types cannot be changed, so this is fixed.
-_DICT_NAMES = frozenset(dir(dict)) | frozenset(dir(type))
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, with a shorter way to the same answer for
-    ``mapping.key`` on a plain dict (every ``consultation.title``, ``recipient.name``).
-
-    The sandbox's ``getattr`` first tries the attribute, which for a dict key raises and
-    catches an ``AttributeError``, then the item. When the object is exactly a ``dict``
-    and the name is none of a dict's attributes, the attribute lookup can only fail, so
-    this goes straight to the item, or to the same undefined as the sandbox's. Anything
-    else (a dict method, a dunder, any other type) takes the sandbox's own path, with its
-    safety checks, unchanged.
-    """
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        """``obj.attribute`` in a template, as the sandbox resolves it."""
-        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_NAMES:
-            try:
-                return obj[attribute]
-            except KeyError:
-                return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-
-def _environment(templates: Path, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = _Sandbox(
+def _environment(templates: Path, *, autoescape: bool, record_undefined: bool = False) -> Sandbox:
+    env = Sandbox(
         loader=jinja2.FileSystemLoader(str(templates)),
-        undefined=jinja2.StrictUndefined,
+        undefined=sandbox.RecordingUndefined if record_undefined else jinja2.StrictUndefined,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -136,12 +114,15 @@ def _environment(templates: Path, *, autoescape: bool) -> ImmutableSandboxedEnvi
 class Renderer:
     """Renders the templates of one config. Build once per process; it caches templates."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, record_undefined: bool = False) -> None:
+        """``record_undefined`` (for ``validate``): a render goes on past an undefined name
+        or attribute and then reports every one it met, rather than stopping at the first."""
         self.config = config
         self.tz: ZoneInfo = config.tz
         self.templates = Path(config.templates)
-        self._plain = _environment(self.templates, autoescape=False)
-        self._html = _environment(self.templates, autoescape=True)
+        self._record = record_undefined
+        self._plain = _environment(self.templates, autoescape=False, record_undefined=record_undefined)
+        self._html = _environment(self.templates, autoescape=True, record_undefined=record_undefined)
         self._names: dict[tuple[str, str, str], str | None] = {}
         self._globals: ByIdentity[dict[str, Any]] = ByIdentity()
 
@@ -222,6 +203,7 @@ class Renderer:
         if "subject" not in plain.blocks or "text" not in plain.blocks:
             raise ConfigError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
         rich = self._template(self._html, name) if "html" in plain.blocks else None
+        limits = sandbox.begin(record_undefined=self._record)
         try:
             # One context for the blocks of one template, as Template.render would use.
             shared = self._context(plain, variables)
@@ -229,7 +211,11 @@ class Renderer:
             text = _render_block(plain, "text", shared).strip() + "\n"
             html = None if rich is None else _render_block(rich, "html", self._context(rich, variables)).strip() + "\n"
         except Exception as exc:  # any error a template causes, a filter's TypeError say, is the template's
-            raise ConfigError([template_problem(exc, self.templates, name)]) from None
+            raise ConfigError([*self._undefined(sandbox.end(limits), name),
+                               template_problem(exc, self.templates, name)]) from None
+        recorded = sandbox.end(limits)
+        if recorded:
+            raise ConfigError(self._undefined(recorded, name))
         if "\r" in subject or "\n" in subject:
             raise ConfigError(
                 [Problem.at(self.templates / name, None, f"the subject must be one line, got {subject!r}")]
@@ -242,11 +228,24 @@ class Renderer:
         """Render the post of ``event`` for an account on ``platform``."""
         name = self.social_template(event, platform)
         template = self._template(self._plain, name)
+        limits = sandbox.begin(record_undefined=self._record)
         try:
-            text = template.render(context)
+            text = _render(template, template.new_context(dict(context)))
         except Exception as exc:  # as in email()
-            raise ConfigError([template_problem(exc, self.templates, name)]) from None
+            raise ConfigError([*self._undefined(sandbox.end(limits), name),
+                               template_problem(exc, self.templates, name)]) from None
+        recorded = sandbox.end(limits)
+        if recorded:
+            raise ConfigError(self._undefined(recorded, name))
         return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+    def _undefined(self, recorded: list[tuple[str | None, int | None, str]], name: str) -> list[Problem]:
+        """The undefined names and attributes a recording render met, once each, in order."""
+        found = {
+            (str(_under(path, self.templates) or self.templates / name), line, f"undefined: {message}"): None
+            for path, line, message in recorded
+        }
+        return [Problem.at(path, line, message) for path, line, message in found]
 
     def _context(self, template: jinja2.Template, variables: Mapping[str, Any]) -> Context:
         """``template.new_context(variables)``: the same context, made faster.
@@ -261,7 +260,7 @@ class Renderer:
             found = self._globals.put(template, dict(template.globals))
         return template.new_context({**found, **variables}, shared=True)
 
-    def _template(self, env: ImmutableSandboxedEnvironment, name: str) -> jinja2.Template:
+    def _template(self, env: Sandbox, name: str) -> jinja2.Template:
         """Template ``name`` compiled in ``env``; ConfigError if it does not compile."""
         try:
             return env.get_template(name)
@@ -305,12 +304,25 @@ class Renderer:
 
 
 def _render_block(template: jinja2.Template, block: str, context: Context) -> str:
-    """One block of ``template`` in ``context`` (from ``template.new_context``). Errors are
-    raised as ``render`` raises them, with the traceback rewritten to point at template
-    lines rather than the compiled Python."""
+    """One block of ``template`` in ``context`` (from ``template.new_context``), streamed
+    within the render's limits (:func:`sandbox.stream`). Errors are raised as ``render``
+    raises them, with the traceback rewritten to point at template lines rather than the
+    compiled Python."""
     try:
-        return "".join(template.blocks[block](context))
-    except Exception:
+        return sandbox.stream(template.blocks[block](context))
+    except Exception as exc:
+        if isinstance(exc, TemplateLimitError) and exc.line is not None:
+            raise  # stopped between the template's steps: it knows its line
+        template.environment.handle_exception()
+
+
+def _render(template: jinja2.Template, context: Context) -> str:
+    """The whole of ``template`` in ``context``, as :func:`_render_block` renders a block."""
+    try:
+        return sandbox.stream(template.root_render_func(context))
+    except Exception as exc:
+        if isinstance(exc, TemplateLimitError) and exc.line is not None:
+            raise  # stopped between the template's steps: it knows its line
         template.environment.handle_exception()
 
 
@@ -335,6 +347,10 @@ def template_problem(exc: Exception, templates: Path, name: str) -> Problem:
         path = _under(exc.filename, templates) or templates / name
         return Problem.at(path, exc.lineno, f"template syntax error: {_sentence(exc.message or str(exc))}")
     path, line = _traceback_place(exc.__traceback__, templates) or (templates / name, None)
+    if isinstance(exc, TemplateLimitError):
+        if exc.line is not None:
+            path, line = _under(exc.path, templates) or path, exc.line
+        return Problem.at(path, line, f"template over its limits: {exc}")
     if isinstance(exc, jinja2.TemplateNotFound):
         missing = str(exc.name)
         return Problem.at(path, line, f"included template {missing!r} is missing: there is no {templates / missing}")

@@ -38,7 +38,7 @@ def load_and_check(settings: Settings) -> tuple[Config, list[Problem]]:
 
 def check(config: Config, settings: Settings) -> list[Problem]:
     """Every problem and warning in ``config`` and its templates, in a stable order."""
-    renderer = Renderer(config)
+    renderer = Renderer(config, record_undefined=True)  # every undefined name at once, not the first
     found: list[Problem] = list(config.warnings)
     if config.templates.is_dir():  # else loading said so, and every template would be missing
         checked: dict[str, frozenset[str]] = {}

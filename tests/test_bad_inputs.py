@@ -47,6 +47,8 @@ ALSO_SEND_AND_PREVIEW = (
     "recipient-in-social-post",
     "include-missing-file",
     "unknown-name-in-included-template",
+    "member-name-with-carriage-return",
+    "template-makes-ten-billion-characters",
 )
 
 # ``path:line: message`` or ``path: message``; the path is everything up to the first ": ".

@@ -97,7 +97,7 @@ def test_send_wait_off_a_terminal_prints_progress_lines_with_counts_by_status(wi
     result = wide.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
     lines = [line for line in result.stderr.splitlines() if line.startswith("delivering: ")]
     assert len(lines) >= 2, result.stderr
-    assert lines[-1].startswith("delivering: 41 of 41 final (sent 40, suppressed 1) after "), lines[-1]
+    assert lines[-1].startswith("delivering: 41 of 41 final (outbox 40, suppressed 1) after "), lines[-1]
 
 
 def test_send_wait_on_the_embedded_redis_delivers_to_the_maildir_outbox(project: Project) -> None:

@@ -279,3 +279,73 @@ def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> 
     )
     assert (bob.name, bob.organisation, bob.subscribed, bob.extra) == (None, "Gazette", True, {"role": ""})
     assert carl.subscribed is False and dan.extra == {"role": ""}
+
+
+def _chain(depth: int, *, back_to_start: bool) -> str:
+    """A stakeholders file of ``depth`` lists, each including the next (and the last the first)."""
+    lines = ["lists:"]
+    for i in range(depth):
+        last = i == depth - 1
+        include = ("chain-0" if back_to_start else None) if last else f"chain-{i + 1}"
+        lines.append(f"  chain-{i}:")
+        if include:
+            lines.append(f"    include: [{include}]")
+        lines.append(f"    members: [{{email: person{i}@chain.example}}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_include_chain_a_thousand_lists_deep_validates(project: Project) -> None:
+    project.write("config/stakeholders/chain.yaml", _chain(1000, back_to_start=False))
+    result = project.run("validate")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_include_cycle_a_thousand_lists_round_is_reported_with_its_file_and_line(project: Project) -> None:
+    project.write("config/stakeholders/chain.yaml", _chain(1000, back_to_start=True))
+    result = project.run("validate")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "chain.yaml:2: include cycle: chain-0 -> chain-1 -> " in result.stderr, result.stderr
+
+
+def test_validate_warns_of_local_times_the_clocks_skip_or_repeat_and_says_which_moment_is_used(
+    project: Project,
+) -> None:
+    path = project.config / "consultations" / "soc-strategy-2019.yaml"
+    text = path.read_text()
+    text = text.replace("opens: 2019-07-09 09:00", "opens: 2027-03-28 01:30")  # line 19: skipped (spring)
+    text = text.replace("closes: 2019-08-15 23:59", "closes: 2027-10-31 01:30")  # line 20: twice (autumn)
+    text = text.replace("at: 2019-09-12 10:00", "at: 2028-03-26 01:15")  # line 65: skipped
+    path.write_text(text)
+    result = project.run("validate")
+    assert result.returncode == 0, result.stderr  # warnings: the times are usable, just surprising
+    file = str(path)
+    assert (f"{file}:19: warning: opens: 2027-03-28 01:30 does not exist in Europe/London (the clocks go forward "
+            "then): it is read as 2027-03-28 02:30 BST (+01:00)") in result.stderr, result.stderr
+    assert (f"{file}:20: warning: closes: 2027-10-31 01:30 happens twice in Europe/London (the clocks go back "
+            "then): the first is used, 2027-10-31 01:30 BST (+01:00); write 2027-10-31T01:30+00:00 for the second"
+            ) in result.stderr, result.stderr
+    assert f"{file}:65: warning: at: 2028-03-26 01:15 does not exist" in result.stderr
+    assert "2028-03-26 02:15 BST (+01:00)" in result.stderr
+
+
+def test_a_day_offset_that_lands_on_a_repeated_hour_is_a_warning_at_the_event(project: Project) -> None:
+    path = project.config / "consultations" / "soc-strategy-2019.yaml"
+    text = path.read_text()
+    text = text.replace("opens: 2019-07-09 09:00", "opens: 2027-10-01 09:00")
+    text = text.replace("closes: 2019-08-15 23:59", "closes: 2027-11-07 01:30")  # closes - 7d: 31 Oct 01:30
+    text = text.replace("at: 2019-09-12 10:00", "at: 2027-11-20 10:00")
+    path.write_text(text)
+    result = project.run("validate")
+    assert result.returncode == 0, result.stderr
+    assert (f"{path}:56: warning: at: closes - 7d is 2027-10-31 01:30, which happens twice in Europe/London"
+            ) in result.stderr, result.stderr
+    assert "2027-11-07" not in result.stderr.replace("closes - 7d", ""), "closes itself is an ordinary time"
+
+
+def test_times_with_an_offset_or_on_ordinary_days_are_not_warned_about(project: Project) -> None:
+    path = project.config / "consultations" / "soc-strategy-2019.yaml"
+    path.write_text(path.read_text().replace("closes: 2019-08-15 23:59", "closes: 2027-10-31T01:30+00:00"))
+    result = project.run("validate")
+    assert result.returncode == 0 and "happens twice" not in result.stderr, result.stderr

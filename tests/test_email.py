@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import smtplib
+from collections.abc import Iterator
+from dataclasses import replace
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, SmtpTarget, build_message, message_id, translate
 from notifier.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.rendering import EmailContent
+from tests.conftest import free_port
 
 SENDER = Sender.parse("PCC Policy Team <policy@pcc.example>", "policy@pcc.example")
 HTML = "<p>Dear Siân,</p>\n<p>Read the <a href=\"https://pcc.example/c\">draft strategy</a>.</p>\n" * 20
@@ -160,3 +166,74 @@ def test_envelope_paths_are_what_smtplib_would_send_and_one_line(address: str) -
     assert "\r" not in path and "\n" not in path  # no second SMTP command from an address
     if "\r" not in address and "\n" not in address:
         assert path == smtplib.quoteaddr(address)
+
+
+# The SMTP-smuggling pattern (a bare CR before and after a dot, then a new command), bare
+# LFs, a NUL and other controls; with and without non-ASCII (7bit and quoted-printable parts).
+HOSTILE = {
+    "smuggling": "C\r.\rMAIL FROM:<evil@attacker.example>\rRCPT TO:<all@x.example>\rDATA\r",
+    "bare-lf": "a\n.\nMAIL FROM:<evil@attacker.example>\n\nBcc: all@x.example\n",
+    "nul-and-controls": "N\x00U\x00L\x0b\x0c\x1b\x7f\r\n.\r\nQUIT\r\n",
+    "non-ascii": "Siân\r.\r\x00é\n.\nMAIL FROM:<evil@attacker.example>\r\n",
+}
+# Where each hostile string goes: every header and body input of the MIME writer.
+FIELDS = ("from", "reply_to", "to_name", "to_email", "subject", "text", "html", "unsubscribe_url", "msgid")
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+
+
+class KeepRaw:
+    """An aiosmtpd handler that keeps each message's bytes as they came over the wire."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))  # type: ignore[attr-defined]
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def raw_smtp() -> Iterator[tuple[KeepRaw, int]]:
+    handler, port = KeepRaw(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def hostile_message(field: str, value: str) -> bytes:
+    """The writer's bytes with ``value`` in ``field`` and ordinary values everywhere else."""
+    sender = ("PCC Policy Team <policy@pcc.example>", "policy@pcc.example")
+    if field in ("from", "reply_to"):
+        sender = (f"{value} <policy@pcc.example>", sender[1]) if field == "from" else (sender[0], value)
+    base = payload()
+    content = base.content
+    if field in ("subject", "text", "html"):
+        content = replace(content, **{field: f"Consultation {value} {field}"})
+    to_email = f"a{value}@x.example" if field == "to_email" else base.to_email
+    to_name = f"Jane {value}" if field == "to_name" else base.to_name
+    unsubscribe = base.unsubscribe_url + value if field == "unsubscribe_url" else base.unsubscribe_url
+    msgid = f"<k{value}@pcc.example>" if field == "msgid" else "<k@pcc.example>"
+    hostile = EmailPayload(to_email, to_name, content, unsubscribe)
+    return build_message(Sender.parse(*sender), hostile, msgid=msgid)
+
+
+# Addresses and Message-IDs are ASCII (the config's checks and message_id() see to it).
+@pytest.mark.parametrize(("kind", "field"), [
+    (kind, field) for kind in HOSTILE for field in FIELDS
+    if not (kind == "non-ascii" and field in ("to_email", "msgid"))
+])
+def test_no_input_puts_a_bare_cr_or_lf_or_a_nul_on_the_wire(
+    raw_smtp: tuple[KeepRaw, int], field: str, kind: str
+) -> None:
+    handler, port = raw_smtp
+    data = hostile_message(field, HOSTILE[kind])
+    assert not _BARE.findall(data), f"the writer made a bare CR, LF or NUL: {data!r}"
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as conn:
+        conn.sendmail("policy@pcc.example", ["jane@x.example"], data)
+    assert len(handler.received) == 1, "one message sent, one received (nothing smuggled)"
+    mail_from, rcpt_tos, wire = handler.received[0]
+    assert (mail_from, rcpt_tos) == ("policy@pcc.example", ["jane@x.example"])
+    assert not _BARE.findall(wire), f"a bare CR, LF or NUL reached the server: {wire!r}"
+    parsed = message_from_bytes(wire, policy=policy.default)
+    assert parsed["Bcc"] is None and len(parsed.get_all("To") or []) == 1

@@ -217,3 +217,86 @@ def test_email_blocks_see_jinja_globals_and_keep_their_own_assignments(project: 
     for _ in range(2):  # the second time with the template's globals already copied
         message = renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
         assert (message.subject, message.text, message.html) == ("012", "1False\n", "TrueFalse\n")
+
+
+def _refused(project: Project, template: str, *, channel: str = "x") -> tuple[Problem, float, int]:
+    """Render ``template`` as the opened post (or e-mail text): the one problem, the seconds
+    it took and how much the process's peak memory grew (kB)."""
+    import resource
+    import time
+
+    if channel == "email":
+        body = "{% block subject %}Hi{% endblock %}\n{% block text %}\nDear all,\n" + template + "\n{% endblock %}\n"
+        project.write("templates/opened/email.j2", body)
+    else:
+        project.write("templates/opened/x.j2", "The {{ consultation.title }}\n" + template + "\n")
+    renderer, ev, ctx = setup(project)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        if channel == "email":
+            renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+        else:
+            renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+    took = time.monotonic() - started
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    [problem] = caught.value.problems
+    return problem, took, grew
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ 'x' * 10**10 }}", "str * 10,000,000,000 would make 10,000,000,000 characters"),
+    ("{{ 'x'|center(10**9) }}", "center(1,000,000,000) would make"),
+    ("{{ 'x'.ljust(10**9) }}", "ljust(1,000,000,000) would make"),
+    ("{{ '{:>1000000000}'.format('x') }}", "this format would make 1,000,000,000"),
+    ("{{ '%1000000000d' % 1 }}", "this format would make 1,000,000,000"),
+    ("{{ '%*d' % (1000000000, 1) }}", "this format would make 1,000,000,000"),
+    ("{{ ('x' * 5000000)|replace('x', 'xxxxx') }}", "this replace would make 25,000,000"),
+    ("{{ ('x' * 9000)|join('y' * 5000) }}", "this join would make"),
+    ("{{ [[1] * 9000] * 9000 }}", "list * 9,000 would make"),
+    ("{{ [1]|batch(10**9, 'x')|list }}", "batch(1,000,000,000) would make"),
+    ("{{ lipsum(10**6) }}", "lipsum would make"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "this step would make"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}"
+     "{% endfor %}", "this step would make"),
+    ("{{ range(100000)|map('center', 100000)|join }}", "center(100,000) would make"),
+])
+def test_a_template_cannot_make_a_value_too_big_for_the_machine(project: Project, template: str, message: str) -> None:
+    problem, took, grew = _refused(project, template)
+    assert problem.path.endswith("templates/opened/x.j2") and problem.line == 2, problem
+    assert problem.message.startswith("template over its limits: ") and message in problem.message, problem
+    assert grew < 300_000, f"the process grew by {grew:,} kB on the way"  # 'x' * 10**10 took 19.9 GB
+    assert took < 30
+
+
+def test_nested_loops_stop_at_the_time_budget_with_the_line(project: Project) -> None:
+    from notifier.sandbox import TIME_BUDGET
+
+    problem, took, _ = _refused(
+        project, "{% for i in range(100000) %}\n{% for j in range(100000) %}{% endfor %}\n{% endfor %}",
+        channel="email",
+    )
+    assert problem.path.endswith("templates/opened/email.j2") and problem.line in (4, 5), problem
+    assert f"the template ran for over {TIME_BUDGET:g} s" in problem.message, problem
+    assert took < TIME_BUDGET + 20  # the same loops ran past 60 s before there was a budget
+
+
+def test_output_too_long_is_stopped_as_it_streams_at_the_line_that_made_it(project: Project) -> None:
+    problem, took, grew = _refused(
+        project, "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+        channel="email",
+    )
+    assert problem.path.endswith("templates/opened/email.j2") and problem.line == 4, problem
+    assert "the output is over 1,000,000 characters" in problem.message, problem
+    assert grew < 300_000 and took < 30  # 8.5 GB and over 60 s before
+
+
+def test_ordinary_templates_render_the_same_within_the_limits(project: Project) -> None:
+    project.write("templates/opened/x.j2",
+                  "{% for w in ['a', 'b'] * 40 %}{{ w ~ loop.index }}{% endfor %} {{ '-' * 10 }} {{ '%05d' % 42 }} "
+                  "{{ '{:>6}'.format('r') }} {{ 'ab'|center(6) }}|{{ range(3)|join(',') }} {{ 2 ** 10 }}")
+    renderer, ev, ctx = setup(project)
+    text = renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+    expected = "".join(f"{w}{i}" for i, w in enumerate(["a", "b"] * 40, 1))
+    assert text == f"{expected} ---------- 00042      r   ab  |0,1,2 1024"

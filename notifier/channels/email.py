@@ -4,7 +4,9 @@
 ``EmailMessage``, which spends most of its time in its header policy machinery (about
 1,200 messages/s on this machine; this path is several times faster). Its output parses
 back to the same headers and parts (``tests/test_email.py`` checks that). Every value that
-reaches a header is stripped of CR and LF first, so no config value can add a header. A
+reaches a header has its control characters (CR, LF, NUL, ...) made spaces first, so no
+value can add a header, and a bare CR in a part becomes a line break, so none reaches the
+wire without its LF (what SMTP smuggling relies on). A
 part that is ASCII with lines within RFC 5322's 998 goes ``7bit`` (as it is); any other
 part is quoted-printable.
 
@@ -40,7 +42,7 @@ from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError, UnreachableError
@@ -54,22 +56,45 @@ def _one_line(value: str) -> str:
     return value.strip()
 
 
+# Each C0 control character (CR, LF and NUL among them) and DEL, as a space.
+_NO_CONTROL = str.maketrans(dict.fromkeys([*range(32), 127], " "))
+
+
+def _header_text(value: str) -> str:
+    """``value`` with no control character, for a header: a CR or LF could start a header
+    (or, as a bare CR, end the message on a lax server: SMTP smuggling), and a NUL has no
+    place in one."""
+    if not value.isprintable():  # translate() is slow: only when there may be something to replace
+        value = value.translate(_NO_CONTROL)
+    return value.strip()
+
+
 def _encode_header(value: str) -> str:
-    value = _one_line(value)
+    value = _header_text(value)
     if value.isascii() and len(value) < 900:
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode()
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")  # folded with CRLF, not a bare LF
+
+
+def _ascii_url(url: str) -> str:
+    """``url`` for a header: one line, non-ASCII characters percent-encoded (RFC 3987 3.1)."""
+    url = _header_text(url)
+    return url if url.isascii() else quote(url, safe=_URL_SAFE)
+
+
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 def format_address(name: str | None, address: str) -> str:
     """``"Name" <address>`` with the name RFC 2047-encoded where it is not ASCII."""
-    return formataddr((_one_line(name or ""), _one_line(address)), charset="utf-8")
+    return formataddr((_header_text(name or ""), _header_text(address)), charset="utf-8")
 
 
 def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends, ending in CRLF (a part's last line break is
     its own; the one before a boundary belongs to the boundary)."""
-    body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    # A bare CR is a line break, as mail readers show it: never a CR without its LF on the wire.
+    body = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
     encoded = binascii.b2a_qp(body, istext=True)
     return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
 
@@ -104,10 +129,10 @@ class Sender:
     @classmethod
     def parse(cls, from_: str, reply_to: str | None) -> Sender:
         """From ``email.from`` and ``email.reply_to`` of notifier.yaml."""
-        name, address = parseaddr(_one_line(from_))
+        name, address = parseaddr(_header_text(from_))
         reply = None
         if reply_to:
-            reply_name, reply_address = parseaddr(_one_line(reply_to))
+            reply_name, reply_address = parseaddr(_header_text(reply_to))
             reply = format_address(reply_name, reply_address)
         return cls(format_address(name, address), address, reply, address.rpartition("@")[2] or "localhost")
 
@@ -136,19 +161,25 @@ def build_message(
     msgid: str,
     date: str | None = None,
 ) -> bytes:
-    """The whole e-mail as bytes with CRLF line ends: headers, text part and HTML part."""
+    """The whole e-mail as bytes with CRLF line ends: headers, text part and HTML part.
+
+    Whatever it is given, the bytes hold no CR without its LF, no LF without its CR and no
+    NUL: control characters in header values become spaces, and a bare CR in a part is a
+    line break (the quoted-printable encoding writes a NUL as ``=00``).
+    """
     content = payload.content
+    msgid = _header_text(msgid)  # it also names the MIME boundary
     headers = [
-        f"From: {sender.from_header}",
+        f"From: {_header_text(sender.from_header)}",
         f"To: {format_address(payload.to_name, payload.to_email)}",
         f"Subject: {_encode_header(content.subject)}",
-        f"Date: {date or _date_now()}",
+        f"Date: {_header_text(date or _date_now())}",
         f"Message-ID: {msgid}",
     ]
     if sender.reply_to:
-        headers.append(f"Reply-To: {sender.reply_to}")
+        headers.append(f"Reply-To: {_header_text(sender.reply_to)}")
     headers += [
-        f"List-Unsubscribe: <{_one_line(payload.unsubscribe_url)}>",
+        f"List-Unsubscribe: <{_ascii_url(payload.unsubscribe_url)}>",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
     ]
