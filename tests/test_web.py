@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
@@ -602,6 +603,15 @@ def test_healthz_gives_up_on_a_redis_that_accepts_but_never_answers(
     assert elapsed < 4.5, f"took {elapsed:.1f} s"
 
 
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
 def test_metrics_count_workers_and_suppressions(
     base: str, http: httpx.Client, redis_client: redis.Redis, ledger: Ledger
 ) -> None:
@@ -611,19 +621,20 @@ def test_metrics_count_workers_and_suppressions(
     response = http.get(f"{base}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    lines = response.text.splitlines()
-    assert "notifier_redis_up 1" in lines
-    assert "notifier_workers_alive 1" in lines
-    assert "notifier_scheduler_leader 0" in lines
-    assert 'notifier_suppressed_addresses{reason="unsubscribed"} 1' in lines
-    assert 'notifier_suppressed_addresses{reason="bounced"} 1' in lines
+    found = samples(response.text)
+    assert found["notifier_redis_up", ()] == 1
+    assert found["notifier_workers_alive", ()] == 1
+    assert found["notifier_scheduler_leader", ()] == 0
+    assert found["notifier_suppressed_addresses", (("reason", "unsubscribed"),)] == 1
+    assert found["notifier_suppressed_addresses", (("reason", "bounced"),)] == 1
+    assert 0 < found["notifier_redis_latency_seconds", ()] < 5
 
 
 def test_metrics_say_redis_is_down_when_it_is(servers: Servers, tmp_path: Path, http: httpx.Client) -> None:
     base = servers.start(make_settings(tmp_path, f"redis://127.0.0.1:{_closed_port()}/0"))
     response = http.get(f"{base}/metrics")
     assert response.status_code == 200
-    assert "notifier_redis_up 0" in response.text.splitlines()
+    assert samples(response.text) == {("notifier_redis_up", ()): 0}
 
 
 def test_index_names_the_organisation_and_unknown_pages_are_404(base: str, http: httpx.Client) -> None:
