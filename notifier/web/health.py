@@ -13,7 +13,7 @@ and ``notifier_suppressed_addresses{reason=...}``. They are read from Redis at s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -149,30 +149,41 @@ def read(checker: redis.Redis, counting: Ledger) -> Reading:
 
 
 class RedisCollector(Collector):
-    """A Prometheus collector that calls ``source`` at every scrape (nothing is cached
-    between scrapes, so the numbers are always Redis's own)."""
+    """A Prometheus collector that reads Redis through ``checker`` at every scrape (nothing
+    is cached between scrapes, so the numbers are always Redis's own)."""
 
-    def __init__(self, source: Callable[[], Reading]) -> None:
-        self.source = source
+    def __init__(self, checker: redis.Redis) -> None:
+        self.checker = checker
+        self.counting = Ledger(checker)
 
     def collect(self) -> Iterable[Metric]:
         """The metrics as of now."""
-        return families(*self.source())
+        return families(*read(self.checker, self.counting))
+
+
+class _Snapshot(Collector):
+    """A collector of one given reading (for :func:`exposition` and when Redis timed out)."""
+
+    def __init__(self, report: dict[str, Any], suppressed: dict[str, int]) -> None:
+        self.reading = report, suppressed
+
+    def collect(self) -> Iterable[Metric]:
+        """The metrics of the reading."""
+        return families(*self.reading)
 
 
 def metrics_registry(checker: redis.Redis) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one, which also holds process
     metrics and would be shared by every app in a process) reading Redis through ``checker``."""
-    counting = Ledger(checker)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(lambda: read(checker, counting)))
+    registry.register(RedisCollector(checker))
     return registry
 
 
 def exposition(report: dict[str, Any], suppressed: dict[str, int]) -> str:
     """Prometheus text format (0.0.4) for a :func:`health` report and suppression counts."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(lambda: (report, suppressed)))
+    registry.register(_Snapshot(report, suppressed))
     return generate_latest(registry).decode()
 
 
