@@ -7,6 +7,7 @@ notifier's embedded server. The database is flushed before and after each test.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import select
@@ -389,6 +390,15 @@ def test_pages_forbid_framing_caching_referrers_and_foreign_content(base: str, h
     assert response.headers["referrer-policy"] == "no-referrer"
     assert "no-store" in response.headers["cache-control"]
     assert "server" not in response.headers
+
+
+def test_the_pages_inline_style_is_exactly_the_one_their_csp_allows(base: str, http: httpx.Client) -> None:
+    # A browser drops a style whose hash the CSP does not list: the page would lose its layout.
+    for response in (http.get(f"{base}/"), http.get(f"{base}/unsubscribe/{sign(KEY, JANE)}")):
+        style = response.text.split("<style>", 1)[1].split("</style>", 1)[0]
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        assert f"style-src 'sha256-{digest}'" in response.headers["content-security-policy"]
+        assert "skip-link" in style
 
 
 def test_unsubscribe_while_redis_is_down_says_so_and_asks_to_retry(

@@ -51,6 +51,9 @@ def _environment() -> Environment:
         loader=PackageLoader("notifier.web", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
     env.filters["mask"] = mask_email
     # Our own file, hashed into the CSP above: it must reach the page byte for byte.
