@@ -7,11 +7,17 @@ notifier's embedded server. The database is flushed before and after each test.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import os
 import select
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -21,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
@@ -139,6 +146,9 @@ class PageParser(HTMLParser):
         self.text: list[str] = []
         self.forms: list[Form] = []
         self.scripts = 0
+        self.links: list[tuple[str, str]] = []  # (href, text)
+        self.ids: dict[str, str] = {}  # id -> tag
+        self.header = ""
         self._in: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -151,6 +161,10 @@ class PageParser(HTMLParser):
             self.forms.append(Form(a.get("method", "get").lower(), a.get("action"), {}, []))
         elif tag == "input" and self.forms and a.get("type") == "hidden":
             self.forms[-1].fields[a.get("name", "")] = a.get("value", "")
+        elif tag == "a":
+            self.links.append((a.get("href", ""), ""))
+        if "id" in a:
+            self.ids[a["id"]] = tag
         if tag not in ("input", "meta", "br"):
             self._in.append(tag)
 
@@ -168,6 +182,10 @@ class PageParser(HTMLParser):
             self.h1.append(data.strip())
         if "button" in self._in and self.forms:
             self.forms[-1].buttons.append(data.strip())
+        if "a" in self._in and self.links:
+            self.links[-1] = (self.links[-1][0], (self.links[-1][1] + data).strip())
+        if "header" in self._in:
+            self.header += data
         self.text.append(data)
 
     @property
@@ -374,6 +392,15 @@ def test_pages_forbid_framing_caching_referrers_and_foreign_content(base: str, h
     assert "server" not in response.headers
 
 
+def test_the_pages_inline_style_is_exactly_the_one_their_csp_allows(base: str, http: httpx.Client) -> None:
+    # A browser drops a style whose hash the CSP does not list: the page would lose its layout.
+    for response in (http.get(f"{base}/"), http.get(f"{base}/unsubscribe/{sign(KEY, JANE)}")):
+        style = response.text.split("<style>", 1)[1].split("</style>", 1)[0]
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        assert f"style-src 'sha256-{digest}'" in response.headers["content-security-policy"]
+        assert "skip-link" in style
+
+
 def test_unsubscribe_while_redis_is_down_says_so_and_asks_to_retry(
     servers: Servers, tmp_path: Path, http: httpx.Client
 ) -> None:
@@ -519,6 +546,25 @@ def test_connections_beyond_the_cap_get_503_until_the_held_ones_are_closed(
             sock.close()
 
 
+def test_every_page_starts_with_a_skip_link_to_its_main_content_under_a_header_naming_the_organisation(
+    base: str, http: httpx.Client
+) -> None:
+    token = sign(KEY, JANE)
+    for response in (
+        http.get(f"{base}/"),
+        http.get(f"{base}/unsubscribe/{token}"),
+        http.post(f"{base}/unsubscribe/{token}"),
+        http.post(f"{base}/resubscribe/{token}"),
+        http.get(f"{base}/unsubscribe/not-a-token"),
+        http.get(f"{base}/no-such-page"),
+    ):
+        page = parse(response)
+        assert page.lang == "en-GB"
+        assert page.links[0] == ("#main", "Skip to main content"), response.url
+        assert page.ids["main"] == "main", "the skip link leads to the main landmark"
+        assert page.header.strip() == "Office of the Police and Crime Commissioner for West Mercia"
+
+
 def test_the_address_is_masked_to_its_first_character_and_domain() -> None:
     assert mask_email(JANE) == "j***@telford.example"
     assert mask_email("a@b.example") == "a***@b.example"
@@ -602,6 +648,15 @@ def test_healthz_gives_up_on_a_redis_that_accepts_but_never_answers(
     assert elapsed < 4.5, f"took {elapsed:.1f} s"
 
 
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
 def test_metrics_count_workers_and_suppressions(
     base: str, http: httpx.Client, redis_client: redis.Redis, ledger: Ledger
 ) -> None:
@@ -611,19 +666,20 @@ def test_metrics_count_workers_and_suppressions(
     response = http.get(f"{base}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    lines = response.text.splitlines()
-    assert "notifier_redis_up 1" in lines
-    assert "notifier_workers_alive 1" in lines
-    assert "notifier_scheduler_leader 0" in lines
-    assert 'notifier_suppressed_addresses{reason="unsubscribed"} 1' in lines
-    assert 'notifier_suppressed_addresses{reason="bounced"} 1' in lines
+    found = samples(response.text)
+    assert found["notifier_redis_up", ()] == 1
+    assert found["notifier_workers_alive", ()] == 1
+    assert found["notifier_scheduler_leader", ()] == 0
+    assert found["notifier_suppressed_addresses", (("reason", "unsubscribed"),)] == 1
+    assert found["notifier_suppressed_addresses", (("reason", "bounced"),)] == 1
+    assert 0 < found["notifier_redis_latency_seconds", ()] < 5
 
 
 def test_metrics_say_redis_is_down_when_it_is(servers: Servers, tmp_path: Path, http: httpx.Client) -> None:
     base = servers.start(make_settings(tmp_path, f"redis://127.0.0.1:{_closed_port()}/0"))
     response = http.get(f"{base}/metrics")
     assert response.status_code == 200
-    assert "notifier_redis_up 0" in response.text.splitlines()
+    assert samples(response.text) == {("notifier_redis_up", ()): 0}
 
 
 def test_index_names_the_organisation_and_unknown_pages_are_404(base: str, http: httpx.Client) -> None:
@@ -713,3 +769,43 @@ def test_admin_api_is_off_without_a_token_setting(base: str, http: httpx.Client)
     answer = http.get(f"{base}/api/suppressions", headers={"Authorization": "Bearer anything"})
     assert answer.status_code == 404
     assert "NOTIFIER_ADMIN_TOKEN" in answer.json()["error"]
+
+
+# ---------------------------------------------------------------------------
+# Packaging: a non-editable install (the Docker image's) has the templates
+# ---------------------------------------------------------------------------
+
+
+def test_an_installed_package_ships_every_template_and_renders_from_them(tmp_path: Path) -> None:
+    # Built as the Dockerfile does (pyproject.toml, README.md and notifier/ only), so a template
+    # missing from the package data fails here and not in production.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "notifier", source / "notifier", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=source, capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("notifier-*.whl")
+    templates = ROOT / "notifier" / "web" / "templates"
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"notifier/web/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*")
+                if p.is_file()}
+    assert expected and expected <= shipped, sorted(expected - shipped)
+
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    names = sorted(p.relative_to(templates).as_posix() for p in templates.rglob("*.html"))
+    check = (
+        "import sys, notifier.web.render as r\n"
+        "assert r.__file__.startswith(sys.argv[1]), r.__file__\n"
+        "for name in sys.argv[2:]: r.templates.get_template(name)\n"
+        "print(len(r.STYLE))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check, str(installed), *names], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(installed)}, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert int(loaded.stdout) > 0

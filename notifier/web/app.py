@@ -1,0 +1,75 @@
+"""The Starlette app: its state, routes, error pages and lifespan.
+
+Handlers live in :mod:`notifier.web.pages` (public pages), :mod:`notifier.web.api` (the
+admin JSON API) and :mod:`notifier.web.health` (``/healthz``, ``/metrics``); they are plain
+module-level functions that read :class:`notifier.web.state.WebState` from ``app.state.web``.
+Adding a page or an endpoint is a function in one of those modules and a line in
+:data:`ROUTES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from notifier.config import Settings
+from notifier.ledger import Ledger
+from notifier.web import api, health, pages
+from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
+
+log = logging.getLogger(__name__)
+
+ROUTES = [
+    Route("/", pages.index, methods=["GET"]),
+    Route("/unsubscribe/{token}", pages.unsubscribe_form, methods=["GET"]),
+    Route("/unsubscribe/{token}", pages.unsubscribe, methods=["POST"]),
+    Route("/resubscribe/{token}", pages.resubscribe, methods=["POST"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
+    Route("/api/suppressions", api.suppressions, methods=["GET"]),
+]
+EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Logs readiness; at shutdown closes the Redis clients the app made itself."""
+    log.info("web service ready (Redis timeouts %.0fs)", REDIS_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        web: WebState = app.state.web
+        for client in web.owned:
+            client.close()
+
+
+def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Starlette:
+    """The Starlette app: unsubscribe pages, ``/healthz``, ``/metrics``, ``/`` and the admin API.
+
+    ``client`` is used for the ledger when given (``notifier run`` shares its own); otherwise
+    one is made for the configured Redis and closed at shutdown. Raises ConfigError when
+    there is no secret key (``NOTIFIER_SECRET_KEY`` with an external Redis).
+    """
+    key = settings.secret_key()
+    main = client_for(settings) if client is None else client
+    checker = bounded_client(main)
+    web = WebState(
+        key=key,
+        ledger=Ledger(main),
+        checker=checker,
+        registry=health.metrics_registry(checker),
+        brand=Branding.load(settings),
+        admin_token=settings.env.get("NOTIFIER_ADMIN_TOKEN") or "",
+        owned=(checker,) if client is not None else (checker, main),
+    )
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.web = web
+    app.state.ledger = web.ledger
+    return app
