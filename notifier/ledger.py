@@ -370,6 +370,12 @@ class Ledger:
             keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
             self._mark(keys=keys, args=args)
 
+    def recorder(self, occurrence_id: str, *, owner: str) -> Recorder:
+        """A :class:`Recorder` of ``owner``'s outcomes for one occurrence."""
+        keys = (self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id))
+        claim_prefix = self._k("claim", occurrence_id, "")
+        return Recorder(self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner)
+
     def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
         """``{channel: {status: count}}`` for one occurrence."""
         out: dict[str, dict[str, int]] = {}
@@ -465,6 +471,68 @@ class Ledger:
                 if occurrence.state == "claimed":
                     out.append(occurrence)
         return out
+
+
+class Recorder:
+    """Stores outcomes one by one as they become known, without waiting for Redis.
+
+    Each :meth:`record` writes one call of the mark script (as :meth:`Ledger.mark` would
+    for that one delivery) on a connection of its own and returns: the replies are read by
+    :meth:`flush`. So an e-mail is recorded as soon as the server has accepted it, for the
+    cost of a write: a worker killed afterwards has not left it unrecorded (its write is in
+    Redis' socket already), and only what was accepted and not yet read can be sent twice.
+    A failed write raises at once (``redis.ConnectionError``), so nothing more is sent
+    that could not be recorded.
+    """
+
+    def __init__(
+        self, client: redis.Redis, sha: str, keys: tuple[str, str, str], *, claim_prefix: str, owner: str
+    ) -> None:
+        self._pool = client.connection_pool
+        self._head = ("EVALSHA", sha, 3, *keys, claim_prefix, owner)
+        self._conn: Any = None
+        self._unread = 0
+
+    def record(self, field_: str, outcome: Outcome) -> None:
+        """Write ``outcome`` for the delivery ``field_`` and release its claim (reply unread)."""
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+            # The script cache is empty after a Redis restart: load it first on this connection.
+            self._conn.send_command("SCRIPT", "LOAD", _MARK)
+            self._unread = 1
+        try:
+            self._conn.send_command(*self._head, field_, outcome.status, outcome.to_json())
+        except BaseException:
+            self.abort()
+            raise
+        self._unread += 1
+
+    def flush(self) -> None:
+        """Read every reply; raise the first error Redis answered (after reading them all)."""
+        if self._conn is None:
+            return
+        errors: list[redis.ResponseError] = []
+        try:
+            while self._unread:
+                self._unread -= 1
+                try:
+                    self._conn.read_response()
+                except redis.ResponseError as exc:
+                    errors.append(exc)
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.release(self._conn)
+        self._conn = None
+        if errors:
+            raise errors[0]
+
+    def abort(self) -> None:
+        """Drop the connection (replies may be unread, so it cannot be reused)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.disconnect()
+            self._pool.release(conn)
 
 
 def _merged(record: bytes | str, outcome: bytes | str | None) -> Record:
