@@ -256,6 +256,19 @@ return id
 """
 
 
+# KEYS: claim keys.  ARGV: the holder each had when read.  Frees the claims still so held.
+_RELEASE = """
+local freed = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    freed = freed + 1
+  end
+end
+return freed
+"""
+
+
 class Ledger:
     """The delivery ledger in Redis, under ``namespace`` (one per real ledger or rehearsal)."""
 
@@ -266,6 +279,7 @@ class Ledger:
         self._mark = client.register_script(_MARK)
         self._add = client.register_script(_ADD)
         self._fire = client.register_script(_FIRE)
+        self._release = client.register_script(_RELEASE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -470,6 +484,55 @@ class Ledger:
                 occurrence = Occurrence.from_hash(i, data)
                 if occurrence.state == "claimed":
                     out.append(occurrence)
+        return out
+
+    def unfinished(
+        self, consultations: Iterable[str], *, within: float
+    ) -> list[tuple[Occurrence, dict[str, int]]]:
+        """Occurrences (not rehearsals) fired within ``within`` seconds that have not fanned
+        out or still have pending deliveries, each with its counts by ``<channel>|<status>``."""
+        since = time.time() - within
+        pipe = self.client.pipeline(transaction=False)
+        for consultation in consultations:
+            pipe.zrangebyscore(self._k("occs", consultation), since, "+inf")
+        ids = [text(i) for found in pipe.execute() for i in found]
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self._k("occ", i))
+            pipe.hgetall(self._k("cnt", i))
+        replies = pipe.execute() if ids else []
+        out = []
+        for n, i in enumerate(ids):
+            data, raw = replies[2 * n], replies[2 * n + 1]
+            counts = {text(k): int(v) for k, v in raw.items()}
+            if not data:
+                continue
+            occurrence = Occurrence.from_hash(i, data)
+            waiting = occurrence.state != "fanned-out" or any(k.endswith("|pending") and v for k, v in counts.items())
+            if waiting and not occurrence.rehearsal:
+                out.append((occurrence, counts))
+        return out
+
+    def orphaned(self, occurrence_id: str, *, named: set[str], live: set[str]) -> list[str]:
+        """The pending deliveries of an occurrence that no message will send: not ``named`` by
+        a message Redis holds, and not claimed by a message in ``live`` (ids of those messages).
+        A claim whose message is gone is freed, so that a new message can take it."""
+        statuses = self.client.hgetall(self._k("st", occurrence_id))
+        fields = [text(f) for f, status in statuses.items() if status == b"pending" and text(f) not in named]
+        if not fields:
+            return []
+        keys = [self._k("claim", occurrence_id, f) for f in fields]
+        holders = self.client.mget(keys)
+        out, stale_keys, stale_holders = [], [], []
+        for f, key, holder in zip(fields, keys, holders, strict=True):
+            if holder is None:
+                out.append(f)
+            elif text(holder).partition("|")[2] not in live:
+                out.append(f)
+                stale_keys.append(key)
+                stale_holders.append(holder)
+        if stale_keys:
+            self._release(keys=stale_keys, args=stale_holders)
         return out
 
 
