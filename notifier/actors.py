@@ -120,6 +120,8 @@ class Sweeper(dramatiq.Middleware):
                 self.sweep(broker)
             except (redis.RedisError, OSError, ConfigError) as exc:  # Redis away, a config being edited
                 log.warning("could not look for lost deliveries: %s", exc)
+            except Exception:  # a message it cannot read, say: log it and look again next time
+                log.exception("looking for lost deliveries failed")
 
     def sweep(self, broker: NotifierBroker) -> int:
         """One look; how many messages it sent."""
@@ -136,6 +138,8 @@ class Sweeper(dramatiq.Middleware):
                 rt.client.delete(SWEEP_LOCK)
 
     def _recover(self, rt: Runtime, broker: NotifierBroker, quiet: list[Occurrence]) -> int:
+        """Send again what no message held in Redis would send for the ``quiet`` occurrences;
+        how many messages that took."""
         assert self.actors is not None
         now = time.time()
         since_ms = (now - LOST_AFTER_S) * 1000  # a delayed message due before this is lost
