@@ -40,6 +40,7 @@ from typing import Any, cast
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -73,6 +74,8 @@ ADVICE = (
     "ledger, start the redis-server that wrote it on {dir} and set NOTIFIER_REDIS_URL to it; to start "
     "afresh (every event will look unsent), move {dir} away."
 )
+#: How long an enqueue waits for Redis to come back before it fails.
+ENQUEUE_PATIENCE_S = 120.0
 
 
 class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
@@ -354,6 +357,35 @@ class NotifierBroker(RedisBroker):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self._maintaining = threading.local()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """Enqueue as :class:`RedisBroker` does, but wait out a Redis outage (a restart, a
+        failover) for up to ``ENQUEUE_PATIENCE_S`` rather than fail at once.
+
+        Dramatiq's retry of a failed message is an enqueue: when it fails, the message is
+        acknowledged all the same (its acknowledgement is retried until Redis is back) and
+        is gone, and so are the deliveries it carried. Waiting keeps the retry.
+        """
+        deadline = time.monotonic() + ENQUEUE_PATIENCE_S
+        pause = 0.05
+        while True:
+            try:
+                return super().enqueue(message, delay=delay)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def held_messages(self, queue_name: str) -> list[dramatiq.Message[Any]]:
+        """Every message of ``queue_name`` and of its delay queue that Redis holds now:
+        queued, delayed, or taken by a worker and not acknowledged yet. One transaction, so
+        a message moving from one queue to the other is seen once."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hvals(f"{self.namespace}:{queue_name}.msgs")
+        pipe.hvals(f"{self.namespace}:{dq_name(queue_name)}.msgs")
+        ready, delayed = pipe.execute()
+        return [dramatiq.Message.decode(data) for data in [*ready, *delayed]]
 
     def _should_do_maintenance(self, command: str) -> int:
         return 1 if getattr(self._maintaining, "on", False) else 0

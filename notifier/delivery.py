@@ -2,9 +2,11 @@
 
 ``fan_out`` turns an occurrence into ledger records (pending or suppressed) and yields the
 batches to deliver as they are recorded. ``deliver`` sends one batch of one channel: it
-claims the batch in one round trip, sends what it claimed, and writes results back every
-``FLUSH_EVERY`` sends, so a killed worker can have sent at most that many e-mails per thread
-that the ledger does not know of yet (those, and only those, can be sent twice).
+claims the batch in one round trip, sends what it claimed, and writes each result back as
+soon as it is known (a pipelined write, its reply read at the end of the batch), before
+that SMTP connection carries another message. So a killed worker can have sent at most one
+e-mail per SMTP connection (two per thread) that the ledger does not know of yet: those,
+and only those, can be sent twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from notifier.audience import Recipient, Suppressed, opted_out
@@ -20,7 +22,7 @@ from notifier.breaker import Breaker, Gate
 from notifier.channels.base import BatchChannel, Channel, Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
-from notifier.ledger import Outcome, Record, Status, now_iso
+from notifier.ledger import Claim, Outcome, Record, Recorder, Status, now_iso
 from notifier.rendering import Renderer
 from notifier.runtime import Prepared, Runtime
 from notifier.tokens import unsubscribe_url
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 100
 RECORD_CHUNK = 10 * BATCH  # deliveries recorded per round trip while fanning out
-FLUSH_EVERY = 10
+SEND_CHUNK = 10  # deliveries rendered, then sent pipelined, at a time: a round the circuit breaker sees
 ACCOUNT = "*"  # the recipient of an account's one post
 
 
@@ -113,39 +115,53 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
         retry = 15.0  # a live worker is on them: look again later in case it fails
     if not mine:
         return retry
-    cut = len(prefix)
     suppressed = {}
     if batch.channel == EMAIL_CHANNEL:
-        suppressed = ledger.suppressions([c.field[cut:] for c in mine])
+        suppressed = ledger.suppressions([c.field[len(prefix):] for c in mine])
     sending = _Sending(rt, batch.occurrence_id, batch.channel)
-    # FLUSH_EVERY at a time: rendered, sent (pipelined on the thread's SMTP connections), then
-    # recorded, so a killed worker has sent at most that many the ledger does not know of.
-    for start in range(0, len(mine), FLUSH_EVERY):
-        marks: list[tuple[str, Outcome]] = []
-        sends: list[tuple[int, Delivery, EmailPayload | PostPayload]] = []
-        results: list[tuple[int, Delivery, Result]] = []  # (index in marks, delivery, how it went)
-        for claim in mine[start : start + FLUSH_EVERY]:
-            recipient = claim.field[cut:]
-            if recipient in suppressed:
-                marks.append((claim.field, _changed(claim.outcome, status="suppressed", error=suppressed[recipient])))
-                continue
-            delivery = Delivery(batch.occurrence_id, batch.channel, recipient, claim.outcome.attempts + 1)
-            try:
-                payload = _payload(sending, delivery)
-            except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-                results.append((len(marks), delivery, exc))
-            else:
-                sends.append((len(marks), delivery, payload))
-            marks.append((claim.field, claim.outcome))  # replaced below by how the attempt went
-        sent = _send(sending, [(d, p) for _, d, p in sends])
-        results += [(at, delivery, result) for (at, delivery, _), result in zip(sends, sent, strict=True)]
-        for at, delivery, result in results:
-            settled = _settle(rt, delivery, result)
-            marks[at] = (marks[at][0], settled)
-            wait = _retry_in(rt, settled, result)
+    recorder = ledger.recorder(batch.occurrence_id, owner=owner)
+    try:
+        for start in range(0, len(mine), SEND_CHUNK):
+            wait = _deliver_chunk(sending, recorder, mine[start : start + SEND_CHUNK], suppressed, len(prefix))
             if wait is not None:
                 retry = max(retry or 0.0, wait)
-        ledger.mark(batch.occurrence_id, marks, owner=owner)
+        recorder.flush()
+    except BaseException:
+        recorder.abort()  # replies unread: the connection is dropped, not reused
+        raise
+    return retry
+
+
+def _deliver_chunk(
+    sending: _Sending, recorder: Recorder, claims: list[Claim], suppressed: dict[str, str], cut: int
+) -> float | None:
+    """Render, send and record claimed deliveries (each recorded as soon as its outcome is
+    known, see :class:`~notifier.ledger.Recorder`); the longest wait until a retry among them."""
+    rt = sending.rt
+    retry: float | None = None
+    sends: list[tuple[str, Delivery, EmailPayload | PostPayload]] = []
+
+    def settle(field: str, delivery: Delivery, result: Result) -> None:
+        nonlocal retry
+        settled = _settle(rt, delivery, result)
+        recorder.record(field, settled)
+        wait = _retry_in(rt, settled, result)
+        if wait is not None:
+            retry = max(retry or 0.0, wait)
+
+    for claim in claims:
+        recipient = claim.field[cut:]
+        if recipient in suppressed:
+            recorder.record(claim.field, _changed(claim.outcome, status="suppressed", error=suppressed[recipient]))
+            continue
+        delivery = Delivery(sending.occurrence_id, sending.channel_name, recipient, claim.outcome.attempts + 1)
+        try:
+            payload = _payload(sending, delivery)
+        except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
+            settle(claim.field, delivery, exc)
+        else:
+            sends.append((claim.field, delivery, payload))
+    _send(sending, [(d, p) for _, d, p in sends], lambda i, result: settle(sends[i][0], sends[i][1], result))
     return retry
 
 
@@ -232,25 +248,37 @@ def _payload(sending: _Sending, delivery: Delivery) -> EmailPayload | PostPayloa
     return PostPayload.of(prepared.consultation, event.name, text, context)
 
 
-def _send(sending: _Sending, items: list[tuple[Delivery, EmailPayload | PostPayload]]) -> list[Result]:
-    """Send each item; its receipt or the error that says how it failed, in order.
-    A :class:`BatchChannel` (SMTP: pipelined on one connection) sends them together; any
-    other channel one by one."""
+def _send(
+    sending: _Sending,
+    items: list[tuple[Delivery, EmailPayload | PostPayload]],
+    on_result: Callable[[int, Result], None],
+) -> None:
+    """Send each item and pass its receipt, or the error that says how it failed, to
+    ``on_result`` with its index as soon as it is known. A :class:`BatchChannel` (SMTP:
+    pipelined on the thread's connections) sends them together; any other channel one by one."""
     if not items:
-        return []
+        return
     _, channel, _ = sending.lookup()  # a payload was made, so this lookup has succeeded
     assert sending.gate is not None
     paused = sending.gate.paused()
     if paused is not None:
-        return [paused] * len(items)
+        for i in range(len(items)):
+            on_result(i, paused)
+        return
     results: list[Result] = []
+
+    def record(i: int, result: Result) -> None:
+        results.append(result)
+        on_result(i, result)
+
     if sending.batch is not None:
-        results += sending.batch.send_many(items)
+        sending.batch.send_many(items, record)
     else:
-        for delivery, payload in items:
+        for i, (delivery, payload) in enumerate(items):
+            result: Result
             try:
-                results.append(channel.send(delivery, payload))
+                result = channel.send(delivery, payload)
             except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-                results.append(exc)
+                result = exc
+            record(i, result)
     sending.gate.report(results)
-    return results

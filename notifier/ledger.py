@@ -327,6 +327,19 @@ return id
 """
 
 
+# KEYS: claim keys.  ARGV: the holder each had when read.  Frees the claims still so held.
+_RELEASE = """
+local freed = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    freed = freed + 1
+  end
+end
+return freed
+"""
+
+
 class Ledger:
     """The delivery ledger in Redis, under ``namespace`` (one per real ledger or rehearsal)."""
 
@@ -340,6 +353,7 @@ class Ledger:
         self._requeue = client.register_script(_REQUEUE)
         self._take_fan_out = client.register_script(_TAKE_FAN_OUT)
         self._release_fan_out = client.register_script(_RELEASE_FAN_OUT)
+        self._release = client.register_script(_RELEASE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -467,6 +481,12 @@ class Ledger:
         keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
         return [text(f) for f in self._requeue(keys=keys, args=[now_iso()])]
 
+    def recorder(self, occurrence_id: str, *, owner: str) -> Recorder:
+        """A :class:`Recorder` of ``owner``'s outcomes for one occurrence."""
+        keys = (self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id))
+        claim_prefix = self._k("claim", occurrence_id, "")
+        return Recorder(self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner)
+
     def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
         """``{channel: {status: count}}`` for one occurrence."""
         out: dict[str, dict[str, int]] = {}
@@ -562,6 +582,117 @@ class Ledger:
                 if occurrence.state == "claimed":
                     out.append(occurrence)
         return out
+
+    def unfinished(
+        self, consultations: Iterable[str], *, within: float
+    ) -> list[tuple[Occurrence, dict[str, int]]]:
+        """Occurrences (not rehearsals) fired within ``within`` seconds that have not fanned
+        out or still have pending deliveries, each with its counts by ``<channel>|<status>``."""
+        since = time.time() - within
+        pipe = self.client.pipeline(transaction=False)
+        for consultation in consultations:
+            pipe.zrangebyscore(self._k("occs", consultation), since, "+inf")
+        ids = [text(i) for found in pipe.execute() for i in found]
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self._k("occ", i))
+            pipe.hgetall(self._k("cnt", i))
+        replies = pipe.execute() if ids else []
+        out = []
+        for n, i in enumerate(ids):
+            data, raw = replies[2 * n], replies[2 * n + 1]
+            counts = {text(k): int(v) for k, v in raw.items()}
+            if not data:
+                continue
+            occurrence = Occurrence.from_hash(i, data)
+            waiting = occurrence.state != "fanned-out" or any(k.endswith("|pending") and v for k, v in counts.items())
+            if waiting and not occurrence.rehearsal:
+                out.append((occurrence, counts))
+        return out
+
+    def orphaned(self, occurrence_id: str, *, named: set[str], live: set[str]) -> list[str]:
+        """The pending deliveries of an occurrence that no message will send: not ``named`` by
+        a message Redis holds, and not claimed by a message in ``live`` (ids of those messages).
+        A claim whose message is gone is freed, so that a new message can take it."""
+        statuses = self.client.hgetall(self._k("st", occurrence_id))
+        fields = [text(f) for f, status in statuses.items() if status == b"pending" and text(f) not in named]
+        if not fields:
+            return []
+        keys = [self._k("claim", occurrence_id, f) for f in fields]
+        holders = self.client.mget(keys)
+        out, stale_keys, stale_holders = [], [], []
+        for f, key, holder in zip(fields, keys, holders, strict=True):
+            if holder is None:
+                out.append(f)
+            elif text(holder).partition("|")[2] not in live:
+                out.append(f)
+                stale_keys.append(key)
+                stale_holders.append(holder)
+        if stale_keys:
+            self._release(keys=stale_keys, args=stale_holders)
+        return out
+
+
+class Recorder:
+    """Stores outcomes one by one as they become known, without waiting for Redis.
+
+    Each :meth:`record` writes one call of the mark script (as :meth:`Ledger.mark` would
+    for that one delivery) on a connection of its own and returns: the replies are read by
+    :meth:`flush`. So an e-mail is recorded as soon as the server has accepted it, for the
+    cost of a write: a worker killed afterwards has not left it unrecorded (its write is in
+    Redis' socket already), and only what was accepted and not yet read can be sent twice.
+    A failed write raises at once (``redis.ConnectionError``), so nothing more is sent
+    that could not be recorded.
+    """
+
+    def __init__(
+        self, client: redis.Redis, sha: str, keys: tuple[str, str, str], *, claim_prefix: str, owner: str
+    ) -> None:
+        self._pool = client.connection_pool
+        self._head = ("EVALSHA", sha, 3, *keys, claim_prefix, owner)
+        self._conn: Any = None
+        self._unread = 0
+
+    def record(self, field_: str, outcome: Outcome) -> None:
+        """Write ``outcome`` for the delivery ``field_`` and release its claim (reply unread)."""
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+            # The script cache is empty after a Redis restart: load it first on this connection.
+            self._conn.send_command("SCRIPT", "LOAD", _MARK)
+            self._unread = 1
+        try:
+            self._conn.send_command(*self._head, field_, outcome.status, outcome.to_json())
+        except BaseException:
+            self.abort()
+            raise
+        self._unread += 1
+
+    def flush(self) -> None:
+        """Read every reply; raise the first error Redis answered (after reading them all)."""
+        if self._conn is None:
+            return
+        errors: list[redis.ResponseError] = []
+        try:
+            while self._unread:
+                self._unread -= 1
+                try:
+                    self._conn.read_response()
+                except redis.ResponseError as exc:
+                    errors.append(exc)
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.release(self._conn)
+        self._conn = None
+        if errors:
+            raise errors[0]
+
+    def abort(self) -> None:
+        """Drop the connection (replies may be unread, so it cannot be reused)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.disconnect()
+            self._pool.release(conn)
 
 
 def _merged(record: bytes | str, outcome: bytes | str | None) -> Record:

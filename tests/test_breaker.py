@@ -108,7 +108,7 @@ def test_a_relay_that_never_answers_pauses_the_channel_instead_of_a_timeout_per_
         tried = [r for r in records.values() if r.attempts == 1]
         paused = [r for r in records.values() if r.attempts == 0]
         assert tried and all("did not answer within 1 s" in (r.error or "") for r in tried)
-        assert len(tried) <= breaker.THRESHOLD * delivery.FLUSH_EVERY
+        assert len(tried) <= breaker.THRESHOLD * delivery.SEND_CHUNK
         assert len(paused) == len(records) - len(tried) and all("email paused" in (r.error or "") for r in paused)
         pause = 3 * rt.settings.retry_base.total_seconds()
         assert retry is not None and retry >= pause, "re-queued for when the pause ends"

@@ -9,7 +9,7 @@ It never decides whether to send: the ledger did that before calling it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -110,7 +110,13 @@ class BatchChannel(Channel, Protocol):
     channel has it, and :meth:`send` one by one elsewhere."""
 
     def send_many(
-        self, items: Sequence[tuple[Delivery, EmailPayload | PostPayload]]
+        self,
+        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
+        on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
-        """For each item, in order, its receipt or the error :meth:`send` would raise for it."""
+        """For each item, in order, its receipt or the error :meth:`send` would raise for it.
+
+        ``on_result(index, result)`` is called for each item as soon as its result is known
+        (before anything more is sent on the connection it went on), so the caller can
+        record it while the rest are still being sent."""
         ...

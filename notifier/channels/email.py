@@ -36,7 +36,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -455,6 +455,25 @@ def _in_step(lanes: list[Generator[Step, None, list[_R]]]) -> list[list[_R]]:
 #: (bench/RESULTS.md, round 5), and each connection still has one round trip a message.
 LANES = 2
 
+_Result = Receipt | TransientDeliveryError | PermanentDeliveryError
+
+
+class _Results(list[_Result]):
+    """One lane's results, in order, each passed on as it is appended to the caller's
+    ``on_result`` under its index among all the lanes' items (message i went on lane
+    ``i % LANES`` as its ``i // LANES``th)."""
+
+    def __init__(self, lane: int, on_result: Callable[[int, _Result], None] | None) -> None:
+        super().__init__()
+        self.lane = lane
+        self.on_result = on_result
+
+    def append(self, result: _Result) -> None:
+        """Keep ``result`` and pass it on."""
+        super().append(result)
+        if self.on_result is not None:
+            self.on_result(self.lane + LANES * (len(self) - 1), result)
+
 
 class SmtpChannel:
     """Sends over SMTP, with up to :data:`LANES` connections per thread kept open and reused."""
@@ -566,7 +585,9 @@ class SmtpChannel:
         raise AssertionError("unreachable")
 
     def send_many(
-        self, items: Sequence[tuple[Delivery, EmailPayload | PostPayload]]
+        self,
+        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
+        on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
         """Send several e-mails on this thread's connections, pipelined across messages
         (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
@@ -577,6 +598,10 @@ class SmtpChannel:
         message is handled as :meth:`send` handles it: a connection the server closed is
         reopened once per message, and a message that fails otherwise drops that lane's
         connection, so the lane's next message starts on a new one.
+
+        ``on_result(index, result)`` is called with each message's outcome as soon as it is
+        read, before that lane writes its next message: a caller that records it there has
+        at most one accepted message a lane not recorded (what a killed worker may resend).
         """
         emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
         assert len(emails) == len(items), "an e-mail channel sends e-mails"
@@ -584,17 +609,22 @@ class SmtpChannel:
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
                      for payload, msgid in zip(emails, msgids, strict=True)]
         # Message i goes on lane i % LANES, as that lane's (i // LANES)th.
-        lanes = [self._lane(lane, envelopes[lane::LANES], msgids[lane::LANES])
+        lanes = [self._lane(lane, envelopes[lane::LANES], msgids[lane::LANES], on_result)
                  for lane in range(min(LANES, len(items)))]
         results = _in_step(lanes)
         return [results[i % LANES][i // LANES] for i in range(len(items))]
 
     def _lane(
-        self, lane: int, envelopes: list[tuple[str, bytes]], msgids: list[str]
+        self,
+        lane: int,
+        envelopes: list[tuple[str, bytes]],
+        msgids: list[str],
+        on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> Generator[Step, None, list[Receipt | TransientDeliveryError | PermanentDeliveryError]]:
         """Send ``envelopes`` on connection ``lane``, yielding after each write (see
-        :func:`_in_step`); returns each message's receipt or error, in order."""
-        out: list[Receipt | TransientDeliveryError | PermanentDeliveryError] = []
+        :func:`_in_step`); returns each message's receipt or error, in order, and tells
+        ``on_result`` of each (by its index in :meth:`send_many`'s items) as it comes."""
+        out = _Results(lane, on_result)
         reconnected = False  # whether the message after the last one in ``out`` was tried on a new connection
         while len(out) < len(envelopes):
             try:
