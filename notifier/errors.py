@@ -87,3 +87,16 @@ class PermanentDeliveryError(DeliveryError):
     def __init__(self, message: str, *, bounce: bool = False, provider_reply: str | None = None) -> None:
         super().__init__(message, provider_reply=provider_reply)
         self.bounce = bounce
+
+
+class StoreError(NotifierError):
+    """The consultation record (the SQL database) cannot be used: unreachable, a bad
+    ``NOTIFIER_DATABASE_URL``, or unknown to it (a consultation it holds no record of)."""
+
+
+class SchemaBehindError(StoreError):
+    """The database's schema is older than this version of notifier: run ``notifier db upgrade``."""
+
+
+class ResponsesFileError(ConfigError):
+    """A responses CSV has bad rows; ``problems`` names each as ``FILE:LINE: message``."""
