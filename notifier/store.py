@@ -385,17 +385,15 @@ def _when(value: str | datetime | None) -> datetime | None:
 
 
 def database_url(settings: Settings) -> str:
-    """The SQLAlchemy URL of ``settings``: ``postgresql://`` means psycopg 3; unset, the embedded SQLite file."""
-    url = settings.database_url
-    if not url:
-        return f"sqlite:///{(settings.data_dir / 'notifier.db').resolve()}"
-    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
+    """The database URL of ``settings``: ``NOTIFIER_DATABASE_URL``, or the embedded SQLite file."""
+    return settings.database_url or f"sqlite:///{(settings.data_dir / 'notifier.db').resolve()}"
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """An engine for ``url`` (``postgresql://`` and ``postgres://`` mean psycopg 3); SQLite gets
+    WAL, a busy timeout and enforced foreign keys."""
     try:
-        parsed = make_url(url)
+        parsed = make_url(re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url))
         engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise StoreError(f"NOTIFIER_DATABASE_URL: cannot use {url.split('@')[-1]!r}: {exc}") from None
