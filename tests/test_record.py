@@ -189,7 +189,7 @@ def test_prune_deletes_rows_of_long_closed_consultations_but_keeps_their_counts(
     assert store.counts(SOC) == counts_before
 
 
-def test_two_processes_opening_a_new_embedded_database_at_once_both_succeed(tmp_path: Path) -> None:
+def test_several_openers_of_a_new_embedded_database_at_once_all_succeed(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "var")
     errors: list[BaseException] = []
 
