@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,8 @@ from jinja2 import Environment
 
 from notifier.errors import StoreError
 from notifier.report import FIELDS
+
+__all__ = ["CSV_FIELDS", "FIELDS", "Evidence", "build", "day", "overview", "write"]
 from notifier.store import ConsultationRecord, Count, Settled, Store
 
 EMAIL = "email"
@@ -319,12 +322,20 @@ def write(evidence: Evidence, folder: Path, *, generated: datetime) -> list[Path
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, json_path, html_path = folder / "deliveries.csv", folder / "evidence.json", folder / "overview.html"
     with csv_path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(evidence.deliveries)
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS)
+        writer.writerows(map(operator.itemgetter(*CSV_FIELDS), evidence.deliveries))
     document = {**evidence.as_json(), "generated_at": _iso(generated)}
+    rows = document.pop("deliveries")
+    # The facts indented for reading, then one delivery a line: json.dumps without indent is
+    # the C encoder (json.dump and indent are pure Python, 5x slower for 100,000 deliveries).
+    facts = json.dumps(document, ensure_ascii=False, indent=1)
+    encode = json.JSONEncoder(ensure_ascii=False).encode
     with json_path.open("w", encoding="utf-8") as f:
-        json.dump(document, f, ensure_ascii=False, indent=1)
+        f.write(facts[:-2])
+        f.write(',\n "deliveries": [\n  ' if rows else ',\n "deliveries": [')
+        f.write(",\n  ".join(map(encode, rows)))
+        f.write("\n ]\n}\n" if rows else "]\n}\n")
     html_path.write_text(_HTML.render(
         c=evidence.consultation, e=evidence, overview=overview(evidence), statuses=STATUSES,
         failed=[d for d in evidence.deliveries if d["status"] == "failed"],

@@ -284,7 +284,7 @@ class Settled:
 
     def row(self) -> dict[str, Any]:
         """The ``deliveries`` row."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {name: getattr(self, name) for name in _SETTLED_COLUMNS}
         values["lists"] = " ".join(self.lists)
         return values
 
@@ -638,12 +638,12 @@ class Store:
                  .where(occurrences.c.consultation == consultation)
                  .order_by(occurrences.c.fired_at, deliveries.c.occurrence, deliveries.c.channel,
                            deliveries.c.recipient))
+        lists_at = _SETTLED_COLUMNS.index("lists") + 1
         with self._tx() as connection:
-            for row in connection.execution_options(yield_per=5_000).execute(query):
-                values = row._asdict()
-                event_name = values.pop("event")
-                values["lists"] = tuple(values["lists"].split()) if values["lists"] else ()
-                yield event_name, Settled(**values)
+            for row in connection.execution_options(yield_per=5_000).execute(query).tuples():
+                values = list(row)
+                values[lists_at] = tuple(values[lists_at].split())
+                yield values[0], Settled(*values[1:])
 
     def counts(self, consultation: str) -> list[Count]:
         """Deliveries per (occurrence, channel, status), with the earliest ``sent_at``: from the
