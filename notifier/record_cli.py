@@ -1,6 +1,9 @@
 """The commands of the consultation record: ``db upgrade``, ``db prune``, ``responses import``,
 ``responses list`` and ``evidence``. :mod:`notifier.cli` registers them; errors raised here
 reach its ``main`` and become the contract's exit codes (1 for bad input, with ``FILE:LINE``).
+
+SQLAlchemy and Alembic are imported by the commands that use them, not at import time:
+every ``notifier`` command imports this module, and they would add a third to its start-up.
 """
 
 from __future__ import annotations
@@ -10,23 +13,16 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from notifier import evidence as evidence_pack
-from notifier import responses as responses_file
 from notifier.config import Settings, load_config
-from notifier.store import (
-    Response,
-    Store,
-    check_current,
-    database_url,
-    make_engine,
-    record_config,
-    upgrade,
-)
+
+if TYPE_CHECKING:
+    from notifier.store import Response
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -38,6 +34,8 @@ def check_schema(settings: Settings, command: str | None) -> None:
     """Refuse (:class:`~notifier.errors.SchemaBehindError`) any command but ``db`` while a
     configured database (``NOTIFIER_DATABASE_URL``) is behind this version's migrations."""
     if settings.database_url and command not in SCHEMA_FREE:
+        from notifier.store import check_current, database_url, make_engine
+
         engine = make_engine(database_url(settings))
         try:
             check_current(engine)
@@ -53,6 +51,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply the database migrations this version of notifier needs."""
+    from notifier.store import database_url, make_engine, upgrade
+
     settings = Settings.from_env()
     engine = make_engine(database_url(settings))
     try:
@@ -73,6 +73,8 @@ def db_prune() -> None:
     if settings.retention_days is None:
         out.print("NOTIFIER_RETENTION_DAYS is not set: delivery records are kept for ever; nothing pruned")
         return
+    from notifier.store import Store
+
     store = Store.open(settings)
     try:
         pruned = store.prune(settings.retention_days)
@@ -96,6 +98,9 @@ def responses() -> None:
 @click.option("--no-acknowledge", is_flag=True, help="Record the responses without acknowledging them.")
 def responses_import(consultation: str, file: Path, no_acknowledge: bool) -> None:
     """Record the responses in FILE (a CSV with an `email` column); re-importing adds nothing."""
+    from notifier import responses as responses_file
+    from notifier.store import Store, record_config
+
     settings = Settings.from_env()
     config = load_config(settings.config_dir)
     config.consultation(consultation)  # an unknown consultation is a UsageError naming the known ones
@@ -116,6 +121,8 @@ def responses_import(consultation: str, file: Path, no_acknowledge: bool) -> Non
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def responses_list(consultation: str, fmt: str) -> None:
     """The recorded responses of CONSULTATION."""
+    from notifier.store import Store
+
     store = Store.open(Settings.from_env())
     try:
         rows = [_response_row(r) for r in store.responses(consultation)]
@@ -153,6 +160,9 @@ def _response_row(r: Response) -> dict[str, str | None]:
               help="Where to write the pack (default ./evidence/CONSULTATION/).")
 def evidence(consultation: str, folder: Path | None) -> None:
     """Write the evidence pack of CONSULTATION from the database alone, and print its overview."""
+    from notifier import evidence as evidence_pack
+    from notifier.store import Store
+
     store = Store.open(Settings.from_env())
     try:
         facts = evidence_pack.build(store, consultation)
