@@ -60,15 +60,19 @@ def prepare(store: Store) -> None:
         store.record_occurrence(OccurrenceRecord(f"bench:{event}:1", "bench", event, 1, at, at, state="done"))
 
 
-def timed(action: Callable[[], object]) -> float:
-    """Seconds ``action`` took."""
-    start = time.perf_counter()
+Timing = tuple[float, float]  # (wall s, CPU s of this process)
+
+
+def timed(action: Callable[[], object]) -> Timing:
+    """Wall-clock and CPU seconds ``action`` took. The machine is shared: the CPU time of this
+    process (which, for SQLite, includes the database's work) is the steadier figure."""
+    wall, cpu = time.perf_counter(), time.process_time()
     action()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run(url: str, rows: list[Settled], out: Path) -> tuple[float, float, float]:
-    """(archive s, re-archive s, evidence s) on a new database at ``url``."""
+def run(url: str, rows: list[Settled], out: Path) -> tuple[Timing, Timing, Timing]:
+    """(archive, re-archive, evidence) timings on a new database at ``url``."""
     engine = make_engine(url)
     upgrade(engine)
     store = Store(engine)
@@ -111,15 +115,18 @@ def postgres_databases(server: str) -> Iterator[Callable[[], str]]:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def report(name: str, n: int, results: list[tuple[float, float, float]]) -> None:
-    """Print each run and the medians."""
+def report(name: str, n: int, results: list[tuple[Timing, Timing, Timing]]) -> None:
+    """Print each run and the medians (wall clock, and this process's CPU in brackets)."""
     for i, (first, again, pack) in enumerate(results, 1):
-        print(f"  {name} run {i}: archive {n / first:,.0f} rows/s ({first:.2f} s), re-archive {n / again:,.0f} "
-              f"rows/s ({again:.2f} s), evidence {pack:.2f} s")
-    first, again, pack = (statistics.median(r[k] for r in results) for k in range(3))
-    verdict = "met" if pack < TARGET_EVIDENCE_S else "NOT met"
-    print(f"{name} median: archive {n / first:,.0f} rows/s, re-archive {n / again:,.0f} rows/s, "
-          f"evidence {pack:.2f} s (target < {TARGET_EVIDENCE_S:g} s: {verdict})")
+        print(f"  {name} run {i}: archive {n / first[0]:,.0f} rows/s ({first[0]:.2f} s, cpu {first[1]:.2f} s), "
+              f"re-archive {n / again[0]:,.0f} rows/s ({again[0]:.2f} s, cpu {again[1]:.2f} s), "
+              f"evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s)")
+    first, again, pack = ((statistics.median(r[k][0] for r in results), statistics.median(r[k][1] for r in results))
+                          for k in range(3))
+    verdict = "met" if pack[0] < TARGET_EVIDENCE_S else "NOT met"
+    print(f"{name} median: archive {n / first[0]:,.0f} rows/s (cpu {first[1]:.2f} s), re-archive "
+          f"{n / again[0]:,.0f} rows/s (cpu {again[1]:.2f} s), evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s; "
+          f"target < {TARGET_EVIDENCE_S:g} s wall: {verdict})")
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ from notifier.errors import StoreError
 from notifier.report import FIELDS
 
 __all__ = ["CSV_FIELDS", "FIELDS", "Evidence", "build", "day", "overview", "write"]
-from notifier.store import ConsultationRecord, Count, Settled, Store
+from notifier.store import REPORT_COLUMNS, ConsultationRecord, Count, Store
 
 EMAIL = "email"
 #: The columns of deliveries.csv: the report's, and the Message-ID the record adds.
-CSV_FIELDS = (*FIELDS, "message_id")
+CSV_FIELDS = REPORT_COLUMNS
 STATUSES = ("sent", "outbox", "failed", "bounced", "suppressed", "skipped", "pending")
 
 
@@ -128,7 +128,7 @@ def build(store: Store, consultation_id: str) -> Evidence:
         lists=sorted((ListFacts(k, names.get(k) or k, n) for k, n in per_list.items()), key=lambda x: x.name.lower()),
         told=told, counts=counts, responses=responses,
         acknowledged=sum(bool(r["acknowledged"]) for r in responses),
-        deliveries=[_delivery(event, d) for event, d in store.deliveries(consultation_id)],
+        deliveries=[dict(zip(REPORT_COLUMNS, row, strict=True)) for row in store.delivery_rows(consultation_id)],
     )
 
 
@@ -146,17 +146,6 @@ def _channels(counts: Iterable[Count]) -> list[ChannelFacts]:
     facts = [ChannelFacts(ch, first[ch], totals[ch]) for ch in totals]
     never = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
     return sorted(facts, key=lambda f: (f.first_sent or never, f.channel != EMAIL, f.channel))
-
-
-def _delivery(event: str, d: Settled) -> dict[str, Any]:
-    """A delivery as ``report --format json`` gives it, with its Message-ID."""
-    return {
-        "occurrence": d.occurrence, "event": event, "channel": d.channel, "recipient": d.recipient,
-        "name": d.name or "", "lists": " ".join(d.lists), "status": d.status, "attempts": d.attempts,
-        "last_error": d.last_error or "", "provider_id": d.provider_id or "", "url": d.url or "",
-        "created": _iso(d.created), "updated": _iso(d.updated) or "", "sent_at": _iso(d.sent_at) or "",
-        "message_id": d.message_id or "",
-    }
 
 
 def _iso(moment: datetime | None) -> str | None:

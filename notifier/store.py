@@ -68,6 +68,10 @@ SOURCES: tuple[str, ...] = ("config", "unsubscribe", "bounce", "manual")
 ROLES: tuple[str, ...] = ("viewer", "sender", "admin")
 #: The statuses that count as told: the message reached the recipient's server.
 TOLD: tuple[str, ...] = ("sent",)
+#: The columns of :meth:`Store.delivery_rows`: those of ``report`` (notifier.report.FIELDS), then the Message-ID.
+REPORT_COLUMNS: tuple[str, ...] = ("occurrence", "event", "channel", "recipient", "name", "lists", "status",
+                                   "attempts", "last_error", "provider_id", "url", "created", "updated", "sent_at",
+                                   "message_id")
 #: Rows per INSERT when archiving: bounded memory, and well under SQLite's 32,766 parameters.
 BATCH = 2_000
 
@@ -645,6 +649,33 @@ class Store:
                 values[lists_at] = tuple(values[lists_at].split())
                 yield values[0], Settled(*values[1:])
 
+    def delivery_rows(self, consultation: str) -> Iterator[tuple[str | int, ...]]:
+        """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk
+        export: times as ISO 8601 UTC to the millisecond and absent values as ``""`` (the form
+        ``report`` gives), formatted by the database rather than parsed and re-formatted here."""
+        iso = self._iso_text
+        d = deliveries.c
+        columns = {"occurrence": d.occurrence, "event": occurrences.c.event, "channel": d.channel,
+                   "recipient": d.recipient, "name": func.coalesce(d.name, ""), "lists": d.lists, "status": d.status,
+                   "attempts": d.attempts, "last_error": func.coalesce(d.last_error, ""),
+                   "provider_id": func.coalesce(d.provider_id, ""), "url": func.coalesce(d.url, ""),
+                   "created": iso(d.created), "updated": iso(d.updated), "sent_at": iso(d.sent_at),
+                   "message_id": func.coalesce(d.message_id, "")}
+        query = (select(*(columns[name] for name in REPORT_COLUMNS))
+                 .join(occurrences, occurrences.c.id == d.occurrence)
+                 .where(occurrences.c.consultation == consultation)
+                 .order_by(occurrences.c.fired_at, d.occurrence, d.channel, d.recipient))
+        with self._tx() as connection:
+            yield from connection.execution_options(yield_per=5_000).execute(query).tuples()
+
+    def _iso_text(self, column: Column[Any]) -> Any:
+        """SQL for ``column`` as ``2019-07-09T08:00:00.000+00:00`` (``""`` when null)."""
+        if self.dialect == "postgresql":
+            text_ = func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"')
+        else:
+            text_ = func.strftime("%Y-%m-%dT%H:%M:%f+00:00", column)
+        return func.coalesce(text_, "")
+
     def counts(self, consultation: str) -> list[Count]:
         """Deliveries per (occurrence, channel, status), with the earliest ``sent_at``: from the
         rows, and from the counts kept for rows pruned away."""
@@ -879,7 +910,7 @@ def _told(connection: Connection, consultation: str) -> tuple[int, dict[str, int
                     deliveries.c.status.in_(TOLD)))
     people: set[str] = set()
     per_list: dict[str, set[str]] = {}
-    for recipient, list_ids in connection.execute(query):
+    for recipient, list_ids in connection.execute(query).all():
         address = recipient.lower()
         people.add(address)
         for list_id in list_ids.split():

@@ -49,7 +49,10 @@ def test_evidence_json_has_the_facts_and_every_delivery_as_report_gives_it(store
     assert doc["responses"] == {"received": 1, "acknowledged": 1}
     assert len(doc["deliveries"]) == 10
     first = doc["deliveries"][0]
-    assert set(evidence.FIELDS) <= set(first)
+    assert list(first)[: len(evidence.FIELDS)] == list(evidence.FIELDS)  # report's fields, in its order
+    assert (first["created"], first["updated"], first["sent_at"]) == (
+        "2019-07-09T08:00:00.000+00:00", "2019-07-09T08:00:00.000+00:00", "2019-07-09T08:01:00.000+00:00")
+    assert doc["deliveries"][1]["sent_at"] == "" and doc["deliveries"][1]["last_error"] == "550 5.1.1 no such user"
     assert (first["event"], first["channel"], first["recipient"], first["lists"]) == (
         "opened", "email", "both@nhs.example", "csp nhs")
     rows = list(csv.DictReader((tmp_path / "deliveries.csv").open(encoding="utf-8")))

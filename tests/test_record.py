@@ -13,6 +13,7 @@ from sqlalchemy.exc import StatementError
 
 from notifier.config import Settings
 from notifier.errors import SchemaBehindError, StoreError
+from notifier.ledger import Record
 from notifier.store import (
     ConsultationRecord,
     OccurrenceRecord,
@@ -207,3 +208,16 @@ def test_several_openers_of_a_new_embedded_database_at_once_all_succeed(tmp_path
         thread.join(timeout=60)
     assert errors == []
     assert current(make_engine(f"sqlite:///{tmp_path / 'var' / 'notifier.db'}")) == heads()
+
+
+def test_a_ledger_record_is_archived_with_its_times_lists_and_message_id(store: Store) -> None:
+    occ = occurrence(store, "opened", OPENS)
+    record = Record("email", "jane@csp.example", "sent", name="Jane", lists=("csp", "nhs"), attempts=2,
+                    error="451 try later", provider_id="250 ok", created="2019-07-09T08:00:00.000+00:00",
+                    updated="2019-07-09T08:00:05.120+00:00", sent_at="2019-07-09T08:00:05.120+00:00")
+    store.archive([Settled.from_record(occ, record, message_id="<abc@pcc.example>")])
+    [(event, delivery)] = list(store.deliveries(SOC))
+    assert event == "opened"
+    assert (delivery.lists, delivery.attempts, delivery.last_error, delivery.message_id) == (
+        ("csp", "nhs"), 2, "451 try later", "<abc@pcc.example>")
+    assert delivery.sent_at == datetime(2019, 7, 9, 8, 0, 5, 120000, tzinfo=UTC)
