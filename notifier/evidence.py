@@ -29,7 +29,7 @@ from notifier.errors import StoreError
 from notifier.report import FIELDS
 
 __all__ = ["CSV_FIELDS", "FIELDS", "Evidence", "build", "day", "overview", "write"]
-from notifier.store import REPORT_COLUMNS, ConsultationRecord, Count, Store
+from notifier.store import REPORT_COLUMNS, TOLD, ConsultationRecord, Count, Store, told_in
 
 EMAIL = "email"
 #: The columns of deliveries.csv: the report's, and the Message-ID the record adds.
@@ -118,7 +118,13 @@ def build(store: Store, consultation_id: str) -> Evidence:
         raise StoreError(f"the database holds no record of consultation {consultation_id!r} "
                          "(it is recorded when one of its events fires or its responses are imported)")
     counts = store.counts(consultation_id)
-    told, per_list = store.told(consultation_id)
+    rows: list[dict[str, Any]] = [dict(zip(REPORT_COLUMNS, row, strict=True))
+                                  for row in store.delivery_rows(consultation_id)]
+    if consultation.pruned_at is None:  # who was told, from the rows just read rather than again
+        told, per_list = told_in((r["recipient"], r["lists"]) for r in rows
+                                 if r["channel"] == EMAIL and r["status"] in TOLD)
+    else:
+        told, per_list = store.told(consultation_id)
     names = store.list_names()
     responses = [{"email": r.email, "name": r.name or "", "organisation": r.organisation or "",
                   "received": _iso(r.received), "reference": r.reference or "",
@@ -128,7 +134,7 @@ def build(store: Store, consultation_id: str) -> Evidence:
         lists=sorted((ListFacts(k, names.get(k) or k, n) for k, n in per_list.items()), key=lambda x: x.name.lower()),
         told=told, counts=counts, responses=responses,
         acknowledged=sum(bool(r["acknowledged"]) for r in responses),
-        deliveries=[dict(zip(REPORT_COLUMNS, row, strict=True)) for row in store.delivery_rows(consultation_id)],
+        deliveries=rows,
     )
 
 

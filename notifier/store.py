@@ -45,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -422,11 +423,15 @@ def _alembic(connection: Connection) -> AlembicConfig:
     return config
 
 
-def heads() -> set[str]:
-    """The revisions this version of notifier needs."""
+def _scripts() -> ScriptDirectory:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
-    return set(ScriptDirectory.from_config(config).get_heads())
+    return ScriptDirectory.from_config(config)
+
+
+def heads() -> set[str]:
+    """The revisions this version of notifier needs."""
+    return set(_scripts().get_heads())
 
 
 def current(engine: Engine) -> set[str]:
@@ -468,11 +473,12 @@ def _upgrade_lock(engine: Engine) -> Iterator[None]:
 @contextmanager
 def _connected(engine: Engine) -> Iterator[Connection]:
     try:
-        with engine.connect() as connection:
-            yield connection
+        connection = engine.connect()
     except OperationalError as exc:
         where = engine.url.render_as_string(hide_password=True)
         raise StoreError(f"cannot reach the database {where}: {exc.orig}") from None
+    with connection:
+        yield connection
 
 
 def check_current(engine: Engine) -> None:
@@ -480,6 +486,10 @@ def check_current(engine: Engine) -> None:
     at, needed = current(engine), heads()
     if at != needed:
         where = engine.url.render_as_string(hide_password=True)
+        unknown = at - {script.revision for script in _scripts().walk_revisions()}
+        if unknown:
+            raise StoreError(f"the database {where} is at revision {', '.join(sorted(unknown))}, which this "
+                             "notifier does not know: a newer version migrated it; run that version")
         state = f"at revision {', '.join(sorted(at))}" if at else "empty (no schema)"
         raise SchemaBehindError(
             f"the database {where} is {state}; this notifier needs {', '.join(sorted(needed))}: "
@@ -649,7 +659,7 @@ class Store:
                 values[lists_at] = tuple(values[lists_at].split())
                 yield values[0], Settled(*values[1:])
 
-    def delivery_rows(self, consultation: str) -> Iterator[tuple[str | int, ...]]:
+    def delivery_rows(self, consultation: str) -> Iterator[tuple[Any, ...]]:
         """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk
         export: times as ISO 8601 UTC to the millisecond and absent values as ``""`` (the form
         ``report`` gives), formatted by the database rather than parsed and re-formatted here."""
@@ -661,12 +671,17 @@ class Store:
                    "provider_id": func.coalesce(d.provider_id, ""), "url": func.coalesce(d.url, ""),
                    "created": iso(d.created), "updated": iso(d.updated), "sent_at": iso(d.sent_at),
                    "message_id": func.coalesce(d.message_id, "")}
+        # One query per occurrence, in firing order: each reads the primary key's index in
+        # order (channel, recipient) instead of sorting every row of the consultation.
         query = (select(*(columns[name] for name in REPORT_COLUMNS))
                  .join(occurrences, occurrences.c.id == d.occurrence)
-                 .where(occurrences.c.consultation == consultation)
-                 .order_by(occurrences.c.fired_at, d.occurrence, d.channel, d.recipient))
+                 .where(d.occurrence == bindparam("occurrence"))
+                 .order_by(d.channel, d.recipient))
+        ids = [o.id for o in self.occurrences(consultation)]
         with self._tx() as connection:
-            yield from connection.execution_options(yield_per=5_000).execute(query).tuples()
+            for occurrence_id in ids:
+                yield from connection.execution_options(yield_per=5_000).execute(
+                    query, {"occurrence": occurrence_id}).tuples()
 
     def _iso_text(self, column: Column[Any]) -> Any:
         """SQL for ``column`` as ``2019-07-09T08:00:00.000+00:00`` (``""`` when null)."""
@@ -903,22 +918,28 @@ def _counts(connection: Connection, consultation: str) -> list[Count]:
     return sorted(merged.values(), key=lambda c: (c.fired_at, c.occurrence, c.channel, c.status))
 
 
+def told_in(rows: Iterable[tuple[str, str]]) -> tuple[int, dict[str, int]]:
+    """(addresses told in all, per list id) from (recipient, space-separated list ids) of
+    e-mails with a :data:`TOLD` status."""
+    people: set[str] = set()
+    per_list: dict[str, set[str]] = {}
+    for recipient, list_ids in rows:
+        address = recipient.lower()
+        people.add(address)
+        for list_id in list_ids.split():
+            per_list.setdefault(list_id, set()).add(address)
+    return len(people), {k: len(v) for k, v in per_list.items()}
+
+
 def _told(connection: Connection, consultation: str) -> tuple[int, dict[str, int]]:
     query = (select(deliveries.c.recipient, deliveries.c.lists)
              .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
              .where(occurrences.c.consultation == consultation, deliveries.c.channel == "email",
                     deliveries.c.status.in_(TOLD)))
-    people: set[str] = set()
-    per_list: dict[str, set[str]] = {}
-    for recipient, list_ids in connection.execute(query).all():
-        address = recipient.lower()
-        people.add(address)
-        for list_id in list_ids.split():
-            per_list.setdefault(list_id, set()).add(address)
+    total, counts = told_in(connection.execute(query).tuples().all())
     kept_total = connection.execute(select(consultations.c.told).where(consultations.c.id == consultation)).scalar()
     kept = {list_id: n for list_id, n in connection.execute(
         select(list_counts.c.list_id, list_counts.c.told).where(list_counts.c.consultation == consultation))}
-    counts = {k: len(v) for k, v in per_list.items()}
     for list_id, n in kept.items():
         counts[list_id] = max(n, counts.get(list_id, 0))
-    return max(len(people), kept_total or 0), counts
+    return max(total, kept_total or 0), counts

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.exc import StatementError
 
 from notifier.config import Settings
@@ -221,3 +222,16 @@ def test_a_ledger_record_is_archived_with_its_times_lists_and_message_id(store: 
     assert (delivery.lists, delivery.attempts, delivery.last_error, delivery.message_id) == (
         ("csp", "nhs"), 2, "451 try later", "<abc@pcc.example>")
     assert delivery.sent_at == datetime(2019, 7, 9, 8, 0, 5, 120000, tzinfo=UTC)
+
+
+def test_a_database_migrated_by_a_newer_version_is_refused_saying_so(database: str) -> None:
+    engine = make_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    try:
+        with pytest.raises(StoreError, match="at revision 9999, which this notifier does not know"):
+            Store.open(Settings(database_url=database))
+    finally:  # the PostgreSQL database is the run's, shared by later tests
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": min(heads())})
+        engine.dispose()
