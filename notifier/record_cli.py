@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from notifier.config import Settings, load_config
+from notifier.errors import UsageError
 
 if TYPE_CHECKING:
     from notifier.store import Response
@@ -73,6 +74,8 @@ def db_prune() -> None:
     if settings.retention_days is None:
         out.print("NOTIFIER_RETENTION_DAYS is not set: delivery records are kept for ever; nothing pruned")
         return
+    if settings.retention_days < 0:
+        raise UsageError(f"NOTIFIER_RETENTION_DAYS must be 0 or more, not {settings.retention_days:g}")
     from notifier.store import Store
 
     store = Store.open(settings)

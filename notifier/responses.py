@@ -128,12 +128,17 @@ def _response(raw: dict[str, str], tz: ZoneInfo, path: Path, line: int, problems
     if len(problems) > before:
         return None
     reference = raw.get("reference") or None
-    if reference:
-        key = f"ref:{reference}"
-    else:
-        key = f"email:{email.lower()}|{received.astimezone(UTC).isoformat() if received else ''}"
-    return NewResponse(key=key, email=email, name=raw.get("name") or None,
+    return NewResponse(key=response_key(email, received, reference), email=email, name=raw.get("name") or None,
                        organisation=raw.get("organisation") or None, received=received, reference=reference)
+
+
+def response_key(email: str, received: datetime | None, reference: str | None) -> str:
+    """What makes two responses to one consultation the same: the ``reference`` when there is
+    one, else the address (without case) and when it was received. The console and the JSON
+    API use it too, so a response recorded there is not added again by an import."""
+    if reference:
+        return f"ref:{reference}"
+    return f"email:{email.lower()}|{received.astimezone(UTC).isoformat() if received else ''}"
 
 
 def parse_received(value: str, tz: ZoneInfo) -> datetime:

@@ -235,3 +235,27 @@ def test_a_database_migrated_by_a_newer_version_is_refused_saying_so(database: s
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": min(heads())})
         engine.dispose()
+
+
+def test_db_prune_keeps_everything_unless_retention_days_is_set(project: Project, database: str) -> None:
+    project.env["NOTIFIER_DATABASE_URL"] = database
+    store = Store(make_engine(database))
+    seed(store)
+    kept = project.run("db", "prune", check=True)
+    assert "NOTIFIER_RETENTION_DAYS is not set" in kept.stdout
+    assert sum(1 for _ in store.deliveries(SOC)) == 10
+    project.env["NOTIFIER_RETENTION_DAYS"] = "365"
+    pruned = project.run("db", "prune", check=True)
+    assert f"pruned 10 delivery row(s) of consultations closed more than 365 days ago: {SOC}" in pruned.stdout
+    assert list(store.deliveries(SOC)) == [] and sum(c.count for c in store.counts(SOC)) == 10
+    assert [e.action for e in store.audit_entries()] == ["db prune"]
+    store.close()
+
+
+def test_a_retention_that_is_not_a_number_is_refused(project: Project) -> None:
+    project.env["NOTIFIER_RETENTION_DAYS"] = "a year"
+    result = project.run("db", "prune")
+    assert result.returncode == 1 and "NOTIFIER_RETENTION_DAYS: must be a number, not 'a year'" in result.stderr
+    project.env["NOTIFIER_RETENTION_DAYS"] = "-30"
+    negative = project.run("db", "prune")
+    assert negative.returncode == 1 and "NOTIFIER_RETENTION_DAYS must be 0 or more, not -30" in negative.stderr
