@@ -502,6 +502,8 @@ def check_current(engine: Engine) -> None:
 # ---------------------------------------------------------------------------
 
 _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
+#: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 _OUTCOME_COLUMNS = tuple(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created"))
 
 
@@ -511,6 +513,9 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._archive = self._upsert_deliveries()
+        compiled = self._archive.compile(dialect=engine.dialect)
+        self._archive_sql = str(compiled)
+        self._archive_order = tuple(compiled.positiontup or ())  # qmark (SQLite): the parameters' order
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
@@ -634,16 +639,31 @@ class Store:
         """
         count = 0
         with self._tx() as connection:
-            batch: list[dict[str, Any]] = []
+            batch: list[Any] = []
             for item in settled:
-                batch.append(item.row())
+                batch.append(self._driver_row(item))
                 if len(batch) >= BATCH:
-                    connection.execute(self._archive, batch)
+                    connection.exec_driver_sql(self._archive_sql, batch)
                     count, batch = count + len(batch), []
             if batch:
-                connection.execute(self._archive, batch)
+                connection.exec_driver_sql(self._archive_sql, batch)
                 count += len(batch)
         return count
+
+    def _driver_row(self, item: Settled) -> Any:
+        """The parameters of one row for the driver's executemany, bypassing SQLAlchemy's
+        per-row processing (two thirds of archiving's CPU): times as :class:`UTCDateTime`
+        stores them, in the order a positional (SQLite) statement wants."""
+        row = item.row()
+        for name in ("created", "updated", "sent_at"):
+            value = row[name]
+            if value is not None:
+                if value.tzinfo is None:
+                    raise StoreError(f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive "
+                                     "datetime: say its zone")
+                value = value.astimezone(UTC)
+                row[name] = value.strftime(_SQLITE_TIME) if self._archive_order else value
+        return tuple(row[name] for name in self._archive_order) if self._archive_order else row
 
     def deliveries(self, consultation: str) -> Iterator[tuple[str, Settled]]:
         """(event, delivery) for each delivery row of the consultation, by occurrence, channel, recipient."""

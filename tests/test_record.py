@@ -120,6 +120,10 @@ def test_times_are_read_back_as_the_same_instant_in_utc(store: Store) -> None:
 def test_a_time_without_a_zone_is_refused(store: Store) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         occurrence(store, "opened", datetime(2019, 7, 9, 9, 0))
+    occ = occurrence(store, "opened", OPENS)
+    with pytest.raises(StoreError, match=r"sent_at of .*/email/a@example\.org is a naive datetime"):
+        store.archive([Settled(occ, "email", "a@example.org", "sent", OPENS, sent_at=datetime(2019, 7, 9, 9, 0))])
+    assert list(store.deliveries(SOC)) == []
 
 
 def test_fired_finds_the_latest_occurrence_of_an_event(store: Store) -> None:
