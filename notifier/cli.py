@@ -34,6 +34,7 @@ from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Record
+from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rendering import Renderer
 from notifier.validation import check, load_and_check
 
@@ -80,6 +81,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    check_schema(_settings(), click.get_current_context().invoked_subcommand)
 
 
 def _service_logging() -> None:
@@ -683,6 +685,11 @@ def rehearse(consultation: str) -> None:
         if r.channel != EMAIL_CHANNEL:
             posts.add_row(_local(r.at, config), r.channel, r.what)
     out.print(posts)
+
+
+cli.add_command(db)
+cli.add_command(responses)
+cli.add_command(evidence)
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,8 @@ class Settings:
     grace: timedelta = timedelta(hours=24)
     retry_base: timedelta = timedelta(seconds=10)
     max_attempts: int = 8
+    database_url: str | None = None
+    retention_days: float | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -80,6 +82,8 @@ class Settings:
             grace=grace,
             retry_base=retry_base,
             max_attempts=max(1, max_attempts),
+            database_url=env.get("NOTIFIER_DATABASE_URL") or None,
+            retention_days=_number(env, "NOTIFIER_RETENTION_DAYS", 0) if env.get("NOTIFIER_RETENTION_DAYS") else None,
             env=env,
         )
 

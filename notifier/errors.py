@@ -125,3 +125,16 @@ class EmbeddedDataError(NotifierError):
     Raised instead of letting a server start empty over them: an empty ledger would make
     every event look unsent and send it again.
     """
+
+
+class StoreError(NotifierError):
+    """The consultation record (the SQL database) cannot be used: unreachable, a bad
+    ``NOTIFIER_DATABASE_URL``, or unknown to it (a consultation it holds no record of)."""
+
+
+class SchemaBehindError(StoreError):
+    """The database's schema is older than this version of notifier: run ``notifier db upgrade``."""
+
+
+class ResponsesFileError(ConfigError):
+    """A responses CSV has bad rows; ``problems`` names each as ``FILE:LINE: message``."""

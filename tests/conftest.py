@@ -27,6 +27,7 @@ import redis
 from aiosmtpd.controller import Controller
 
 from notifier.broker import EmbeddedRedis
+from tests.record_fixtures import blank_database, database, postgres, postgres_record, store  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = 11

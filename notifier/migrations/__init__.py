@@ -1,0 +1,1 @@
+"""Alembic migrations of the consultation record (see :mod:`notifier.store`)."""
