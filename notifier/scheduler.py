@@ -202,6 +202,7 @@ class Scheduler:
         self._aps.start()
         try:
             with self._lock:
+                self._planned.clear()  # a restart: the jobs went with the last APScheduler
                 self._install(config, signature)
             self._refresh_lease()
         except BaseException:

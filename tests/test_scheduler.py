@@ -195,7 +195,7 @@ def test_a_clean_stop_hands_over_to_the_other_scheduler(
 
 
 _LEADER = """
-import sys, time
+import sys, threading
 from datetime import datetime
 from notifier.config import Settings
 from notifier.scheduler import Scheduler
@@ -205,7 +205,7 @@ held = datetime.fromisoformat(sys.argv[1])  # its clock never moves: it is kille
 scheduler = Scheduler(Service(Settings.from_env()), clock=lambda: held, lease_ms=1000, renew_every=0.2)
 scheduler.start()
 print("leader" if scheduler.is_leader else "follower", flush=True)
-time.sleep(600)
+threading.Event().wait()  # until killed
 """
 
 
