@@ -7,10 +7,12 @@ by the scheduler and one fired by ``send`` take the same path and neither fires 
 * **On time.** Every event with an ``at`` that has not fired is an APScheduler
   ``DateTrigger`` job at its absolute instant (the timeline resolves local times, DST
   included, to instants). Events without ``at`` are on demand and never scheduled.
-* **One leader.** Several schedulers may run; only the holder of a Redis lease
-  (:data:`LEADER_KEY`, ``SET NX PX`` with a random token, renewed by compare-and-pexpire,
-  released on a clean stop) fires. Followers keep the same schedule so that taking over
-  is immediate. A failover can never fire twice: the occurrence claim is the last word.
+* **One leader.** Several schedulers may run; only the holder of a Redis lease fires: a
+  redis-py :class:`redis.lock.Lock` on :data:`LEADER_KEY` (its value is the holder's random
+  token, which ``/healthz`` reports), renewed every ``renew_every`` seconds and released on a
+  clean stop; a leader that stops renewing loses it after ``lease_ms``. Followers keep the
+  same schedule so that taking over is immediate. A failover can never fire twice: the
+  occurrence claim is the last word.
 * **Catch-up.** Every second or so the leader also looks for occurrences whose time has
   come and that have not fired (it just started, it just became leader, a job hit a Redis
   error): less than the grace period (``NOTIFIER_GRACE_HOURS``, 24 h) late, they fire,
@@ -25,7 +27,9 @@ by the scheduler and one fired by ``send`` take the same path and neither fires 
 
 Time: ``clock`` is a callable giving the current aware datetime. APScheduler waits in real
 time, so a job for instant ``at`` runs at ``real now + (at - clock())``: a test may pass
-:func:`offset_clock` to live in 2019, but the clock must advance in real time.
+:func:`offset_clock` to live in 2019. The clock may also stand still for a while (a test
+holding it while the scheduler starts): a job that runs before the clock reads its instant
+waits for it, so nothing ever fires before its time on the clock.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import redis
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
+from redis.exceptions import LockError, LockNotOwnedError
 
 from notifier import timeline
 from notifier.broker import NAMESPACE, workers_alive
@@ -73,16 +78,6 @@ SWEEP_RETRY_S = 300.0
 Clock = Callable[[], datetime]
 State = Literal["scheduled", "due", "fired", "missed", "on demand"]
 
-# KEYS: lease.  ARGV: token, ttl_ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-# KEYS: lease.  ARGV: token.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def real_clock() -> datetime:
@@ -147,44 +142,6 @@ def status(
 
 
 # ---------------------------------------------------------------------------
-# Leader lease
-# ---------------------------------------------------------------------------
-
-
-class Lease:
-    """A Redis lease: one holder at a time, kept by renewing it before it lapses."""
-
-    def __init__(self, client: redis.Redis, *, key: str = LEADER_KEY, ttl_ms: int = LEASE_MS) -> None:
-        self.client = client
-        self.key = key
-        self.ttl_ms = ttl_ms
-        self.token = uuid.uuid4().hex
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._until = 0.0  # monotonic time the lease surely lasts until
-
-    @property
-    def held(self) -> bool:
-        """True while this holder surely has the lease."""
-        return time.monotonic() < self._until
-
-    def refresh(self) -> bool:
-        """Renew the lease if held, else try to take it; whether it is held now."""
-        started = time.monotonic()  # Redis starts the TTL after this, so the lease outlives our view
-        renewed = bool(self._until) and bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
-        if renewed or self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            self._until = started + self.ttl_ms / 1000
-        else:
-            self._until = 0.0
-        return self.held
-
-    def release(self) -> None:
-        """Give the lease up now, if held, so another scheduler takes over at once."""
-        self._until = 0.0
-        self._release(keys=[self.key], args=[self.token])
-
-
-# ---------------------------------------------------------------------------
 # Scheduler
 # ---------------------------------------------------------------------------
 
@@ -211,13 +168,18 @@ class Scheduler:
         self.clock: Clock = clock or real_clock
         self.reload_every = reload_every
         self.renew_every = renew_every
+        self.lease_ms = lease_ms
         self.sweep_after = sweep_after
-        self.lease = Lease(service.client, ttl_ms=lease_ms)
+        #: The leader lease; ``thread_local=False``: the loop renews what ``start`` took.
+        self.lease = service.client.lock(LEADER_KEY, timeout=lease_ms / 1000, blocking=False, thread_local=False)
+        self.token = uuid.uuid4().hex  # the value of LEADER_KEY while this scheduler leads
+        self._lease_until = 0.0  # monotonic time the lease surely lasts until (0: not held)
         self._lock = threading.RLock()  # config, events, jobs; and one firing at a time
+        self._changed = threading.Condition(self._lock)  # the schedule changed or the scheduler stops
         self._config: Config | None = None
         self._signature: Any = None
         self._events: dict[str, timeline.Event] = {}  # every event with an ``at``, by key
-        self._planned: dict[str, datetime] = {}  # job id -> the instant it was scheduled for
+        self._planned: dict[str, datetime] = {}  # key -> the instant its job waits for (until it runs)
         self._requeued: dict[str, float] = {}  # occurrence id -> when the sweep last re-sent it
         self._noted_missed: set[tuple[str, datetime]] = set()
         self._aps: BackgroundScheduler | None = None
@@ -230,6 +192,7 @@ class Scheduler:
 
     def start(self) -> None:
         """Load the config, build the schedule and start firing (as leader, if the lease is free)."""
+        self._stop.clear()
         signature = self._current_signature()
         config = self.service.config()
         self._aps = BackgroundScheduler(
@@ -239,12 +202,12 @@ class Scheduler:
         self._aps.start()
         try:
             with self._lock:
+                self._planned.clear()  # a restart: the jobs went with the last APScheduler
                 self._install(config, signature)
             self._refresh_lease()
         except BaseException:
             self.stop()
             raise
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="notifier-scheduler", daemon=True)
         self._thread.start()
         log.info("scheduler started (%s), %d event(s) scheduled", config.timezone, len(self._planned))
@@ -253,13 +216,16 @@ class Scheduler:
         """Stop firing, wait for a firing in progress, and hand the lease over."""
         self._stop.set()
         self._wake.set()
+        with self._lock:
+            self._changed.notify_all()  # jobs waiting for the clock give up
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
         if self._aps is not None:
             self._aps.shutdown(wait=True)
             self._aps = None
-        with self._lock, contextlib.suppress(redis.RedisError, OSError):
+        with self._lock, contextlib.suppress(LockError, redis.RedisError, OSError):  # not held, or lost
+            self._lease_until = 0.0
             self.lease.release()
         log.info("scheduler stopped")
 
@@ -286,14 +252,16 @@ class Scheduler:
     @property
     def is_leader(self) -> bool:
         """True while this scheduler holds the leader lease (and so fires)."""
-        return self.lease.held
+        return time.monotonic() < self._lease_until
 
     @property
     def scheduled(self) -> dict[str, datetime]:
-        """``consultation:event`` -> the UTC instant of each occurrence still waiting for its time."""
+        """``consultation:event`` -> the UTC instant of each occurrence still waiting for its time.
+
+        An occurrence leaves this table when its job has run (fired, or found it fired or moved
+        meanwhile): an event missing from it will not fire on time from this scheduler."""
         with self._lock:
-            aps = self._aps
-            return {k: at for k, at in self._planned.items() if aps is not None and aps.get_job(k) is not None}
+            return dict(self._planned)
 
     def status(self, now: datetime | None = None) -> list[EventStatus]:
         """Every event of the current config and where it stands."""
@@ -321,7 +289,7 @@ class Scheduler:
                         self._reload_requested.clear()
                         self.reload()
                 if self.is_leader:
-                    self._catch_up()
+                    self.catch_up()
                     if now >= next_sweep:
                         next_sweep = now + min(SWEEP_EVERY_S, max(self.sweep_after, tick))
                         self._sweep()
@@ -331,16 +299,24 @@ class Scheduler:
             self._wake.clear()
 
     def _refresh_lease(self) -> None:
-        was = self.lease.held
+        was = self.is_leader
+        started = time.monotonic()  # Redis starts the TTL after this, so the lease outlives our view
         try:
-            held = self.lease.refresh()
-        except (redis.RedisError, OSError) as exc:
+            self._lease_until = started + self.lease_ms / 1000 if self._take_lease() else 0.0
+        except (redis.RedisError, OSError) as exc:  # keep what we surely have; it lapses on its own
             log.warning("cannot renew the leader lease: %s", exc)
-            held = self.lease.held
+        held = self.is_leader
         if held and not was:
-            log.info("leading: this scheduler fires (%s)", self.lease.token)
+            log.info("leading: this scheduler fires (%s)", self.token)
         elif was and not held:
             log.warning("lost the leader lease: another scheduler fires")
+
+    def _take_lease(self) -> bool:
+        """Renew the lease if this scheduler has it, else try to take it: whether it holds it now."""
+        if self._lease_until:
+            with contextlib.suppress(LockNotOwnedError):  # it lapsed and maybe another took it
+                return bool(self.lease.reacquire())
+        return bool(self.lease.acquire(token=self.token))
 
     def _current_signature(self) -> Any:
         templates = self._config.templates if self._config is not None else None
@@ -361,20 +337,27 @@ class Scheduler:
             if s.state == "scheduled" and s.event.at is not None
         }
         for key in [k for k in self._planned if k not in wanted]:
-            with contextlib.suppress(JobLookupError):
-                self._aps.remove_job(key)
-            del self._planned[key]
+            self._unplan(key)
             log.info("unscheduled %s", key)
         for key, at in wanted.items():
-            if self._planned.get(key) == at and self._aps.get_job(key) is not None:
+            if self._planned.get(key) == at:
                 continue
-            self._aps.add_job(self._on_time, DateTrigger(run_date=self._real(at)), args=(key, at), id=key,
-                              name=key, replace_existing=True)
-            if key in self._planned:
-                log.info("rescheduled %s at %s", key, at.astimezone(config.tz))
-            else:
-                log.info("scheduled %s at %s", key, at.astimezone(config.tz))
+            moved = self._unplan(key)
+            # One job id per instant: a moved event's old job, still running, never blocks the new one.
+            self._aps.add_job(self._on_time, DateTrigger(run_date=self._real(at)), args=(key, at),
+                              id=f"{key}@{at.isoformat()}", name=key)
+            log.info("%s %s at %s", "rescheduled" if moved else "scheduled", key, at.astimezone(config.tz))
             self._planned[key] = at
+        self._changed.notify_all()  # jobs waiting for a moved or removed instant give up
+
+    def _unplan(self, key: str) -> bool:
+        """Drop ``key``'s job, if any: whether there was one. Holds ``_lock``."""
+        assert self._aps is not None
+        at = self._planned.pop(key, None)
+        if at is not None:
+            with contextlib.suppress(JobLookupError):  # it is running (and will find itself unplanned)
+                self._aps.remove_job(f"{key}@{at.isoformat()}")
+        return at is not None
 
     def _real(self, at: datetime) -> datetime:
         """The real instant at which the clock will read ``at``."""
@@ -384,20 +367,41 @@ class Scheduler:
     # -- firing -------------------------------------------------------------
 
     def _on_time(self, key: str, at: datetime) -> None:
-        """An APScheduler job: fire ``key`` unless the schedule moved on meanwhile."""
+        """An APScheduler job: fire ``key`` once the clock reads ``at``, unless the schedule
+        moved on meanwhile; either way ``key`` leaves :attr:`scheduled`."""
         try:
             with self._lock:
+                if not self._until(key, at):
+                    return  # moved or removed by a reload racing this job, or stopping
+                del self._planned[key]
                 event = self._events.get(key)
                 if event is None or event.at != at:
-                    return  # moved or removed by a reload racing this job
+                    return
                 now = max(self.clock(), at)
                 if status(self.ledger, [event], now, grace=self.service.settings.grace)[0].state == "due":
                     self._fire(event, now)
         except Exception:  # the leader's catch-up tries again within a second
             log.exception("firing %s failed", key)
 
-    def _catch_up(self) -> None:
-        """Fire what is due and has not fired; record as missed what is past the grace period."""
+    def _until(self, key: str, at: datetime) -> bool:
+        """Wait, the lock released, until the clock reads ``at``: False if ``key`` stops being
+        planned for ``at`` or the scheduler stops meanwhile. Holds ``_lock``.
+
+        APScheduler runs the job at the real instant computed when it was planned; if the clock
+        stood still since (a test holding it while the scheduler starts) it reads less than ``at``
+        then, and firing anyway would fire early."""
+        while self._planned.get(key) == at and not self._stop.is_set():
+            remaining = (at - self.clock()).total_seconds()
+            if remaining <= 0:
+                return True
+            self._changed.wait(remaining)
+        return False
+
+    def catch_up(self) -> None:
+        """Fire what is due and has not fired; record as missed what is past the grace period.
+
+        The leader's loop runs this every tick; it fires nothing unless this scheduler leads.
+        Returns when done, so a caller knows that nothing due at the clock's present is left."""
         with self._lock:
             now = self.clock()
             for s in status(self.ledger, self._events.values(), now, grace=self.service.settings.grace):
@@ -415,7 +419,7 @@ class Scheduler:
 
     def _fire(self, event: timeline.Event, now: datetime) -> str | None:
         """Fire one due event through Service.fire, if this scheduler leads. Holds ``_lock``."""
-        if not self.lease.held or event.at is None:
+        if not self.is_leader or event.at is None:
             return None
         late = now - event.at > LATE_AFTER
         # Due by this scheduler's clock (which `run --now` may set): never "early".

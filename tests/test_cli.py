@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from email import message_from_string, policy
 
+import httpx
 import pytest
 
-from tests.conftest import Project, SmtpServer
+from tests.conftest import Project, SmtpServer, free_port, wait_until
 
 JANE = "jane.smith@telford-wrekin-csp.example"
 
@@ -138,19 +143,18 @@ def test_unknown_names_exit_1_with_a_message_naming_them(wide: Project, args: tu
     assert "Traceback" not in result.stderr
 
 
+def _healthy(url: str) -> bool:
+    """Whether ``url`` answers 200 (False while the server is not up yet)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @pytest.mark.slow
 def test_run_fires_an_event_when_it_comes_due_and_stops_cleanly(
     project: Project, redis_url: str, smtp_server: SmtpServer
 ) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    from tests.conftest import free_port
-
     port = free_port()
     project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
                         "NOTIFIER_WEB_BIND": f"127.0.0.1:{port}"})
@@ -161,19 +165,10 @@ def test_run_fires_an_event_when_it_comes_due_and_stops_cleanly(
     )
     try:
         deadline = time.monotonic() + 30
-        health = None
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz?require=workers,scheduler", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert health is not None and health.status_code == 200, "run serves /healthz with a worker and a leader"
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz?require=workers,scheduler"), 30,
+                   "run to serve /healthz with a worker and a leader")
         assert smtp_server.handler.count() == 0, "nothing is sent before the event is due"
-        while smtp_server.handler.count() < 36 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: smtp_server.handler.count() >= 36, deadline - time.monotonic(), "the 36 e-mails")
         assert smtp_server.handler.count() == 36
     finally:
         process.send_signal(signal.SIGTERM)
