@@ -62,7 +62,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from notifier import __version__
 from notifier import report as reporting
 from notifier.broker import NAMESPACE, redis_url, workers_alive
-from notifier.config import Settings
+from notifier.config import Settings, read_yaml
 from notifier.errors import ConfigError, Problem
 from notifier.ledger import Ledger
 from notifier.redaction import redact
@@ -154,8 +154,6 @@ class Branding:
     def load(cls, settings: Settings) -> Branding:
         """From ``notifier.yaml`` only (not lists or consultations, which a page never needs:
         a mistake in one of those must not take the unsubscribe page down). Empty if unreadable."""
-        from notifier.config import read_yaml
-
         problems: list[Problem] = []
         data, _ = read_yaml(settings.config_dir / "notifier.yaml", problems)
         if not isinstance(data, dict):
