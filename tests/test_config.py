@@ -60,6 +60,20 @@ def test_settings_come_from_the_environment_with_the_contract_defaults(tmp_path:
     assert token_variable("pcc-facebook") == "NOTIFIER_PCC_FACEBOOK_TOKEN"
 
 
+def test_only_upper_case_non_empty_variables_are_settings() -> None:
+    settings = Settings.from_env({"notifier_redis_url": "redis://h:1/3", "NOTIFIER_DATA_DIR": "",
+                                  "NOTIFIER_WEB_BIND": "0.0.0.0:80", "NOTIFIER_ENV": "{}"})
+    assert (settings.redis_url, settings.data_dir, settings.web_bind) == (None, Path("var"), "0.0.0.0:80")
+    assert Settings.from_env({"NOTIFIER_PUBLIC_URL": "https://notify.example/"}).public_url == "https://notify.example"
+
+
+def test_settings_made_directly_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", "redis://h:1/3")
+    monkeypatch.setenv("NOTIFIER_PCC_X_TOKEN", "t0k")
+    assert Settings(web_bind="127.0.0.1:0").redis_url is None and Settings().token("pcc-x") is None
+    assert Settings.from_env().redis_url == "redis://h:1/3" and Settings.from_env().token("pcc-x") == "t0k"
+
+
 def test_embedded_secret_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     settings = Settings.from_env({"NOTIFIER_DATA_DIR": str(tmp_path)})
     key = settings.secret_key()

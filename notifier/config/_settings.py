@@ -146,14 +146,19 @@ class Settings(BaseSettings):
 
 
 class _Environment(EnvSettingsSource):
-    """pydantic-settings' environment source, over a given mapping rather than ``os.environ``."""
+    """pydantic-settings' environment source, over a given mapping rather than ``os.environ``.
+
+    pydantic-settings matches names ignoring case; names in a POSIX environment are
+    case-sensitive and the contract's are upper-case, so only upper-case names are read
+    (``notifier_config`` is not ``NOTIFIER_CONFIG``, and cannot shadow it).
+    """
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         super().__init__(settings_cls)
         self.env_vars = {
-            name if self.case_sensitive else name.lower(): value
+            name.lower(): value
             for name, value in environ.items()
-            if not (self.env_ignore_empty and value == "")
+            if name == name.upper() and not (self.env_ignore_empty and value == "")
         }
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
