@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from notifier.config import Member, StakeholderList, collector_paused
+from notifier.config import Member, StakeholderList
+from notifier.memo import collector_paused
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
@@ -68,36 +69,6 @@ class Audience:
             if item.recipient.key == key:
                 return item.recipient
         return None
-
-
-def find_cycle(lists: Mapping[str, StakeholderList], start: str) -> list[str] | None:
-    """The include path from ``start`` back to itself, e.g. ``[a, b, a]``, or None.
-
-    A depth-first walk with its own stack rather than recursion, so a chain of includes
-    thousands of lists deep is walked like a short one (no RecursionError).
-    """
-    if start not in lists:
-        return None
-    path = [start]
-    on_path = {start}
-    done: set[str] = set()
-    pending = [iter(lists[start].include)]  # pending[i]: what path[i] has left to visit
-    while pending:
-        included = next(pending[-1], None)
-        if included is None:
-            finished = path.pop()
-            on_path.discard(finished)
-            done.add(finished)
-            pending.pop()
-            continue
-        if included in on_path:
-            return [*path[path.index(included) :], included]
-        if included in done or included not in lists:
-            continue
-        path.append(included)
-        on_path.add(included)
-        pending.append(iter(lists[included].include))
-    return None
 
 
 def expand(lists: Mapping[str, StakeholderList], names: Iterable[str]) -> list[str]:

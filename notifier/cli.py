@@ -26,17 +26,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from notifier import __version__, timeline
+from notifier import report as reporting
 from notifier.audience import Recipient, resolve
+from notifier.broker import connect
 from notifier.channels import limits
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
-from notifier.ledger import STATUSES, SUCCEEDED, Record
+from notifier.ledger import STATUSES, SUCCEEDED, Ledger, Record
+from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
+from notifier.rehearsal import rehearse as run_rehearsal
 from notifier.rendering import Renderer
-from notifier.validation import check, load_and_check
+from notifier.scheduler import offset_clock, serve
+from notifier.scheduler import status as event_states
+from notifier.service import Service
+from notifier.tokens import sign
+from notifier.validation import check, check_event, load_and_check
 
 # emoji=False: text from templates and config is printed as it is (``:x:`` stays ``:x:``); every
 # print of such text also passes markup=False, so ``[red]`` is not taken for a style either.
@@ -64,7 +72,7 @@ def _load(settings: Settings) -> Config:
 def _local(moment: datetime | None, config: Config) -> str:
     if moment is None:
         return "on demand"
-    local = timeline.normalise(moment, config.tz)
+    local = normalise(moment, config.tz)
     return f"{local:%a %d %b %Y %H:%M %Z}"
 
 
@@ -112,10 +120,7 @@ def validate() -> None:
     )
 
 
-def _ledger_or_none(settings: Settings) -> Any:
-    from notifier.broker import connect
-    from notifier.ledger import Ledger
-
+def _ledger_or_none(settings: Settings) -> Ledger | None:
     try:
         return Ledger(connect(settings))
     except EmbeddedDataError:
@@ -143,12 +148,10 @@ def plan(consultation: str | None) -> None:
         columns.insert(1, "Consultation")
     for column in columns:
         table.add_column(column, no_wrap=column in ("When", "Event"), overflow="fold")
-    from notifier.scheduler import status
-
     now = datetime.now(UTC)
     for item in consultations:
         events = timeline.events(item, config.tz)
-        states = status(ledger, events, now, grace=settings.grace) if ledger else []
+        states = event_states(ledger, events, now, grace=settings.grace) if ledger else []
         for i, event in enumerate(events):
             audience = resolve(config.lists, event.audience, suppressed=suppressed)
             size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
@@ -182,9 +185,6 @@ def _preview_key(settings: Settings) -> bytes | None:
 @click.option("--to", "to", help="Render the e-mail for this stakeholder (default: the first).")
 def preview(consultation: str, event: str, channel: str | None, to: str | None) -> None:
     """Render exactly what would be sent, without sending or recording anything."""
-    from notifier.tokens import sign
-    from notifier.validation import check_event
-
     settings = _settings()
     config = _load(settings)
     item = config.consultation(consultation)
@@ -265,8 +265,6 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, 
     if dry_run:
         _dry_run(settings, consultation, event)
         return
-    from notifier.service import Service
-
     service = Service(settings)
     try:
         occurrence_id = service.fire(consultation, event, again=again, early=early, warn=lambda p: _problems([p]))
@@ -316,8 +314,6 @@ def _progress_lines() -> Any:
 def retry(consultation: str, event: str, wait: bool) -> None:
     """Put the failed deliveries of the event's latest occurrence back to pending (same
     Message-ID) and deliver only those."""
-    from notifier.service import Service
-
     service = Service(_settings())
     try:
         occurrence_id, count = service.retry(consultation, event)
@@ -429,8 +425,6 @@ def worker(processes: int, threads: int) -> None:
     if processes > 1:
         _supervise(processes, threads)
         return
-    from notifier.service import Service
-
     settings = _settings()
     service = Service(settings)
     stop = threading.Event()
@@ -466,10 +460,6 @@ def _supervise(processes: int, threads: int) -> None:
 @click.option("--event", "event", help="Only this event.")
 def report(consultation: str, fmt: str, event: str | None) -> None:
     """The delivery ledger: counts per event and channel, and a row per delivery."""
-    from notifier import report as reporting
-    from notifier.broker import connect
-    from notifier.ledger import Ledger
-
     settings = _settings()
     config = _load(settings)
     config.consultation(consultation)
@@ -557,6 +547,8 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
 def web() -> None:
     """The HTTP service: unsubscribe pages, health and metrics, on NOTIFIER_WEB_BIND."""
     _service_logging()
+    # Imported here, not at the top, for the start-up time of every other command: Starlette,
+    # uvicorn and h11 are a tenth of what `notifier validate` or `plan` spends importing.
     from notifier.web import make_server
 
     settings = _settings()
@@ -578,8 +570,6 @@ def web() -> None:
 def scheduler() -> None:
     """Fire scheduled events on time; with several running, only the leader fires."""
     _service_logging()
-    from notifier.scheduler import serve
-
     settings = _settings()
     stop = threading.Event()
     _stop_on((signal.SIGTERM, signal.SIGINT), stop)
@@ -597,9 +587,7 @@ def scheduler() -> None:
 def run(threads: int, now: str | None) -> None:
     """Scheduler, worker and web together on one machine (embedded Redis unless NOTIFIER_REDIS_URL)."""
     _service_logging()
-    from notifier.scheduler import offset_clock, serve
-    from notifier.service import Service
-    from notifier.web import make_server
+    from notifier.web import make_server  # start-up time: see web()
 
     settings = _settings()
     config = _load(settings)
@@ -630,7 +618,7 @@ def _parse_now(value: str, config: Config) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise UsageError(f"--now: {value!r} is not a date and time like '2019-07-09 08:59'") from None
-    return timeline.normalise(moment if moment.tzinfo else moment.replace(tzinfo=config.tz), config.tz)
+    return normalise(moment if moment.tzinfo else moment.replace(tzinfo=config.tz), config.tz)
 
 
 # ---------------------------------------------------------------------------
@@ -642,8 +630,6 @@ def _parse_now(value: str, config: Config) -> datetime:
 @click.argument("consultation")
 def rehearse(consultation: str) -> None:
     """Fire the whole timeline now, in order, into an outbox (never live), and show who gets what."""
-    from notifier.rehearsal import rehearse as run_rehearsal
-
     settings = _settings()
     config = _load(settings)
     result = run_rehearsal(settings, consultation)

@@ -1,4 +1,4 @@
-"""The exception tree.
+"""The exception tree: config problems with their file and line, transient or permanent delivery errors.
 
 Two families matter to callers:
 

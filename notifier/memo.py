@@ -1,15 +1,21 @@
-"""Values remembered by the identity of the immutable object they were computed from.
+"""Memory helpers for hot paths: values remembered by object identity, the collector paused.
 
-Some work is repeated on the very same objects many times over: the date filter on an
+:class:`ByIdentity` remembers values by the identity of the immutable object they were
+computed from. Some work is repeated on the very same objects many times over: the date filter on an
 occurrence's datetimes (every e-mail), a compiled template's globals (every render), the
 sample recipients of an audience shared by several events (every check). Those objects
 are immutable, so a value computed from one stays right for as long as it lives. Each entry
 holds its object, so its ``id`` cannot be reused by another object while the entry exists.
+
+:func:`collector_paused` pauses the cyclic garbage collector while a bulk of long-lived
+objects is made (loading, checking and resolving 100,000 stakeholders).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import contextlib
+import gc
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -35,3 +41,21 @@ class ByIdentity(Generic[V]):
             self._entries.clear()
         self._entries[(id(obj), extra)] = (obj, value)
         return value
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused, if it was running, for the duration.
+
+    Loading a config of 100,000 stakeholders, checking it and resolving its audiences each
+    allocate a few hundred thousand long-lived objects, and the collector would otherwise
+    run full passes over all of them several times on the way. Pausing only defers
+    collection: anything cyclic made meanwhile is collected once it runs again.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

@@ -15,6 +15,7 @@ are not (they are not HTML). A subject is one line.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +33,9 @@ from notifier.audience import Recipient
 from notifier.config import Config, Consultation
 from notifier.errors import ConfigError, Problem, TemplateLimitError
 from notifier.memo import ByIdentity
+from notifier.moments import normalise
 from notifier.sandbox import Sandbox
-from notifier.timeline import Event, days_left, normalise
+from notifier.timeline import Event, days_left
 
 EMAIL_NAMES = frozenset(
     {"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left"}
@@ -327,8 +329,6 @@ def _render(template: jinja2.Template, context: Context) -> str:
 
 
 def _first_line(source: str, name: str) -> int | None:
-    import re
-
     pattern = re.compile(rf"\b{re.escape(name)}\b")
     for number, line in enumerate(source.splitlines(), 1):
         if ("{{" in line or "{%" in line) and pattern.search(line):

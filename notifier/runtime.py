@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ class Runtime:
         settings = self.settings
         if self.rehearsal:
             account = account.model_copy(update={"outbox": True})
-            settings = replace(settings, env={})
+            settings = settings.model_copy(update={"env": {}})
         return registry.build_account_channel(account, settings, data_dir=self.data_dir)
 
     def _close_channels(self) -> None:

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import redis
 from apscheduler.jobstores.base import JobLookupError
@@ -57,9 +57,7 @@ from notifier.config import Config, Settings
 from notifier.errors import ConfigError
 from notifier.ledger import Ledger, Occurrence
 from notifier.runtime import config_signature
-
-if TYPE_CHECKING:
-    from notifier.service import Service
+from notifier.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -462,8 +460,6 @@ def serve(
     (``run``); otherwise one is made from ``settings`` and closed at the end. Raises
     ConfigError when the config is invalid at start.
     """
-    from notifier.service import Service
-
     own = service is None
     service = service or Service(settings)
     scheduler = Scheduler(service, clock=clock, reload_every=reload_every)

@@ -19,10 +19,11 @@ import redis
 
 from notifier import actors, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
-from notifier.config import Config, Settings, collector_paused, load_config
+from notifier.config import Config, Settings, load_config
 from notifier.delivery import BATCH
 from notifier.errors import ConfigError, Problem, UsageError
 from notifier.ledger import FINAL, Ledger
+from notifier.memo import collector_paused
 from notifier.runtime import Runtime
 from notifier.timeline import Event
 from notifier.validation import check, check_event

@@ -1,74 +1,18 @@
 """A consultation's events and when they fire. Pure.
 
-``at`` is ``opens`` or ``closes`` with optional ``+``/``-`` offsets in days, hours or
-minutes (``closes - 7d``, ``opens + 1d 2h``), or a datetime. Day offsets keep the local
-wall-clock time (a reminder 7 days before a 23:59 close is at 23:59 even across a clock
-change); hour and minute offsets are elapsed time. A local time that does not exist (the
-spring-forward gap) is read as the same wall time before the change, which lands after
-it; an ambiguous one (autumn) is its first occurrence. Either way an event is one instant
-and fires once.
+The ``at`` grammar, and how a local time reads when the clocks change, are in
+:mod:`notifier.moments`; this module applies them to a consultation's events.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from notifier.config import Consultation
 from notifier.errors import Problem, TooEarlyError
-
-_AT = re.compile(r"^\s*(opens|closes)(?:\s*([+-](?:\s*[+-]?\s*\d+\s*[dhm])+))?\s*$")
-_OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([dhm])")
-
-
-@dataclass(frozen=True, slots=True)
-class At:
-    """A parsed ``at`` expression: an anchor plus offsets, or a fixed moment."""
-
-    anchor: str | None = None
-    days: int = 0
-    minutes: int = 0
-    moment: datetime | None = None
-
-    def resolve(self, consultation: Consultation, tz: ZoneInfo) -> datetime:
-        """The local, aware instant this expression names for ``consultation``."""
-        if self.moment is not None:
-            return normalise(self.moment, tz)
-        base = consultation.opens if self.anchor == "opens" else consultation.closes
-        local = normalise(base, tz)
-        shifted = normalise(local + timedelta(days=self.days), tz)  # wall clock
-        return (shifted.astimezone(UTC) + timedelta(minutes=self.minutes)).astimezone(tz)
-
-
-def normalise(moment: datetime, tz: ZoneInfo) -> datetime:
-    """``moment`` as a real instant in ``tz`` (gap times move forward past the change)."""
-    return moment.astimezone(UTC).astimezone(tz)
-
-
-def parse_at(expression: str, tz: ZoneInfo) -> At:
-    """Parse an ``at`` expression; ValueError says what is wrong and what would be right."""
-    match = _AT.match(expression)
-    if match:
-        days = minutes = 0
-        current = "+"
-        for sign, number, unit in _OFFSET.findall(match.group(2) or ""):
-            current = sign or current  # "closes - 1d 2h" takes 1d and 2h off
-            n = int(number) * (-1 if current == "-" else 1)
-            if unit == "d":
-                days += n
-            else:
-                minutes += n * 60 if unit == "h" else n
-        return At(anchor=match.group(1), days=days, minutes=minutes)
-    try:
-        moment = datetime.fromisoformat(expression.strip())
-    except ValueError:
-        raise ValueError(
-            f"at: {expression!r} is not 'opens' or 'closes' with an optional offset "
-            "(e.g. 'closes - 7d', 'opens + 2h') nor a datetime (e.g. 2019-09-12 10:00)"
-        ) from None
-    return At(moment=moment if moment.tzinfo else moment.replace(tzinfo=tz))
+from notifier.moments import normalise, parse_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +43,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
     spec = consultation.events.get(name)
     at = None
     if spec is not None and spec.at is not None:
-        at = parse_at(spec.at, tz).resolve(consultation, tz)
+        at = parse_at(spec.at, tz).resolve(consultation.opens, consultation.closes, tz)
     return Event(
         consultation_id=consultation.id,
         name=name,
@@ -113,7 +57,6 @@ def days_left(consultation: Consultation, moment: datetime, tz: ZoneInfo) -> int
     """Whole calendar days from ``moment`` to the close, never negative."""
     closes = normalise(consultation.closes, tz).date()
     return max(0, (closes - normalise(moment, tz).date()).days)
-
 
 
 def check_timing(

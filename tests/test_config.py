@@ -60,6 +60,20 @@ def test_settings_come_from_the_environment_with_the_contract_defaults(tmp_path:
     assert token_variable("pcc-facebook") == "NOTIFIER_PCC_FACEBOOK_TOKEN"
 
 
+def test_only_upper_case_non_empty_variables_are_settings() -> None:
+    settings = Settings.from_env({"notifier_redis_url": "redis://h:1/3", "NOTIFIER_DATA_DIR": "",
+                                  "NOTIFIER_WEB_BIND": "0.0.0.0:80", "NOTIFIER_ENV": "{}"})
+    assert (settings.redis_url, settings.data_dir, settings.web_bind) == (None, Path("var"), "0.0.0.0:80")
+    assert Settings.from_env({"NOTIFIER_PUBLIC_URL": "https://notify.example/"}).public_url == "https://notify.example"
+
+
+def test_settings_made_directly_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", "redis://h:1/3")
+    monkeypatch.setenv("NOTIFIER_PCC_X_TOKEN", "t0k")
+    assert Settings(web_bind="127.0.0.1:0").redis_url is None and Settings().token("pcc-x") is None
+    assert Settings.from_env().redis_url == "redis://h:1/3" and Settings.from_env().token("pcc-x") == "t0k"
+
+
 def test_embedded_secret_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     settings = Settings.from_env({"NOTIFIER_DATA_DIR": str(tmp_path)})
     key = settings.secret_key()
@@ -205,23 +219,23 @@ def _mutations(count: int) -> list[str]:
 
 
 def test_the_fast_address_check_agrees_with_email_validator() -> None:
-    from notifier.config import _check_email, _fast_email, _slow_email
+    from notifier.config._email import check_email, fast_email, slow_email
 
     fast_hits = 0
     for address in [*TRICKY_ADDRESSES, *_mutations(4000)]:
         try:
-            expected: str | None = _slow_email(address)
+            expected: str | None = slow_email(address)
         except ValueError:
             expected = None
-        fast = _fast_email(address)
+        fast = fast_email(address)
         if fast is not None:
             fast_hits += 1
             assert fast == expected, address  # never accepts what email_validator rejects, same form
         if expected is None:
             with pytest.raises(ValueError):
-                _check_email(address)
+                check_email(address)
         else:
-            assert _check_email(address) == expected, address
+            assert check_email(address) == expected, address
     assert fast_hits > 1000  # the fast path is exercised, not just skipped
 
 

@@ -740,12 +740,11 @@ def test_web_bind_rejects_nonsense_naming_the_variable(bind: str) -> None:
 def test_admin_api_serves_the_report_and_suppressions_only_with_the_token(
     servers: Servers, tmp_path: Path, redis_url: str, http: httpx.Client, ledger: Ledger
 ) -> None:
-    from dataclasses import replace
     from datetime import UTC, datetime
 
     from notifier.ledger import Record
 
-    settings = replace(make_settings(tmp_path, redis_url), env={"NOTIFIER_ADMIN_TOKEN": "admin-secret"})
+    settings = make_settings(tmp_path, redis_url).model_copy(update={"env": {"NOTIFIER_ADMIN_TOKEN": "admin-secret"}})
     base = servers.start(settings)
     occurrence = ledger.claim_occurrence("soc-strategy-2019", "opened", at=datetime(2019, 7, 9, 8, tzinfo=UTC))
     assert occurrence is not None

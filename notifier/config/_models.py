@@ -1,0 +1,237 @@
+"""The typed, frozen models of ``config/``: lists and members, accounts, consultations, the whole Config.
+
+The bottom of :mod:`notifier.config`, so that the modules built on the models (audience,
+timeline, rendering, ...) can import them without importing the loader: it imports only
+:mod:`notifier.errors` and the address checks of :mod:`notifier.config._email`, which import
+nothing of notifier's. Where each thing was written (:class:`Where`, :class:`Lines`) is part
+of the model, for messages that name a file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+
+from notifier.config._email import check_email
+from notifier.errors import Problem, UsageError
+
+EMAIL_CHANNEL = "email"
+PLATFORMS = ("x", "facebook", "mastodon", "bluesky", "webhook")
+DEFAULT_EVENTS = {"opened": "opens", "reminder": "closes - 7d", "closed": "closes"}
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+ID = re.compile(ID_PATTERN)
+
+
+@dataclass
+class Lines:
+    """Where things are in one YAML file, by key path (``("lists", "police", "include", 1)``).
+
+    ``entries`` has the line of each mapping entry (its key's line, so an error about the list
+    ``police`` points at ``police:``, not at the block below it) and of each sequence item.
+    ``values`` has the line of each scalar value, for messages about the value itself.
+    """
+
+    entries: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    values: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    def line(self, loc: tuple[Any, ...]) -> int | None:
+        """The line of the entry ``loc``, or of its deepest known parent."""
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.entries:
+                return self.entries[loc[:n]]
+        return None
+
+    def value_line(self, loc: tuple[Any, ...]) -> int | None:
+        """The line of the scalar value at ``loc`` (for ``key:`` then the value on the next
+        line, the value's line); the entry's line when the value is not a scalar."""
+        return self.values.get(loc) or self.line(loc)
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A place in the config: file and 1-based line (``None`` when unknown)."""
+
+    path: str
+    line: int | None = None
+
+    def problem(self, message: str) -> Problem:
+        """An error at this place."""
+        return Problem.at(self.path, self.line, message)
+
+    def warning(self, message: str) -> Problem:
+        """A warning at this place."""
+        return Problem.warn(self.path, self.line, message)
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Text = Annotated[str, BeforeValidator(_strip), Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0 controls, DEL and C1 controls
+
+
+def _no_control(value: str) -> None:
+    """ValueError naming the first control character in ``value`` (a line break, a NUL, ...)."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        code = ord(found.group())
+        what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
+        raise ValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
+                         "are one line of text")
+
+
+class Member(BaseModel):
+    """A stakeholder: ``email`` required; ``name``, ``organisation``, ``subscribed`` optional.
+
+    Any other key is kept and reaches templates as ``recipient.<key>``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=True)
+
+    email: str
+    name: str | None = None
+    organisation: str | None = None
+    subscribed: bool = True
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return check_email(value)
+
+    @field_validator("name", "organisation")
+    @classmethod
+    def _one_plain_line(cls, value: str | None) -> str | None:
+        # The name goes into the To header of every e-mail: a CR, LF or NUL there is header
+        # injection or SMTP smuggling (C\r.\rMAIL FROM:...), whatever the MIME writer does.
+        if value is not None:
+            _no_control(value)
+        return value
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Keys beyond the known ones, for templates."""
+        return dict(self.model_extra or {})
+
+
+class StakeholderList(_Model):
+    """A named list of members, optionally including other lists by id."""
+
+    id: str = ""
+    name: Text | None = None
+    members: tuple[Member, ...] = ()
+    include: tuple[str, ...] = ()
+    where: Where = Where("")
+    _lines: Lines = PrivateAttr(default_factory=Lines)
+
+    def line(self, *key: Any) -> int | None:
+        """The line of ``key`` in this list (e.g. ``"include", 0``); the list's own line if unknown."""
+        return self._lines.line(("lists", self.id, *key)) or self.where.line
+
+
+class Account(_Model):
+    """A social account or website: a channel named by its id."""
+
+    id: str = ""
+    platform: Literal["x", "facebook", "mastodon", "bluesky", "webhook"]
+    page_id: Text | None = None
+    graph_version: Annotated[str, Field(pattern=r"^v\d+\.\d+$")] = "v26.0"
+    instance: Text | None = None
+    handle: Text | None = None
+    url: Text | None = None
+    api_base: Text | None = None
+    outbox: bool = False
+    where: Where = Where("")
+
+
+class EmailSettings(_Model):
+    """The sender of every e-mail."""
+
+    from_: Text = Field(alias="from")
+    reply_to: Text | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class EventSpec(_Model):
+    """An event of a consultation: when it fires (``at``; none for on-demand events such as
+    an outcome) and optionally narrower ``channels`` and ``audience``."""
+
+    name: str = ""
+    at: str | None = None
+    channels: tuple[str, ...] | None = None
+    audience: tuple[str, ...] | None = None
+    where: Where = Where("")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at_text(cls, value: Any) -> Any:
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        return value
+
+
+class Consultation(_Model):
+    """A consultation: opens and closes (aware datetimes), who hears of it and how."""
+
+    id: str = ""
+    title: Text
+    url: Text
+    summary: Text
+    opens: datetime
+    closes: datetime
+    audience: tuple[str, ...] = Field(min_length=1)
+    channels: tuple[str, ...] = Field(min_length=1)
+    contact: Text | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    events: dict[str, EventSpec] = Field(default_factory=dict)
+    where: Where = Where("")
+    _lines: Lines = PrivateAttr(default_factory=Lines)
+
+    def line(self, *key: Any) -> int | None:
+        """The line in this consultation's file of ``key`` (e.g. ``"audience", 0``)."""
+        return self._lines.line(key)
+
+
+class Config(_Model):
+    """The whole, validated configuration."""
+
+    root: Path
+    organisation: Text
+    timezone: str = "Europe/London"
+    email: EmailSettings
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    templates: Path
+    lists: dict[str, StakeholderList] = Field(default_factory=dict)
+    consultations: dict[str, Consultation] = Field(default_factory=dict)
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The configured timezone."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Every channel name: ``email`` and each account id."""
+        return (EMAIL_CHANNEL, *self.accounts)
+
+    def consultation(self, consultation_id: str) -> Consultation:
+        """The consultation with this id, or a :class:`UsageError` listing the known ones."""
+        try:
+            return self.consultations[consultation_id]
+        except KeyError:
+            known = ", ".join(sorted(self.consultations)) or "none"
+            raise UsageError(f"unknown consultation {consultation_id!r} (known: {known})") from None
