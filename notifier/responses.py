@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, validate_email
 
+from notifier.config import read_csv_text
 from notifier.errors import Problem, ResponsesFileError
 from notifier.store import NewResponse, Response, Store
 
@@ -43,7 +44,7 @@ class _Row:
 def read(path: Path, tz: ZoneInfo) -> list[NewResponse]:
     """The responses in ``path``, or :class:`ResponsesFileError` listing every bad row."""
     problems: list[Problem] = []
-    text = _text(path, problems)
+    text = read_csv_text(path, problems, what="a responses file")
     rows = _rows(path, text, tz, problems) if text is not None else []
     if problems:
         raise ResponsesFileError(problems)
@@ -56,27 +57,6 @@ def import_file(store: Store, consultation: str, path: Path, tz: ZoneInfo) -> li
     Nothing is recorded when the file has a bad row.
     """
     return store.add_responses(consultation, read(path, tz))
-
-
-def _text(path: Path, problems: list[Problem]) -> str | None:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        problems.append(Problem.at(path, None, f"cannot read the responses file: {exc.strerror}"))
-        return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        problems.append(Problem.at(
-            path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x} on this line): save the file as "
-            '"CSV UTF-8" (in Excel: File > Save As > CSV UTF-8 (Comma delimited))'))
-        return None
-    if not text.strip():
-        problems.append(Problem.at(path, None, "empty file: a responses file needs a header row with an "
-                                   "'email' column"))
-        return None
-    return text
 
 
 def _rows(path: Path, text: str, tz: ZoneInfo, problems: list[Problem]) -> list[_Row]:

@@ -19,6 +19,7 @@ every key and value), ``_csv`` (CSV lists), ``_checks`` (cross-file checks),
 """
 
 from notifier.config._checks import find_cycle
+from notifier.config._csv import read_csv_text
 from notifier.config._load import load_config, load_partial
 from notifier.config._models import (
     DEFAULT_EVENTS,
@@ -61,6 +62,7 @@ __all__ = [
     "find_cycle",
     "load_config",
     "load_partial",
+    "read_csv_text",
     "read_yaml",
     "token_variable",
 ]

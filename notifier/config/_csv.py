@@ -29,7 +29,7 @@ def list_from_csv(path: Path, problems: list[Problem]) -> StakeholderList | None
             where.problem(f"list id {list_id!r} (the file name) must be lower-case letters, digits, - or _")
         )
         return None
-    text = _read_csv_text(path, problems)
+    text = read_csv_text(path, problems)
     if text is None:
         return None
     # At 100,000 rows the cyclic collector would otherwise run full passes over the growing
@@ -68,12 +68,14 @@ def _csv_list(list_id: str, path: Path, text: str, where: Where, problems: list[
     return StakeholderList(id=list_id, name=None, members=tuple(members), where=where)
 
 
-def _read_csv_text(path: Path, problems: list[Problem]) -> str | None:
-    """The text of a CSV file, or None with a problem saying how to save it as UTF-8."""
+def read_csv_text(path: Path, problems: list[Problem], *, what: str = "a CSV list") -> str | None:
+    """The text of a CSV file (a UTF-8 BOM dropped), or None with a problem saying what is
+    wrong: unreadable, not UTF-8 (with the line of the first bad byte and how to save it as
+    UTF-8), or empty (``what`` names the kind of file in that message)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        problems.append(Problem.at(path, None, f"cannot read CSV: {exc}"))
+        problems.append(Problem.at(path, None, f"cannot read {what}: {exc.strerror}"))
         return None
     try:
         text = data.decode("utf-8-sig")
@@ -85,7 +87,7 @@ def _read_csv_text(path: Path, problems: list[Problem]) -> str | None:
         ))
         return None
     if not text.strip():
-        problems.append(Problem.at(path, None, "empty file: a CSV list needs a header row with an 'email' column"))
+        problems.append(Problem.at(path, None, f"empty file: {what} needs a header row with an 'email' column"))
         return None
     return text
 
