@@ -33,7 +33,7 @@ import yaml
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from notifier.errors import ConfigError, Problem
+from notifier.errors import ConfigError, InvalidValueError, Problem
 
 EMAIL_CHANNEL = "email"
 PLATFORMS = ("x", "facebook", "mastodon", "bluesky", "webhook")
@@ -233,7 +233,7 @@ def _slow_email(value: str) -> str:
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
-        raise ValueError(f"invalid e-mail address {value!r}: {exc}") from None
+        raise InvalidValueError(f"invalid e-mail address {value!r}: {exc}") from None
 
 
 # An ASCII dot-atom local part (RFC 5322 3.2.3: atext separated by single dots), which
@@ -305,8 +305,8 @@ def _no_control(value: str) -> None:
     if found is not None:
         code = ord(found.group())
         what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
-        raise ValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
-                         "are one line of text")
+        raise InvalidValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
+                                "are one line of text")
 
 
 class Member(BaseModel):
@@ -641,11 +641,11 @@ def _parse_moment(value: Any, tz: ZoneInfo) -> datetime:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{value!r} is not a date and time (use 2019-07-09 09:00, or ISO 8601 with an offset)"
             ) from None
     else:
-        raise ValueError(f"{value!r} is not a date and time")
+        raise InvalidValueError(f"{value!r} is not a date and time")
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 

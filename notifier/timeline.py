@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from notifier.config import Consultation
-from notifier.errors import Problem, TooEarlyError
+from notifier.errors import InvalidValueError, Problem, TooEarlyError
 
 _AT = re.compile(r"^\s*(opens|closes)(?:\s*([+-](?:\s*[+-]?\s*\d+\s*[dhm])+))?\s*$")
 _OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([dhm])")
@@ -64,7 +64,7 @@ def parse_at(expression: str, tz: ZoneInfo) -> At:
     try:
         moment = datetime.fromisoformat(expression.strip())
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"at: {expression!r} is not 'opens' or 'closes' with an optional offset "
             "(e.g. 'closes - 7d', 'opens + 2h') nor a datetime (e.g. 2019-09-12 10:00)"
         ) from None
