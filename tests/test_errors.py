@@ -25,6 +25,7 @@ import pytest
 
 import notifier
 import notifier.errors
+from notifier.config import Settings
 from notifier.errors import (
     DeliveryError,
     InvalidValueError,
@@ -33,8 +34,11 @@ from notifier.errors import (
     TransientDeliveryError,
     UsageError,
 )
+from notifier.service import Service
+from tests.conftest import Project, SmtpServer
 
 PACKAGE = Path(notifier.__file__).parent
+ZOE = "zoe.olafsdottir@shropshire-csp.example"
 
 #: Builtins any module may raise: neither is a failure of the input.
 ALLOWED_ANYWHERE: dict[type[BaseException], str] = {
@@ -201,7 +205,8 @@ def test_the_check_tells_what_each_raise_raises_however_it_is_written() -> None:
     assert by_site[("parse_received", "InvalidValueError")] == [InvalidValueError]
     assert by_site[("Config.consultation", "UsageError")] == [UsageError]  # imported in the function
     assert by_site[("SmtpChannel._open", "TimeoutError")] == [TimeoutError]
-    assert set(by_site[("SmtpChannel.send", "translate")]) == {TransientDeliveryError, PermanentDeliveryError}
+    made: set[type[BaseException]] = {TransientDeliveryError, PermanentDeliveryError}
+    assert set(by_site[("SmtpChannel.send", "translate")]) == made  # what the maker returns
     assert by_site[("FacebookChannel.send", "exc")] == [DeliveryError]  # exc = http.error_for(...)
     assert by_site[("transaction", "_refused")] == [smtplib.SMTPException]
     assert by_site[("Recorder.flush", "errors[0]")] == [None]  # cannot be told: listed by hand
@@ -247,8 +252,38 @@ def test_the_docstring_draws_every_error_class_under_its_parent_and_nothing_else
     tree, classes = _tree(), _classes()
     assert sorted(tree) == sorted(classes)
     for name, cls in classes.items():
-        ours = [base.__name__ for base in cls.__bases__ if base.__module__ == "notifier.errors"]
+        ours: list[str | None] = [base.__name__ for base in cls.__bases__ if base.__module__ == "notifier.errors"]
         assert [tree[name]] == (ours or [None]), f"{name} is drawn under {tree[name]}, but derives from {ours}"
+
+
+def test_a_template_that_fails_for_one_recipient_fails_that_delivery_once_and_the_rest_go_out(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    """A render failure at delivery time (a RenderError, here from a FilterError) fails the
+    delivery permanently, as ``cannot render: PATH:LINE: message``, and is not retried."""
+    template = project.templates / "opened" / "email.j2"
+    source = template.read_text(encoding="utf-8")
+    template.write_text(source.replace(
+        "{% block text %}",
+        "{% block text %}{% if recipient.email == '" + ZOE + "' %}{{ recipient.name | date }}{% endif %}",
+        1,
+    ), encoding="utf-8")
+    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url})
+    service = Service(Settings.from_env(project.env))
+    try:
+        occurrence = service.fire("soc-strategy-2019", "opened")
+        assert occurrence is not None
+        with service.worker(threads=2):
+            progress = service.wait(occurrence, timeout=60)
+        assert progress.finished, progress
+        record = service.ledger.record(occurrence, "email", ZOE)
+    finally:
+        service.close()
+    assert record is not None and (record.status, record.attempts) == ("failed", 1)
+    assert record.error == (f"cannot render: {template}:9: template error: the date filter needs a date and time, "
+                            "not str")
+    assert not smtp_server.handler.to(ZOE) and smtp_server.handler.count() > 1
+    assert progress.failed == 1
 
 
 @pytest.mark.parametrize("name", ["BadToken", "RedisUnavailable"])
