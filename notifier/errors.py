@@ -27,6 +27,10 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     └── StoreError                   the SQL record cannot be used; exit 1
         └── SchemaBehindError        the database schema is older than notifier: run notifier db upgrade
 
+A :class:`ConfigError` carries every problem found at once, each with its file and line, so
+the policy team fixes them in one pass. Channels map the far side's answers: transient is
+SMTP 4xx, connection errors, timeouts, HTTP 429 and 5xx; permanent is SMTP 5xx and other HTTP 4xx.
+
 Three also subclass the builtin that callers (and libraries) catch: :class:`InvalidValueError`
 (and so :class:`BadToken`) is a ``ValueError``, which pydantic validators must raise to be
 reported as a validation error; :class:`UnknownOccurrenceError` is a ``KeyError``, as a lookup
