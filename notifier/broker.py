@@ -54,7 +54,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from notifier.config import Settings
-from notifier.errors import EmbeddedDataError, NotifierError
+from notifier.errors import EmbeddedDataError, RedisUnavailable
 from notifier.redaction import redact
 
 NAMESPACE = "notifier"
@@ -76,10 +76,6 @@ ADVICE = (
 )
 #: How long an enqueue waits for Redis to come back before it fails.
 ENQUEUE_PATIENCE_S = 120.0
-
-
-class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
-    """Redis could not be reached or started."""
 
 
 # ---------------------------------------------------------------------------

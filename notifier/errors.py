@@ -1,13 +1,41 @@
-"""The exception tree: config problems with their file and line, transient or permanent delivery errors.
+"""The exception tree: every error notifier raises on purpose is one of these.
 
-Two families matter to callers:
+Code under ``notifier/`` raises only these classes, besides a builtin for a caller's
+programming error and the few foreign errors listed (with the reason) in
+``tests/test_errors.py``, which checks every ``raise`` and checks that this tree and the
+classes below agree. Channels translate foreign errors into :class:`DeliveryError` at the
+boundary. Each class, what it means, and how the CLI and the worker treat it::
 
-* :class:`ConfigError` carries every problem found in ``config/`` and ``templates/``
-  at once, each with the file and line, so the policy team fixes them in one pass.
-* :class:`DeliveryError` splits into :class:`TransientDeliveryError` (try again later:
-  SMTP 4xx, connection errors, timeouts, HTTP 429 and 5xx) and
-  :class:`PermanentDeliveryError` (never retried: SMTP 5xx, other HTTP 4xx).
-  Channels translate foreign errors into these at the boundary.
+    NotifierError                    on purpose; the CLI prints "error: <message>" and exits 1
+    ├── ConfigError                  config/templates invalid; CLI prints each PATH:LINE problem, exits 1
+    │   ├── RenderError              a template failed to render; a worker fails the delivery, no retry
+    │   └── ResponsesFileError       a responses CSV has bad rows (FILE:LINE each); nothing imported
+    ├── InvalidValueError            a value a user wrote is not valid; loaders report it at its PATH:LINE
+    │   └── BadToken                 an unsubscribe token not made with our key; the page answers 400
+    ├── TemplateLimitError           a render went over its time, output or value size: a RenderError
+    ├── FilterError                  a filter got what it cannot use (date of a text): a RenderError
+    ├── UsageError                   a command asked for what does not exist; exit 1, actors never retry
+    │   └── TooEarlyError            fired a scheduled event before its time without --early; exit 1
+    ├── UnknownOccurrenceError       the ledger has no such occurrence; a worker retries the message
+    ├── DeliveryError                a delivery did not happen; provider_reply is what the far side said
+    │   ├── TransientDeliveryError   retried with backoff; failed after NOTIFIER_MAX_ATTEMPTS
+    │   │   ├── UnreachableError     refused, reset, timed out; counted by the channel's circuit breaker
+    │   │   └── ChannelPausedError   breaker open: not attempted, stays pending, attempt not counted
+    │   └── PermanentDeliveryError   recorded failed, never retried (send --wait exits 2); bounce suppresses
+    ├── RedisUnavailable             Redis cannot be reached or started; exit 1 (plan: "state unknown")
+    ├── EmbeddedDataError            embedded Redis data unsafe to load; every command stops, exit 1
+    └── StoreError                   the SQL record cannot be used; exit 1
+        └── SchemaBehindError        the database schema is older than notifier: run notifier db upgrade
+
+A :class:`ConfigError` carries every problem found at once, each with its file and line, so
+the policy team fixes them in one pass. Channels map the far side's answers: transient is
+SMTP 4xx, connection errors, timeouts, HTTP 429 and 5xx; permanent is SMTP 5xx and other HTTP 4xx.
+
+Three also subclass the builtin that callers (and libraries) catch: :class:`InvalidValueError`
+(and so :class:`BadToken`) is a ``ValueError``, which pydantic validators must raise to be
+reported as a validation error; :class:`UnknownOccurrenceError` is a ``KeyError``, as a lookup
+of an unknown key is. :class:`RenderError` is a :class:`ConfigError`: a template that does not
+render is a template to fix, printed by ``validate`` and ``preview`` as every other problem.
 """
 
 from __future__ import annotations
@@ -55,6 +83,16 @@ class ConfigError(NotifierError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class RenderError(ConfigError):
+    """A template did not render: missing, not compiling, an undefined name, over its limits,
+    a filter given the wrong thing. ``problems`` says where, as for every ConfigError.
+
+    Its own class so a caller can tell a template that fails at delivery time from a config
+    that does not load; a ConfigError still, so ``validate`` and ``preview`` print it as every
+    other problem and a worker fails the delivery permanently (``cannot render: ...``).
+    """
+
+
 class TemplateLimitError(NotifierError):
     """A template went over what one render may use: time, output or the size of a value.
 
@@ -68,6 +106,25 @@ class TemplateLimitError(NotifierError):
         self.line = line
 
 
+class FilterError(NotifierError):
+    """A template filter was given what it cannot use (``date`` given text, say). Raised
+    inside a render, which reports it as a :class:`RenderError` at the template's line."""
+
+
+class InvalidValueError(NotifierError, ValueError):
+    """A value a user wrote is not valid: a date, an e-mail address, an ``at:`` expression,
+    a name with a line break, an account without the field its platform needs.
+
+    A ``ValueError`` too: pydantic reports a validator's ``ValueError`` as a validation
+    error, and the loaders that call these parsers catch ``ValueError`` to place the
+    message at the file and line the value came from.
+    """
+
+
+class BadToken(InvalidValueError):  # noqa: N818 - reads as what it is
+    """An unsubscribe token was not made with our key, or was altered or cut short."""
+
+
 class UsageError(NotifierError):
     """A command was asked for something that does not exist (an unknown consultation, say)."""
 
@@ -75,6 +132,11 @@ class UsageError(NotifierError):
 class TooEarlyError(UsageError):
     """A scheduled event was fired by hand before its time without saying so (``--early``):
     it would go out early and then not at its time."""
+
+
+class UnknownOccurrenceError(NotifierError, KeyError):
+    """The ledger holds no occurrence with this id (the only argument). A ``KeyError`` too,
+    as any lookup of an unknown key; a worker's message for it is retried as any other error."""
 
 
 class DeliveryError(NotifierError):
@@ -117,6 +179,10 @@ class ChannelPausedError(TransientDeliveryError):
     """Not attempted: the channel's circuit breaker is open after repeated unreachable
     attempts. The delivery stays pending, its attempt is not counted, and ``retry_after``
     says when the channel is tried again."""
+
+
+class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
+    """Redis could not be reached or started."""
 
 
 class EmbeddedDataError(NotifierError):

@@ -41,6 +41,7 @@ from typing import Any, Literal, cast
 import redis
 
 from notifier.broker import DEAD_AFTER_MS, NAMESPACE, WORKERS_KEY, text
+from notifier.errors import UnknownOccurrenceError
 
 #: ``outbox``: written to the outbox (Maildir, JSONL file) instead of delivered; final like ``sent``.
 Status = Literal["pending", "sent", "outbox", "failed", "suppressed"]
@@ -393,22 +394,22 @@ class Ledger:
         return text(value) if value else None
 
     def occurrence(self, occurrence_id: str) -> Occurrence:
-        """The occurrence with this id (KeyError if unknown)."""
+        """The occurrence with this id (UnknownOccurrenceError, a KeyError, if unknown)."""
         data = self.client.hgetall(self._k("occ", occurrence_id))
         if not data:
-            raise KeyError(occurrence_id)
+            raise UnknownOccurrenceError(occurrence_id)
         return Occurrence.from_hash(occurrence_id, data)
 
     def take_fan_out(self, occurrence_id: str, *, owner: str) -> bool:
         """Whether ``owner`` (``<worker id>|<message id>``) is to fan the occurrence out: not when
         it is fanned out already or a live worker's other message is at it (a second ``fire``),
         yes when nobody is, a redelivery of the same message is, or the one who is has died.
-        KeyError if the occurrence is unknown."""
+        UnknownOccurrenceError (a KeyError) if the occurrence is unknown."""
         taken = self._take_fan_out(
             keys=[self._k("occ", occurrence_id), WORKERS_KEY], args=[owner, int(time.time() * 1000), DEAD_AFTER_MS]
         )
         if taken is None:
-            raise KeyError(occurrence_id)
+            raise UnknownOccurrenceError(occurrence_id)
         return bool(taken)
 
     def release_fan_out(self, occurrence_id: str, *, owner: str) -> None:

@@ -20,6 +20,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from notifier.errors import InvalidValueError
+
 _AT = re.compile(r"^\s*(opens|closes)(?:\s*([+-](?:\s*[+-]?\s*\d+\s*[dhm])+))?\s*$")
 _OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([dhm])")
 
@@ -66,7 +68,7 @@ def parse_at(expression: str, tz: ZoneInfo) -> At:
     try:
         moment = datetime.fromisoformat(expression.strip())
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"at: {expression!r} is not 'opens' or 'closes' with an optional offset "
             "(e.g. 'closes - 7d', 'opens + 2h') nor a datetime (e.g. 2019-09-12 10:00)"
         ) from None
@@ -83,11 +85,11 @@ def parse_moment(value: Any, tz: ZoneInfo) -> datetime:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{value!r} is not a date and time (use 2019-07-09 09:00, or ISO 8601 with an offset)"
             ) from None
     else:
-        raise ValueError(f"{value!r} is not a date and time")
+        raise InvalidValueError(f"{value!r} is not a date and time")
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 

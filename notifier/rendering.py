@@ -31,7 +31,7 @@ from jinja2.runtime import Context
 from notifier import sandbox
 from notifier.audience import Recipient
 from notifier.config import Config, Consultation
-from notifier.errors import ConfigError, Problem, TemplateLimitError
+from notifier.errors import FilterError, Problem, RenderError, TemplateLimitError
 from notifier.memo import ByIdentity
 from notifier.moments import normalise
 from notifier.sandbox import Sandbox
@@ -94,7 +94,7 @@ def _remembered(how: Any, value: Any, fmt: str | None) -> str:
 def _moment(value: Any, filter_name: str) -> datetime:
     """``value``, if it is a datetime; otherwise an error the template's author can act on."""
     if not isinstance(value, datetime):
-        raise TypeError(f"the {filter_name} filter needs a date and time, not {type(value).__name__}")
+        raise FilterError(f"the {filter_name} filter needs a date and time, not {type(value).__name__}")
     return value
 
 
@@ -146,17 +146,17 @@ class Renderer:
         return self._names[key]
 
     def email_template(self, event: Event) -> str:
-        """The loader name of the e-mail template for ``event``; ConfigError if none."""
+        """The loader name of the e-mail template for ``event``; RenderError if none."""
         name = self.find(event.consultation_id, event.name, "email.j2")
         if name is None:
-            raise ConfigError([self._missing(event, "email.j2")])
+            raise RenderError([self._missing(event, "email.j2")])
         return name
 
     def social_template(self, event: Event, platform: str) -> str:
-        """The loader name of the post template for ``platform``; ConfigError if none."""
+        """The loader name of the post template for ``platform``; RenderError if none."""
         name = self.find(event.consultation_id, event.name, f"{platform}.j2", "social.j2")
         if name is None:
-            raise ConfigError([self._missing(event, f"{platform}.j2 or social.j2")])
+            raise RenderError([self._missing(event, f"{platform}.j2 or social.j2")])
         return name
 
     def _missing(self, event: Event, what: str) -> Problem:
@@ -198,12 +198,12 @@ class Renderer:
         context: Mapping[str, Any],
         unsubscribe_url: str,
     ) -> EmailContent:
-        """Render the e-mail of ``event`` for ``recipient``; ConfigError names file and line."""
+        """Render the e-mail of ``event`` for ``recipient``; RenderError names file and line."""
         name = self.email_template(event)
         variables = {**context, "recipient": recipient.context(), "unsubscribe_url": unsubscribe_url}
         plain = self._template(self._plain, name)
         if "subject" not in plain.blocks or "text" not in plain.blocks:
-            raise ConfigError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
+            raise RenderError([Problem.at(self.templates / name, None, "email.j2 needs blocks 'subject' and 'text'")])
         rich = self._template(self._html, name) if "html" in plain.blocks else None
         limits = sandbox.begin(record_undefined=self._record)
         try:
@@ -212,18 +212,18 @@ class Renderer:
             subject = _render_block(plain, "subject", shared).strip()
             text = _render_block(plain, "text", shared).strip() + "\n"
             html = None if rich is None else _render_block(rich, "html", self._context(rich, variables)).strip() + "\n"
-        except Exception as exc:  # any error a template causes, a filter's TypeError say, is the template's
-            raise ConfigError([*self._undefined(sandbox.end(limits), name),
+        except Exception as exc:  # any error a template causes, a filter's FilterError say, is the template's
+            raise RenderError([*self._undefined(sandbox.end(limits), name),
                                template_problem(exc, self.templates, name)]) from None
         recorded = sandbox.end(limits)
         if recorded:
-            raise ConfigError(self._undefined(recorded, name))
+            raise RenderError(self._undefined(recorded, name))
         if "\r" in subject or "\n" in subject:
-            raise ConfigError(
+            raise RenderError(
                 [Problem.at(self.templates / name, None, f"the subject must be one line, got {subject!r}")]
             )
         if not subject:
-            raise ConfigError([Problem.at(self.templates / name, None, "the subject is empty")])
+            raise RenderError([Problem.at(self.templates / name, None, "the subject is empty")])
         return EmailContent(subject=subject, text=text, html=html)
 
     def social(self, event: Event, platform: str, *, context: Mapping[str, Any]) -> str:
@@ -234,11 +234,11 @@ class Renderer:
         try:
             text = _render(template, template.new_context(dict(context)))
         except Exception as exc:  # as in email()
-            raise ConfigError([*self._undefined(sandbox.end(limits), name),
+            raise RenderError([*self._undefined(sandbox.end(limits), name),
                                template_problem(exc, self.templates, name)]) from None
         recorded = sandbox.end(limits)
         if recorded:
-            raise ConfigError(self._undefined(recorded, name))
+            raise RenderError(self._undefined(recorded, name))
         return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
     def _undefined(self, recorded: list[tuple[str | None, int | None, str]], name: str) -> list[Problem]:
@@ -263,11 +263,11 @@ class Renderer:
         return template.new_context({**found, **variables}, shared=True)
 
     def _template(self, env: Sandbox, name: str) -> jinja2.Template:
-        """Template ``name`` compiled in ``env``; ConfigError if it does not compile."""
+        """Template ``name`` compiled in ``env``; RenderError if it does not compile."""
         try:
             return env.get_template(name)
         except jinja2.TemplateError as exc:
-            raise ConfigError([template_problem(exc, self.templates, name)]) from None
+            raise RenderError([template_problem(exc, self.templates, name)]) from None
 
     # -- checks -------------------------------------------------------------
 

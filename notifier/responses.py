@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from email_validator import EmailNotValidError, validate_email
 
 from notifier.config import read_csv_text
-from notifier.errors import Problem, ResponsesFileError
+from notifier.errors import InvalidValueError, Problem, ResponsesFileError
 from notifier.store import NewResponse, Response, Store
 
 COLUMNS = ("email", "name", "organisation", "received", "reference")
@@ -134,6 +134,6 @@ def parse_received(value: str, tz: ZoneInfo) -> datetime:
             except ValueError:
                 continue
     if moment is None:
-        raise ValueError(f"{value!r} is not a date (2019-08-01 or 01/08/2019, optionally with a time: "
-                         "2019-08-01 14:30)")
+        raise InvalidValueError(f"{value!r} is not a date (2019-08-01 or 01/08/2019, optionally with a time: "
+                                "2019-08-01 14:30)")
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)

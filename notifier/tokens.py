@@ -29,14 +29,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from notifier.errors import BadToken
+
 #: Bound into every token (as associated data) and into the key derivation, so a token is
 #: good for unsubscribing and for nothing else signed with the same secret.
 PURPOSE = b"unsubscribe:"
 _HKDF_INFO = b"notifier unsubscribe token v2 (AES-SIV)"
-
-
-class BadToken(ValueError):  # noqa: N818 - reads as what it is
-    """The token was not made with our key, or was altered or cut short."""
 
 
 def _b64(data: bytes) -> str:

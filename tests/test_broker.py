@@ -21,7 +21,6 @@ from notifier.broker import (
     DRAMATIQ_NAMESPACE,
     NAMESPACE,
     EmbeddedRedis,
-    RedisUnavailable,
     beat,
     connect,
     make_broker,
@@ -29,6 +28,7 @@ from notifier.broker import (
     workers_alive,
 )
 from notifier.config import Settings
+from notifier.errors import RedisUnavailable
 from tests.conftest import free_port, wait_until
 
 

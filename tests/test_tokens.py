@@ -7,7 +7,8 @@ import base64
 
 import pytest
 
-from notifier.tokens import BadToken, sign, unsubscribe_url, verify
+from notifier.errors import BadToken
+from notifier.tokens import sign, unsubscribe_url, verify
 
 KEY = b"test-secret-key"
 ZOE = "zoe.baxter@gazette.example"

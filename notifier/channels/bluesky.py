@@ -33,7 +33,7 @@ from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.channels.limits import urls
 from notifier.config import Account, token_variable
-from notifier.errors import DeliveryError
+from notifier.errors import DeliveryError, InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BlueskyChannel(http.HttpChannel):
         """``token`` is an app password for ``account.handle``; ``client`` is shared if given
         (and then not closed by :meth:`close`)."""
         if not account.handle:
-            raise ValueError(f"bluesky account {account.id!r} needs handle")
+            raise InvalidValueError(f"bluesky account {account.id!r} needs handle")
         super().__init__(account, client=client)
         self.handle = account.handle.removeprefix("@")
         self._password = token

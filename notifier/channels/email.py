@@ -566,15 +566,14 @@ class SmtpChannel:
         assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         data = build_message(self.sender, payload, msgid=msgid)
-        for attempt in (1, 2):
+        for _ in (1, 2):
             try:
                 conn = self._connection()
                 transaction(conn, self.sender.from_address, payload.to_email, data)
                 return Receipt(provider_id=msgid)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()  # a kept-open connection the server closed: reconnect once
-                if attempt == 2:
-                    raise translate(exc) from None
+                disconnected = exc
             except smtplib.SMTPAuthenticationError as exc:
                 self._drop()
                 raise PermanentDeliveryError(f"SMTP login refused: {_reply(exc.smtp_code, exc.smtp_error)}") from None
@@ -582,7 +581,7 @@ class SmtpChannel:
                 if not isinstance(exc, smtplib.SMTPRecipientsRefused | smtplib.SMTPSenderRefused):
                     self._drop()
                 raise translate(exc) from None
-        raise AssertionError("unreachable")
+        raise translate(disconnected) from None  # closed on both tries
 
     def send_many(
         self,

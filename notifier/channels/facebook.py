@@ -27,7 +27,7 @@ import httpx
 from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import Account, token_variable
-from notifier.errors import TransientDeliveryError
+from notifier.errors import InvalidValueError, TransientDeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class FacebookChannel(http.HttpChannel):
         """``token`` is the page access token; ``client`` is shared if given (and then not
         closed by :meth:`close`). The account needs ``page_id``."""
         if not account.page_id:
-            raise ValueError(f"facebook account {account.id!r} needs page_id")
+            raise InvalidValueError(f"facebook account {account.id!r} needs page_id")
         super().__init__(account, client=client)
         self._token = token
         self._page_id = account.page_id

@@ -20,6 +20,7 @@ import httpx
 from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import Account, token_variable
+from notifier.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class MastodonChannel(http.HttpChannel):
         not closed by :meth:`close`). The account needs ``instance`` or ``api_base``."""
         root = account.api_base or account.instance
         if not root:
-            raise ValueError(f"mastodon account {account.id!r} needs instance")
+            raise InvalidValueError(f"mastodon account {account.id!r} needs instance")
         super().__init__(account, client=client)
         self._token = token
         self._url = http.api_root(root) + "/api/v1/statuses"

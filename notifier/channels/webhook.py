@@ -29,6 +29,7 @@ import httpx
 from notifier.channels import http
 from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
 from notifier.config import Account
+from notifier.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class WebhookChannel(http.HttpChannel):
         """``secret`` signs every body (``NOTIFIER_SECRET_KEY``); ``client`` is shared if given
         (and then not closed by :meth:`close`). The account needs ``url``."""
         if not account.url:
-            raise ValueError(f"webhook account {account.id!r} needs url")
+            raise InvalidValueError(f"webhook account {account.id!r} needs url")
         super().__init__(account, client=client)
         self.url = account.url
         self._secret = secret

@@ -9,6 +9,8 @@ import re
 
 from email_validator import EmailNotValidError, validate_email
 
+from notifier.errors import InvalidValueError
+
 
 def check_email(value: str) -> str:
     """``value`` normalised as ``email_validator`` normalises it, or ValueError saying why not.
@@ -29,7 +31,7 @@ def slow_email(value: str) -> str:
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
-        raise ValueError(f"invalid e-mail address {value!r}: {exc}") from None
+        raise InvalidValueError(f"invalid e-mail address {value!r}: {exc}") from None
 
 
 # An ASCII dot-atom local part (RFC 5322 3.2.3: atext separated by single dots), which

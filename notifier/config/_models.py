@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from notifier.config._email import check_email
-from notifier.errors import Problem, UsageError
+from notifier.errors import InvalidValueError, Problem, UsageError
 
 EMAIL_CHANNEL = "email"
 PLATFORMS = ("x", "facebook", "mastodon", "bluesky", "webhook")
@@ -89,7 +89,7 @@ def _no_control(value: str) -> None:
     if found is not None:
         code = ord(found.group())
         what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
-        raise ValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
+        raise InvalidValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
                          "are one line of text")
 
 

@@ -29,7 +29,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from notifier.errors import ConfigError, Problem
+from notifier.errors import ConfigError, InvalidValueError, Problem
 
 PREFIX = "NOTIFIER_"
 
@@ -182,7 +182,7 @@ def _number(value: str) -> float:
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise ValueError(f"must be a number, not {value!r}")
+        raise InvalidValueError(f"must be a number, not {value!r}")
     return number
 
 
@@ -193,7 +193,7 @@ def _duration(value: Any, unit: str) -> Any:
     try:
         return timedelta(**{unit: _number(value)})
     except OverflowError:
-        raise ValueError(f"{value} {unit} is too long") from None
+        raise InvalidValueError(f"{value} {unit} is too long") from None
 
 
 def _problem(error: ErrorDetails) -> Problem:

@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from notifier.errors import BadToken
 from notifier.ledger import Ledger
-from notifier.tokens import BadToken, verify
+from notifier.tokens import verify
 from notifier.web.render import render
 from notifier.web.state import describe, mask_email, state
 
