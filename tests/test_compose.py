@@ -35,6 +35,7 @@ CONTRACT_SETTINGS = {
     "NOTIFIER_CONFIG", "NOTIFIER_DATA_DIR", "NOTIFIER_REDIS_URL", "NOTIFIER_SMTP_URL",
     "NOTIFIER_PUBLIC_URL", "NOTIFIER_WEB_BIND", "NOTIFIER_SECRET_KEY",
     "NOTIFIER_GRACE_HOURS", "NOTIFIER_RETRY_BASE_SECONDS", "NOTIFIER_MAX_ATTEMPTS", "NOTIFIER_ADMIN_TOKEN",
+    "NOTIFIER_DATABASE_URL", "NOTIFIER_RETENTION_DAYS",
 }
 TOKEN_PLATFORMS = ("x", "facebook", "mastodon", "bluesky")
 
@@ -180,6 +181,21 @@ def test_redis_keeps_everything(services: dict[str, Any]) -> None:
     assert any(str(v).endswith(":/data") for v in redis["volumes"])
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     assert "ports" not in redis, "Redis has no password here: keep it off the host's network"
+
+
+def test_the_record_is_postgresql_migrated_before_any_notifier_service_starts(services: dict[str, Any]) -> None:
+    postgres = services["postgres"]
+    assert str(postgres["image"]).startswith("postgres:")
+    assert any(str(v).endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "ports" not in postgres, "keep the database off the host's network"
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", environment(postgres)["POSTGRES_PASSWORD"])
+    assert command_words(services["migrate"]) == ["db", "upgrade"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in NOTIFIER_SERVICES:
+        env = environment(services[name])
+        assert env["NOTIFIER_DATABASE_URL"].startswith("postgresql://notifier:${POSTGRES_PASSWORD:?")
+        assert env["NOTIFIER_DATABASE_URL"].endswith("@postgres/notifier")
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_worker_scales_and_scheduler_is_single(services: dict[str, Any]) -> None:
