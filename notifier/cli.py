@@ -31,7 +31,6 @@ from notifier.channels import limits
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
 from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
-from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Record
 from notifier.record_cli import check_schema, db, evidence, responses
@@ -346,6 +345,7 @@ def _deliver(service: Any, occurrence_id: str, *, wait: bool) -> None:
         out.print("no worker is running: delivering in this process")
         with service.worker():
             progress = _wait_with_bar(service, occurrence_id)
+    service.archive(occurrence_id)  # the record holds every outcome when the command returns
     _summary(service.ledger.records(occurrence_id))
     if progress.failed:
         sys.exit(EXIT_FAILED)
@@ -469,11 +469,16 @@ def report(consultation: str, fmt: str, event: str | None) -> None:
     from notifier import report as reporting
     from notifier.broker import connect
     from notifier.ledger import Ledger
+    from notifier.store import Store
 
     settings = _settings()
     config = _load(settings)
     config.consultation(consultation)
-    found = reporting.build(Ledger(connect(settings)), consultation, event=event, tz=config.tz)
+    store = Store.open(settings)  # what Redis has lost (a FLUSHALL) is read from the record
+    try:
+        found = reporting.build(Ledger(connect(settings)), consultation, event=event, tz=config.tz, store=store)
+    finally:
+        store.close()
     if fmt == "json":
         click.echo(json.dumps(found.as_json(), indent=2))
     elif fmt == "csv":
@@ -494,6 +499,10 @@ def _when(iso: str) -> str:
 
 
 def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]], *, zone: str) -> None:
+    # Here, not at the top: the delivery path imports the database's modules, which `validate`,
+    # `plan` and `preview` do not need at start-up.
+    from notifier.delivery import ACCOUNT
+
     if not summary:
         out.print(f"{consultation}: nothing has been sent yet.")
         return

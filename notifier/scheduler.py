@@ -420,7 +420,7 @@ class Scheduler:
         late = now - event.at > LATE_AFTER
         # Due by this scheduler's clock (which `run --now` may set): never "early".
         occurrence_id = self.service.fire(event.consultation_id, event.name, late=late, early=True,
-                                          config=self._config)
+                                          config=self._config, actor="scheduler")
         if occurrence_id is not None:
             log.info("fired %s%s", occurrence_id, f" late, {now - event.at} after its time" if late else "")
         return occurrence_id
