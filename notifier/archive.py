@@ -145,7 +145,7 @@ class Archiver:
                     self.store.archive(self._settled(occurrence_id, raw))
                 left = int(self._done(keys=[arc, arcq, lock], args=[self.owner, len(raw) // 3, occurrence_id]))
                 count += len(raw) // 3
-                if left <= 0:
+                if left <= 0 or len(raw) // 3 < BATCH:  # what came in meanwhile waits for the next round
                     return count, left < 0
         finally:
             self._let_go(keys=[lock], args=[self.owner])
