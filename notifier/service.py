@@ -106,8 +106,10 @@ class Service:
         at = event.at if event.at is not None and not again else datetime.now(UTC)
         occurrence_id = self.ledger.claim_occurrence(consultation_id, event_name, at=at, again=again, late=late)
         if occurrence_id is not None:
-            archive.fired(store, config, self.ledger, occurrence_id, actor=actor or archive.actor())
-            self.actors.fire.send(occurrence_id)
+            try:
+                archive.fired(store, config, self.ledger, occurrence_id, actor=actor or archive.actor())
+            finally:  # claimed is claimed: it goes out, and its outcomes wait in Redis for the database
+                self.actors.fire.send(occurrence_id)
             log.info("fired %s", occurrence_id)
         return occurrence_id
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,10 +18,11 @@ from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from notifier.config import Settings
+from notifier.scheduler import Scheduler, offset_clock
 from notifier.service import Service
 from notifier.store import Store, make_engine
 from notifier.web import create_app
-from tests.conftest import Project, SmtpServer
+from tests.conftest import Project, SmtpServer, wait_until
 
 SOC = "soc-strategy-2019"
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -105,6 +107,29 @@ def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
         store.close()
 
 
+def test_a_bounced_address_stays_suppressed_after_redis_is_flushed(
+    production: Project, redis_url: str, smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.always[JANE] = "550 5.1.1 no such user"
+    assert production.run("send", SOC, "opened", "--wait").returncode == 2  # a delivery failed for good
+    tried = smtp_server.handler.rcpt_attempts[JANE]
+
+    _flush(redis_url)
+    production.run("send", SOC, "reminder", "--wait", check=True)
+
+    assert smtp_server.handler.rcpt_attempts[JANE] == tried, "the reminder was tried on an address that bounced"
+    jane = {r["occurrence"]: r for r in _report(production)["deliveries"] if r["recipient"] == JANE}
+    assert jane[f"{SOC}:opened:1"]["status"] == "failed"
+    assert jane[f"{SOC}:reminder:1"]["status"] == "suppressed"
+    assert jane[f"{SOC}:reminder:1"]["last_error"].startswith("bounced: 550 5.1.1")
+    store = Store(make_engine(production.env["NOTIFIER_DATABASE_URL"]))
+    try:
+        suppression = store.suppression(JANE)
+        assert suppression is not None and suppression.source == "bounce"
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def crowd(project: Project, redis_url: str, smtp_server: SmtpServer, database: str) -> Iterator[Service]:
     """A Service on the example with 600 more people on the media list, on a real SMTP server."""
@@ -150,3 +175,31 @@ def test_outcomes_reach_the_database_in_a_few_batches_not_one_commit_per_email(
     print(f"{emails} e-mails: {len(commits)} commits, archive batches {batches}")
     assert len(commits) <= emails / 20, f"{len(commits)} commits for {emails} e-mails"
     assert len(batches) <= emails / 20, f"{len(batches)} archive statements for {emails} e-mails"
+
+
+def test_the_scheduler_does_not_fire_again_what_the_record_says_fired_after_redis_is_flushed(
+    crowd: Service, smtp_server: SmtpServer, redis_url: str,
+) -> None:
+    occurrence_id = crowd.fire(SOC, "opened", actor="test")
+    assert occurrence_id is not None
+    with crowd.worker(threads=4):
+        crowd.wait(occurrence_id, timeout=120)
+    crowd.archive(occurrence_id)
+    sent = smtp_server.handler.count()
+    opened = crowd.config().consultation(SOC).opens
+    assert opened is not None
+
+    _flush(redis_url)
+    scheduler = Scheduler(crowd, clock=offset_clock(opened + timedelta(minutes=1)), reload_every=0.1,
+                          renew_every=0.2)
+    scheduler.start()
+    try:
+        states = {s.event.name: s for s in scheduler.status()}
+        assert states["opened"].state == "fired"
+        assert states["opened"].occurrence is not None and states["opened"].occurrence.id == occurrence_id
+        wait_until(lambda: scheduler.is_leader, 5, "the scheduler to lead")
+    finally:
+        scheduler.stop()  # waits for a tick in progress
+    assert crowd.ledger.fired(SOC, "opened") == occurrence_id
+    assert smtp_server.handler.count() == sent
+    assert [e.actor for e in crowd.runtime.store.audit_entries(SOC)] == ["test"]  # type: ignore[union-attr]

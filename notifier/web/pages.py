@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from notifier.archive import REASONS
 from notifier.errors import StoreError
 from notifier.tokens import BadToken, verify
 from notifier.web.render import render
@@ -36,7 +37,12 @@ UNSUBSCRIBED = "unsubscribed"
 
 
 def _suppression(web: WebState, email: str) -> str | None:
-    return web.ledger.suppression(email)
+    reason = web.ledger.suppression(email)
+    if reason is None and web.store is not None:  # Redis may have lost it (a FLUSHALL): the record has not
+        found = web.store.suppression(email)
+        if found is not None and found.source != "config":
+            reason = found.detail or REASONS.get(found.source, found.source)
+    return reason
 
 
 def _suppress(web: WebState, email: str) -> None:
