@@ -95,6 +95,10 @@ def actor() -> str:
         return "cli"
 
 
+#: ``json.loads`` looks for the encoding of bytes and checks its arguments on every call.
+_decode = json.JSONDecoder().decode
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -181,9 +185,9 @@ class Archiver:
             if field in seen or not record:
                 continue
             seen.add(field)
-            values = json.loads(record)
+            values = _decode(record.decode())
             if outcome:
-                values.update(json.loads(outcome))
+                values.update(_decode(outcome.decode()))
             if values["status"] == "pending":
                 continue  # put back by `retry`: archived when it settles again
             message_id = None
