@@ -354,10 +354,8 @@ class Scheduler:
         self._config, self._signature = config, signature
         events = [e for c in config.consultations.values() for e in timeline.events(c, config.tz) if e.at]
         self._events = {e.key: e for e in events}
-        store = self.service.runtime.store
-        assert store is not None  # a Service is never a rehearsal
         for consultation in config.consultations:  # what the record says fired, if Redis has lost it
-            archive.restore(self.ledger, store, consultation)
+            archive.restore(self.ledger, self.service.store, consultation)
         now = self.clock()
         wanted = {
             s.event.key: s.event.at.astimezone(UTC)

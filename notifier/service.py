@@ -24,6 +24,7 @@ from notifier.delivery import BATCH
 from notifier.errors import ConfigError, Problem, UsageError
 from notifier.ledger import FINAL, Ledger
 from notifier.runtime import Runtime
+from notifier.store import Store
 from notifier.timeline import Event
 from notifier.validation import check, check_event
 
@@ -64,6 +65,11 @@ class Service:
         self.ledger: Ledger = self.runtime.ledger
         self.broker: NotifierBroker = make_broker(settings, worker_id=self.runtime.worker_id)
         self.actors = actors.declare(self.broker, lambda: self.runtime)
+        # The record opens (and the embedded SQLite migrates) now, not in the middle of the
+        # first firing: a scheduler started just before an event's time is ready for it.
+        store = self.runtime.store
+        assert store is not None  # a Service is never a rehearsal
+        self.store: Store = store
         self.broker.add_middleware(archive.ArchiveMiddleware(self.runtime.archiver))
 
     def config(self) -> Config:
@@ -98,8 +104,7 @@ class Service:
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
-        store = self.runtime.store
-        assert store is not None  # a Service is never a rehearsal
+        store = self.store
         archive.restore(self.ledger, store, consultation_id, [event_name])
         for problem in self.preflight(config, event, again=again, early=early):
             (warn or _log_warning)(problem)
@@ -133,8 +138,7 @@ class Service:
         """Put the failed deliveries of the event's latest occurrence back to pending and
         queue only those: the occurrence id and how many. UsageError if it never fired."""
         self.config().consultation(consultation_id)  # an unknown consultation is named as such
-        store = self.runtime.store
-        assert store is not None
+        store = self.store
         archive.restore(self.ledger, store, consultation_id, [event_name])
         occurrence_id = self.ledger.fired(consultation_id, event_name)
         if occurrence_id is None:

@@ -39,7 +39,7 @@ def production(project: Project, redis_url: str, smtp_server: SmtpServer, databa
 
 def _report(project: Project) -> dict[str, Any]:
     result = project.run("report", SOC, "--format", "json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 2), result.stderr  # 2: a delivery failed for good
     found: dict[str, Any] = json.loads(result.stdout)
     return found
 
@@ -149,8 +149,7 @@ def crowd(project: Project, redis_url: str, smtp_server: SmtpServer, database: s
 def test_outcomes_reach_the_database_in_a_few_batches_not_one_commit_per_email(
     crowd: Service, smtp_server: SmtpServer,
 ) -> None:
-    store = crowd.runtime.store
-    assert store is not None
+    store = crowd.store
     commits: list[int] = []
     rows: list[int] = []
     event.listen(store.engine, "commit", lambda conn: commits.append(1))
@@ -202,4 +201,4 @@ def test_the_scheduler_does_not_fire_again_what_the_record_says_fired_after_redi
         scheduler.stop()  # waits for a tick in progress
     assert crowd.ledger.fired(SOC, "opened") == occurrence_id
     assert smtp_server.handler.count() == sent
-    assert [e.actor for e in crowd.runtime.store.audit_entries(SOC)] == ["test"]  # type: ignore[union-attr]
+    assert [e.actor for e in crowd.store.audit_entries(SOC)] == ["test"]
