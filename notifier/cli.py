@@ -132,6 +132,8 @@ def plan(consultation: str | None) -> None:
     config = _load(settings)
     consultations = [config.consultation(consultation)] if consultation else list(config.consultations.values())
     ledger = _ledger_or_none(settings)
+    if ledger:
+        _restore(settings, ledger, [c.id for c in consultations])
     suppressed = ledger.suppressed() if ledger else {}
     # One consultation is named in the title, leaving its column's width to the others.
     single = consultations[0].id if len(consultations) == 1 else None
@@ -155,6 +157,21 @@ def plan(consultation: str | None) -> None:
                      _describe_state(states[i], config) if states else "?"]
             table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
     out.print(table)
+
+
+def _restore(settings: Settings, ledger: Any, consultations: list[str]) -> None:
+    """Put back into Redis what the record says fired and Redis has lost (a FLUSHALL), and
+    the suppressions, so that `plan` shows them."""
+    from notifier import archive
+    from notifier.store import Store
+
+    store = Store.open(settings)
+    try:
+        for consultation in consultations:
+            archive.restore(ledger, store, consultation)
+        archive.seed_suppressions(ledger, store)
+    finally:
+        store.close()
 
 
 def _describe_state(state: Any, config: Config) -> str:

@@ -76,6 +76,9 @@ def test_after_redis_is_flushed_report_and_evidence_show_every_delivery_and_the_
     assert "already fired (soc-strategy-2019:opened:1)" in again.stdout
     assert smtp_server.handler.count() == sent, "a fired event was sent again after Redis lost it"
 
+    plan = production.run("plan", SOC, check=True).stdout.splitlines()
+    assert "fired" in next(line for line in plan if " opened " in line)
+
     anew = production.run("send", SOC, "opened", "--again", check=True)
     assert "fired soc-strategy-2019:opened:2" in anew.stdout, "--again numbers after what the record holds"
 
