@@ -12,6 +12,8 @@ It prints:
 
 * e-mails per second, from starting ``notifier send`` to the sink accepting the last
   message (counted by ``smtp-sink -c``), and the ledger's count of sent deliveries;
+* how the consultation record kept up: when the workers' archivers had every sent e-mail in
+  the embedded SQLite record, after the last was accepted;
 * each worker process' peak RSS (``VmHWM`` in ``/proc/<pid>/status``);
 * in the same run, before the workers start, the naive baseline: one process rendering
   the same template with Jinja2, building an ``email.message.EmailMessage`` and sending it
@@ -337,6 +339,26 @@ def final_counts(client: redis.Redis, timeout: float) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def archived(data_dir: Path, expected: int, since: float, timeout: float) -> str:
+    """How the consultation record kept up: the rows the workers' archivers wrote to the embedded
+    SQLite record (``notifier.db`` under the data dir), and when they reached ``expected``,
+    counted from ``since`` (the last e-mail accepted). Code without the record has no file."""
+    path = data_dir / "notifier.db"
+    if not path.exists():
+        return "no consultation record (notifier.db) was written"
+    import sqlite3
+
+    deadline, rows = time.monotonic() + timeout, 0
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        while time.monotonic() < deadline:
+            query = "SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'"
+            rows = int(db.execute(query).fetchone()[0])
+            if rows >= expected:
+                return f"all {rows:,} sent e-mails in the record {time.perf_counter() - since:.1f} s after the last one"
+            time.sleep(0.2)
+    return f"only {rows:,} of {expected:,} sent e-mails in the record after {timeout:.0f} s"
+
+
 def wait_alive(client: redis.Redis, count: int, timeout: float = 60) -> None:
     """Block until ``count`` workers have a heartbeat in Redis."""
     from notifier.broker import workers_alive
@@ -460,6 +482,7 @@ def main() -> None:
             spy.wait()
 
         ledger = final_counts(client, timeout=30)
+        record = archived(root / "var", accepted, last, timeout=120)
         time.sleep(1.0)  # anything sent twice would reach the sink now
         extra = sink.count - offset - accepted
 
@@ -475,6 +498,7 @@ def main() -> None:
             print(f"  first e-mail accepted {first - started:.2f} s after `notifier send` started; "
                   f"the last 1% took {last - most:.2f} s")
         print(f"ledger: {ledger}; messages after the last expected: {extra}")
+        print(f"record: {record}")
         print("CPU seconds in that time: " + ", ".join(
             f"{k} {v:.1f}" + (f" (system {system[k]:.1f})" if k in system else "") for k, v in cpu.items())
               + f", anything else on the machine {max(others, 0.0):.1f} "

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from notifier import __version__, timeline
+from notifier import __version__, archive, timeline
 from notifier import report as reporting
 from notifier.audience import Recipient, resolve
 from notifier.broker import connect
@@ -43,6 +43,7 @@ from notifier.rendering import Renderer
 from notifier.scheduler import offset_clock, serve
 from notifier.scheduler import status as event_states
 from notifier.service import Service
+from notifier.store import Store
 from notifier.tokens import sign
 from notifier.validation import check, check_event, load_and_check
 
@@ -138,6 +139,8 @@ def plan(consultation: str | None) -> None:
     config = _load(settings)
     consultations = [config.consultation(consultation)] if consultation else list(config.consultations.values())
     ledger = _ledger_or_none(settings)
+    if ledger:
+        _restore(settings, ledger, [c.id for c in consultations])
     suppressed = ledger.suppressed() if ledger else {}
     # One consultation is named in the title, leaving its column's width to the others.
     single = consultations[0].id if len(consultations) == 1 else None
@@ -159,6 +162,18 @@ def plan(consultation: str | None) -> None:
                      _describe_state(states[i], config) if states else "?"]
             table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
     out.print(table)
+
+
+def _restore(settings: Settings, ledger: Any, consultations: list[str]) -> None:
+    """Put back into Redis what the record says fired and Redis has lost (a FLUSHALL), and
+    the suppressions, so that `plan` shows them."""
+    store = Store.open(settings)
+    try:
+        for consultation in consultations:
+            archive.restore(ledger, store, consultation)
+        archive.seed_suppressions(ledger, store)
+    finally:
+        store.close()
 
 
 def _describe_state(state: Any, config: Config) -> str:
@@ -342,6 +357,7 @@ def _deliver(service: Any, occurrence_id: str, *, wait: bool) -> None:
         out.print("no worker is running: delivering in this process")
         with service.worker():
             progress = _wait_with_bar(service, occurrence_id)
+    service.archive(occurrence_id)  # the record holds every outcome when the command returns
     _summary(service.ledger.records(occurrence_id))
     if progress.failed:
         sys.exit(EXIT_FAILED)
@@ -463,7 +479,11 @@ def report(consultation: str, fmt: str, event: str | None) -> None:
     settings = _settings()
     config = _load(settings)
     config.consultation(consultation)
-    found = reporting.build(Ledger(connect(settings)), consultation, event=event, tz=config.tz)
+    store = Store.open(settings)  # what Redis has lost (a FLUSHALL) is read from the record
+    try:
+        found = reporting.build(Ledger(connect(settings)), consultation, event=event, tz=config.tz, store=store)
+    finally:
+        store.close()
     if fmt == "json":
         click.echo(json.dumps(found.as_json(), indent=2))
     elif fmt == "csv":

@@ -60,7 +60,7 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
             rt.ledger.add(occurrence_id, [Record(channel=channel, recipient=ACCOUNT, created=created)])
             yield Batch(occurrence_id, channel, (ACCOUNT,))
             continue
-        suppressed = rt.ledger.suppressed()
+        suppressed = rt.suppressed()
         left_out = list(opted_out(rt.config.lists, event.audience))
         recipients: list[Recipient] = []
         for key, recipient in prepared.recipients.items():
@@ -219,7 +219,7 @@ def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
         return Outcome("pending", attempt, str(result), updated=now)
     if isinstance(result, PermanentDeliveryError):
         if result.bounce and delivery.channel == EMAIL_CHANNEL:
-            rt.ledger.suppress(delivery.recipient, f"bounced: {result.provider_reply or result}")
+            rt.suppress(delivery.recipient, "bounce", f"bounced: {result.provider_reply or result}")
         return Outcome("failed", attempt, str(result), updated=now)
     return Outcome("failed", attempt, f"cannot render: {result}", updated=now)
 

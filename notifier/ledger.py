@@ -25,6 +25,9 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``cnt:<id>``               hash ``<channel>|<status>`` -> count (``notifier retry`` moves failed ones back)
 ``claim:<id>:<field>``     the worker sending that delivery now (with a lease)
 ``suppressed``             hash address -> JSON {reason, at}
+``arc:<id>``               list of fields whose delivery became final, not yet archived to the
+                           database (:mod:`notifier.archive` drains it in batches)
+``arcq``                   set of occurrence ids whose ``arc:<id>`` may hold fields
 ``workers``                sorted set of live worker ids by last heartbeat
 =========================  ==================================================================
 """
@@ -253,10 +256,11 @@ if redis.call('HGET', KEYS[1], 'fanner') == ARGV[1] then redis.call('HDEL', KEYS
 return 1
 """
 
-# KEYS: st, out, cnt.  ARGV: claim_prefix, owner, then triples (field, status, outcome json).
-# Counts move only when the status changes; a sent (or outbox) delivery stays so; only the owner releases a claim.
+# KEYS: st, out, cnt, arc, arcq.  ARGV: claim_prefix, owner, occurrence id, then triples (field, status,
+# outcome json). Counts move only when the status changes; a sent (or outbox) delivery stays so; only the
+# owner releases a claim. A final outcome is queued for the database (arc, arcq) in the same step.
 _MARK = """
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local f, status, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[1], f)
   if old ~= 'sent' and old ~= 'outbox' then
@@ -267,6 +271,10 @@ for i = 3, #ARGV, 3 do
       redis.call('HINCRBY', KEYS[3], channel .. '|' .. status, 1)
     end
     redis.call('HSET', KEYS[2], f, outcome)
+    if status ~= 'pending' then
+      redis.call('RPUSH', KEYS[4], f)
+      redis.call('SADD', KEYS[5], ARGV[3])
+    end
   end
   local key = ARGV[1] .. f
   if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
@@ -300,14 +308,19 @@ end
 return fields
 """
 
-# KEYS: st, dl, cnt.  ARGV: triples (field, status, json).  Adds what is not there yet.
+# KEYS: st, dl, cnt, arc, arcq.  ARGV: occurrence id, then triples (field, status, json).  Adds what is
+# not there yet; one final already (suppressed) is queued for the database.
 _ADD = """
 local added = 0
-for i = 1, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   local f = ARGV[i]
   if redis.call('HSETNX', KEYS[1], f, ARGV[i + 1]) == 1 then
     redis.call('HSET', KEYS[2], f, ARGV[i + 2])
     redis.call('HINCRBY', KEYS[3], string.match(f, '^([^|]*)|') .. '|' .. ARGV[i + 1], 1)
+    if ARGV[i + 1] ~= 'pending' then
+      redis.call('RPUSH', KEYS[4], f)
+      redis.call('SADD', KEYS[5], ARGV[1])
+    end
     added = added + 1
   end
 end
@@ -327,6 +340,17 @@ redis.call('DEL', KEYS[5])
 return id
 """
 
+
+# KEYS: fired, seq, occ, occs.  ARGV: id, number, consultation, event, at, fired_at, late, score.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('HSET', KEYS[3], 'consultation', ARGV[3], 'event', ARGV[4], 'number', ARGV[2], 'at', ARGV[5],
+  'fired_at', ARGV[6], 'late', ARGV[7], 'rehearsal', '0', 'state', 'fanned-out', 'restored', '1')
+redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
+return 1
+"""
 
 # KEYS: claim keys.  ARGV: the holder each had when read.  Frees the claims still so held.
 _RELEASE = """
@@ -355,6 +379,7 @@ class Ledger:
         self._take_fan_out = client.register_script(_TAKE_FAN_OUT)
         self._release_fan_out = client.register_script(_RELEASE_FAN_OUT)
         self._release = client.register_script(_RELEASE)
+        self._restore = client.register_script(_RESTORE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -387,6 +412,20 @@ class Ledger:
             ],
         )
         return text(result) if result else None
+
+    def restore(self, occurrence: Occurrence) -> bool:
+        """Put back an occurrence that the database records and Redis has lost (a ``FLUSHALL``,
+        a new empty Redis), as fanned out: the event is known as fired again, so it is not
+        sent again, and ``send --again`` numbers its next occurrence after it. False (nothing
+        changed) when Redis knows the event fired already."""
+        return bool(self._restore(
+            keys=[self._k("fired", occurrence.consultation, occurrence.event),
+                  self._k("seq", occurrence.consultation, occurrence.event), self._k("occ", occurrence.id),
+                  self._k("occs", occurrence.consultation)],
+            args=[occurrence.id, occurrence.number, occurrence.consultation, occurrence.event,
+                  occurrence.at.isoformat(), occurrence.fired_at.isoformat(), "1" if occurrence.late else "0",
+                  occurrence.fired_at.timestamp()],
+        ))
 
     def fired(self, consultation: str, event: str) -> str | None:
         """The id of the latest occurrence of this event, if it fired."""
@@ -441,10 +480,11 @@ class Ledger:
 
     def add(self, occurrence_id: str, records: Iterable[Record]) -> int:
         """Record deliveries not recorded yet (idempotent); how many were new."""
-        keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id)]
+        keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id),
+                *self._archive_keys(occurrence_id)]
         added = 0
         for chunk in _chunks(records, CHUNK):
-            args: list[str] = []
+            args: list[str] = [occurrence_id]
             for record in chunk:
                 args += [record.field, record.status, record.to_json()]
             added += int(self._add(keys=keys, args=args))
@@ -468,11 +508,12 @@ class Ledger:
     def mark(self, occurrence_id: str, outcomes: Iterable[tuple[str, Outcome]], *, owner: str) -> None:
         """Store how deliveries (by field, ``<channel>|<recipient>``) went and release their
         claims (one round trip)."""
-        args: list[str] = [self._k("claim", occurrence_id, ""), owner]
+        args: list[str] = [self._k("claim", occurrence_id, ""), owner, occurrence_id]
         for field_, outcome in outcomes:
             args += [field_, outcome.status, outcome.to_json()]
-        if len(args) > 2:
-            keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id)]
+        if len(args) > 3:
+            keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id),
+                    *self._archive_keys(occurrence_id)]
             self._mark(keys=keys, args=args)
 
     def requeue_failed(self, occurrence_id: str) -> list[str]:
@@ -484,9 +525,15 @@ class Ledger:
 
     def recorder(self, occurrence_id: str, *, owner: str) -> Recorder:
         """A :class:`Recorder` of ``owner``'s outcomes for one occurrence."""
-        keys = (self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id))
+        keys = (self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id),
+                *self._archive_keys(occurrence_id))
         claim_prefix = self._k("claim", occurrence_id, "")
-        return Recorder(self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner)
+        return Recorder(self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner,
+                        occurrence_id=occurrence_id)
+
+    def _archive_keys(self, occurrence_id: str) -> tuple[str, str]:
+        """The list of an occurrence's outcomes waiting for the database, and the set naming such lists."""
+        return self._k("arc", occurrence_id), self._k("arcq")
 
     def counts(self, occurrence_id: str) -> dict[str, dict[str, int]]:
         """``{channel: {status: count}}`` for one occurrence."""
@@ -647,10 +694,11 @@ class Recorder:
     """
 
     def __init__(
-        self, client: redis.Redis, sha: str, keys: tuple[str, str, str], *, claim_prefix: str, owner: str
+        self, client: redis.Redis, sha: str, keys: tuple[str, ...], *, claim_prefix: str, owner: str,
+        occurrence_id: str,
     ) -> None:
         self._pool = client.connection_pool
-        self._head = ("EVALSHA", sha, 3, *keys, claim_prefix, owner)
+        self._head = ("EVALSHA", sha, len(keys), *keys, claim_prefix, owner, occurrence_id)
         self._conn: Any = None
         self._unread = 0
 

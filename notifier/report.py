@@ -3,15 +3,22 @@
 ``notifier report`` prints it as tables, CSV or JSON, and the web service's admin API
 serves the same JSON, so both always agree. Times are ISO 8601 with their offset, in the
 configured time zone (``2026-07-09T09:00:03+01:00``), to the second.
+
+Redis has the occurrences it knows, up to the moment; given the consultation record
+(``store``), an occurrence Redis has lost (a ``FLUSHALL``, a new empty Redis) is read from
+the database instead, with the same columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier.ledger import Ledger
+
+if TYPE_CHECKING:  # the database's modules are imported by those who open one
+    from notifier.store import OccurrenceRecord, Settled, Store
 
 #: The columns of a delivery row, in the order CSV writes them.
 FIELDS = ("occurrence", "event", "channel", "recipient", "name", "lists", "status", "attempts",
@@ -45,12 +52,18 @@ def local_iso(moment: datetime | str | None, tz: tzinfo) -> str:
     return found.astimezone(tz).isoformat(timespec="seconds")
 
 
-def build(ledger: Ledger, consultation: str, *, event: str | None = None, tz: tzinfo = UTC) -> Report:
-    """The report of ``consultation`` (only ``event``'s occurrences when given), its times in ``tz``."""
+def build(ledger: Ledger, consultation: str, *, event: str | None = None, tz: tzinfo = UTC,
+          store: Store | None = None) -> Report:
+    """The report of ``consultation`` (only ``event``'s occurrences when given), its times in
+    ``tz``; with ``store``, also the occurrences only the database still holds."""
     report = Report(consultation)
-    for occurrence in ledger.occurrences(consultation):
-        if event is not None and occurrence.event != event:
-            continue
+    occurrences = [o for o in ledger.occurrences(consultation) if event is None or o.event == event]
+    known = {o.id for o in occurrences}
+    lost = [] if store is None else [o for o in store.occurrences(consultation)
+                                     if o.id not in known and not o.rehearsal and (event is None or o.event == event)]
+    if lost and store is not None:
+        _from_store(report, store, lost, tz)
+    for occurrence in occurrences:
         for channel, counts in sorted(ledger.counts(occurrence.id).items()):
             report.summary.append({
                 "occurrence": occurrence.id, "event": occurrence.event, "channel": channel,
@@ -66,3 +79,30 @@ def build(ledger: Ledger, consultation: str, *, event: str | None = None, tz: tz
                 "sent_at": local_iso(record.sent_at, tz),
             })
     return report
+
+
+def _from_store(report: Report, store: Store, lost: list[OccurrenceRecord], tz: tzinfo) -> None:
+    """Add the occurrences ``lost`` by Redis from the database: their counts and rows."""
+    ids = {o.id: o for o in lost}
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for count in store.counts(report.consultation):
+        if count.occurrence in ids:
+            counts.setdefault((count.occurrence, count.channel), {})[count.status] = count.count
+    for (occurrence_id, channel), by_status in counts.items():
+        occurrence = ids[occurrence_id]
+        report.summary.append({
+            "occurrence": occurrence_id, "event": occurrence.event, "channel": channel,
+            "fired_at": local_iso(occurrence.fired_at, tz), "late": occurrence.late, **by_status,
+        })
+    for event, settled in store.deliveries(report.consultation):
+        if settled.occurrence in ids:
+            report.deliveries.append(_row(event, settled, tz))
+
+
+def _row(event: str, s: Settled, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "occurrence": s.occurrence, "event": event, "channel": s.channel, "recipient": s.recipient,
+        "name": s.name or "", "lists": " ".join(s.lists), "status": s.status, "attempts": s.attempts,
+        "last_error": s.last_error or "", "provider_id": s.provider_id or "", "url": s.url or "",
+        "created": local_iso(s.created, tz), "updated": local_iso(s.updated, tz), "sent_at": local_iso(s.sent_at, tz),
+    }

@@ -8,6 +8,7 @@ channels under its own folder, so it can never touch the real ledger or post liv
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,15 +19,19 @@ from typing import Any
 
 import redis
 
-from notifier import timeline
+from notifier import archive, timeline
 from notifier.audience import Recipient, resolve
 from notifier.broker import NAMESPACE, connect
 from notifier.channels import registry
 from notifier.channels.base import Channel
 from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
 from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_config
+from notifier.errors import StoreError
 from notifier.ledger import Ledger, Occurrence
 from notifier.rendering import Renderer
+from notifier.store import Store, SuppressionSource
+
+log = logging.getLogger(__name__)
 
 
 def config_signature(settings: Settings, templates: Path | None = None) -> tuple[tuple[str, float, int], ...]:
@@ -80,6 +85,8 @@ class Runtime:
         self._renderer: Renderer | None = None
         self._channels: dict[str, Channel] = {}
         self._prepared: dict[str, Prepared] = {}
+        self._store: Store | None = None
+        self._archiver: archive.Archiver | None = None
         self.secret_key = settings.secret_key()
 
     # -- config -------------------------------------------------------------
@@ -126,6 +133,52 @@ class Runtime:
                 self._prepared[occurrence_id] = found
             return found
 
+    # -- the consultation record -------------------------------------------
+
+    @property
+    def store(self) -> Store | None:
+        """The consultation record, opened once per process; None for a rehearsal, which
+        never counts as the real thing."""
+        if self.rehearsal:
+            return None
+        with self._lock:
+            if self._store is None:
+                self._store = Store.open(self.settings)
+            return self._store
+
+    def archiver(self) -> archive.Archiver | None:
+        """This process' :class:`~notifier.archive.Archiver` (None for a rehearsal)."""
+        store = self.store
+        if store is None:
+            return None
+        with self._lock:
+            if self._archiver is None:
+                self._archiver = archive.Archiver(self.ledger, store, self._sender_domain, owner=self.worker_id)
+            return self._archiver
+
+    def _sender_domain(self) -> str:
+        return Sender.parse(self.config.email.from_, self.config.email.reply_to).domain
+
+    def suppressed(self) -> dict[str, str]:
+        """Every suppressed address and why, from Redis, after putting back what the record
+        holds if Redis has lost it (see :func:`notifier.archive.seed_suppressions`)."""
+        store = self.store
+        if store is not None:
+            archive.seed_suppressions(self.ledger, store)
+        return self.ledger.suppressed()
+
+    def suppress(self, email: str, source: SuppressionSource, reason: str) -> None:
+        """Leave ``email`` out from now on (Redis, for the delivery path) and record why (the
+        database). A database that cannot be written is logged, not raised: the outcome
+        that bounced still has to be recorded, and Redis holds the suppression meanwhile."""
+        self.ledger.suppress(email, reason)
+        store = self.store
+        if store is not None:
+            try:
+                store.suppress(email, source, detail=reason)
+            except StoreError as exc:
+                log.error("could not record the suppression (%s) in the database: %s", source, exc)
+
     # -- channels -----------------------------------------------------------
 
     def channel(self, name: str) -> Channel:
@@ -158,3 +211,7 @@ class Runtime:
         """Close channels (SMTP connections, HTTP clients)."""
         with self._lock:
             self._close_channels()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+                self._archiver = None

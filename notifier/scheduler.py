@@ -51,7 +51,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from redis.exceptions import LockError, LockNotOwnedError
 
-from notifier import timeline
+from notifier import archive, timeline
 from notifier.broker import NAMESPACE, workers_alive
 from notifier.config import Config, Settings
 from notifier.errors import ConfigError
@@ -328,6 +328,8 @@ class Scheduler:
         self._config, self._signature = config, signature
         events = [e for c in config.consultations.values() for e in timeline.events(c, config.tz) if e.at]
         self._events = {e.key: e for e in events}
+        for consultation in config.consultations:  # what the record says fired, if Redis has lost it
+            archive.restore(self.ledger, self.service.store, consultation)
         now = self.clock()
         wanted = {
             s.event.key: s.event.at.astimezone(UTC)
@@ -422,7 +424,7 @@ class Scheduler:
         late = now - event.at > LATE_AFTER
         # Due by this scheduler's clock (which `run --now` may set): never "early".
         occurrence_id = self.service.fire(event.consultation_id, event.name, late=late, early=True,
-                                          config=self._config)
+                                          config=self._config, actor="scheduler")
         if occurrence_id is not None:
             log.info("fired %s%s", occurrence_id, f" late, {now - event.at} after its time" if late else "")
         return occurrence_id

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import dramatiq
 import redis
 
-from notifier import actors, timeline
+from notifier import actors, archive, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings, load_config
 from notifier.delivery import BATCH
@@ -25,6 +25,7 @@ from notifier.errors import ConfigError, Problem, UsageError
 from notifier.ledger import FINAL, Ledger
 from notifier.memo import collector_paused
 from notifier.runtime import Runtime
+from notifier.store import Store
 from notifier.timeline import Event
 from notifier.validation import check, check_event
 
@@ -65,6 +66,12 @@ class Service:
         self.ledger: Ledger = self.runtime.ledger
         self.broker: NotifierBroker = make_broker(settings, worker_id=self.runtime.worker_id)
         self.actors = actors.declare(self.broker, lambda: self.runtime)
+        # The record opens (and the embedded SQLite migrates) now, not in the middle of the
+        # first firing: a scheduler started just before an event's time is ready for it.
+        store = self.runtime.store
+        assert store is not None  # a Service is never a rehearsal
+        self.store: Store = store
+        self.broker.add_middleware(archive.ArchiveMiddleware(self.runtime.archiver))
 
     def config(self) -> Config:
         """The current, validated config; ConfigError when templates would fail."""
@@ -85,22 +92,30 @@ class Service:
         early: bool = False,
         config: Config | None = None,
         warn: Callable[[Problem], None] | None = None,
+        actor: str | None = None,
     ) -> str | None:
-        """Fire an event now: the new occurrence id, or None if it already fired.
+        """Fire an event now: the new occurrence id, or None if it already fired (in Redis,
+        or in the database when Redis has lost it).
 
         A scheduled event before its time needs ``early`` (:class:`TooEarlyError` otherwise);
         warnings (a stakeholder named differently on two lists, an outcome before the close)
-        go to ``warn`` (the log by default) and never stop the firing.
+        go to ``warn`` (the log by default) and never stop the firing. ``actor`` (the person at
+        the command line by default, ``scheduler``) goes into the audit log.
         """
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
+        store = self.store
+        archive.restore(self.ledger, store, consultation_id, [event_name])
         for problem in self.preflight(config, event, again=again, early=early):
             (warn or _log_warning)(problem)
         at = event.at if event.at is not None and not again else datetime.now(UTC)
         occurrence_id = self.ledger.claim_occurrence(consultation_id, event_name, at=at, again=again, late=late)
         if occurrence_id is not None:
-            self.actors.fire.send(occurrence_id)
+            try:
+                archive.fired(store, config, self.ledger, occurrence_id, actor=actor or archive.actor())
+            finally:  # claimed is claimed: it goes out, and its outcomes wait in Redis for the database
+                self.actors.fire.send(occurrence_id)
             log.info("fired %s", occurrence_id)
         return occurrence_id
 
@@ -120,10 +135,12 @@ class Service:
             warnings += timeline.check_timing(consultation, event, datetime.now(UTC), config.tz, early=early)
         return warnings
 
-    def retry(self, consultation_id: str, event_name: str) -> tuple[str, int]:
+    def retry(self, consultation_id: str, event_name: str, *, actor: str | None = None) -> tuple[str, int]:
         """Put the failed deliveries of the event's latest occurrence back to pending and
         queue only those: the occurrence id and how many. UsageError if it never fired."""
         self.config().consultation(consultation_id)  # an unknown consultation is named as such
+        store = self.store
+        archive.restore(self.ledger, store, consultation_id, [event_name])
         occurrence_id = self.ledger.fired(consultation_id, event_name)
         if occurrence_id is None:
             raise UsageError(f"{consultation_id} {event_name} has not fired: there is nothing to retry")
@@ -135,6 +152,8 @@ class Service:
             for start in range(0, len(recipients), BATCH):
                 self.actors.deliver.send(occurrence_id, channel, recipients[start : start + BATCH])
         count = sum(map(len, by_channel.values()))
+        store.audit(actor or archive.actor(), f"retry {event_name}", consultation=consultation_id,
+                    detail=f"{occurrence_id}: {count} failed")
         log.info("retrying %d failed deliveries of %s", count, occurrence_id)
         return occurrence_id, count
 
@@ -145,6 +164,13 @@ class Service:
         done = sum(n for c in counts.values() for status, n in c.items() if status in FINAL)
         state = self.ledger.occurrence(occurrence_id).state
         return Progress(total=total, done=done, counts=counts, fanned_out=state == "fanned-out")
+
+    def archive(self, occurrence_id: str) -> int:
+        """Archive every settled outcome of the occurrence still waiting in Redis now (``send
+        --wait`` before its summary); how many this process archived."""
+        archiver = self.runtime.archiver()
+        assert archiver is not None
+        return archiver.flush(occurrence_id)
 
     def workers_alive(self) -> list[str]:
         """Workers (other than this process) seen alive lately."""

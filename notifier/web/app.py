@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
+from notifier.store import Store
 from notifier.web import api, health, pages
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
 
@@ -48,6 +49,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         web: WebState = app.state.web
         for client in web.owned:
             client.close()
+        if web.store is not None:
+            web.store.close()
 
 
 def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Starlette:
@@ -68,6 +71,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         brand=Branding.load(settings),
         admin_token=settings.env.get("NOTIFIER_ADMIN_TOKEN") or "",
         owned=(checker,) if client is not None else (checker, main),
+        store=Store.open(settings),
     )
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.web = web

@@ -25,39 +25,49 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier.errors import BadToken
-from notifier.ledger import Ledger
+from notifier.archive import REASONS
+from notifier.errors import BadToken, StoreError
 from notifier.tokens import verify
 from notifier.web.render import render
-from notifier.web.state import describe, mask_email, state
+from notifier.web.state import WebState, describe, mask_email, state
 
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBED = "unsubscribed"
 
 
-def _suppression(ledger: Ledger, email: str) -> str | None:
-    return ledger.suppression(email)
+def _suppression(web: WebState, email: str) -> str | None:
+    reason = web.ledger.suppression(email)
+    if reason is None and web.store is not None:  # Redis may have lost it (a FLUSHALL): the record has not
+        found = web.store.suppression(email)
+        if found is not None and found.source != "config":
+            reason = found.detail or REASONS.get(found.source, found.source)
+    return reason
 
 
-def _suppress(ledger: Ledger, email: str) -> None:
-    # Keep an existing entry (a bounce, or an earlier unsubscribe and its time).
-    if ledger.suppression(email) is None:
-        ledger.suppress(email, UNSUBSCRIBED)
+def _suppress(web: WebState, email: str) -> None:
+    # Keep an existing entry (a bounce, or an earlier unsubscribe and its time). The record
+    # first: an unsubscribe must outlive Redis (a FLUSHALL puts it back from there).
+    if web.store is not None and web.store.suppression(email) is None:
+        web.store.suppress(email, "unsubscribe")
+    if web.ledger.suppression(email) is None:
+        web.ledger.suppress(email, UNSUBSCRIBED)
     log.info("unsubscribed %s", mask_email(email))
 
 
-def _unsuppress(ledger: Ledger, email: str) -> None:
-    if ledger.unsuppress(email):
+def _unsuppress(web: WebState, email: str) -> None:
+    lifted = web.store.unsuppress(email) if web.store is not None else False
+    if web.ledger.unsuppress(email) or lifted:
         log.info("resubscribed %s", mask_email(email))
 
 
 async def _for_address(
-    request: Request, doing: str, act: Callable[[Ledger, str], str | None], template: str
+    request: Request, doing: str, act: Callable[[WebState, str], str | None], template: str
 ) -> Response:
     """The shape of every token page: check the token, do ``act`` on its address in Redis
-    (off the event loop), then show ``template`` with the token, the address and what ``act``
-    returned (as ``reason``); a bad token or a Redis outage gets its own page."""
+    and the record (off the event loop), then show ``template`` with the token, the address
+    and what ``act`` returned (as ``reason``); a bad token, or Redis or the database out,
+    gets its own page."""
     web = state(request)
     token = request.path_params["token"]
     try:
@@ -65,9 +75,10 @@ async def _for_address(
     except BadToken:
         return render(request, "invalid_link.html", status=400)
     try:
-        reason = await anyio.to_thread.run_sync(act, web.ledger, email)
-    except (redis.RedisError, OSError) as exc:
-        log.error("%s of %s failed: Redis unavailable: %s", doing, mask_email(email), describe(exc))
+        reason = await anyio.to_thread.run_sync(act, web, email)
+    except (redis.RedisError, OSError, StoreError) as exc:
+        what = "the database" if isinstance(exc, StoreError) else "Redis"
+        log.error("%s of %s failed: %s unavailable: %s", doing, mask_email(email), what, describe(exc))
         return render(request, "unavailable.html", status=503, headers={"Retry-After": "60"})
     return render(request, template, token=token, email=email, reason=reason)
 

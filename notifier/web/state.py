@@ -23,6 +23,7 @@ from notifier.config import Settings, read_yaml
 from notifier.errors import Problem
 from notifier.ledger import Ledger
 from notifier.redaction import redact
+from notifier.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class WebState:
     admin_token: str
     #: Clients this app made and closes at shutdown (not one it was given).
     owned: tuple[redis.Redis, ...]
+    #: The consultation record: unsubscribes and resubscribes are recorded there (opened by
+    #: ``create_app``, closed at shutdown).
+    store: Store | None = None
 
 
 def state(request: Request) -> WebState:
