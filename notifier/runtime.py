@@ -27,6 +27,7 @@ from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTar
 from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_config
 from notifier.ledger import Ledger, Occurrence
 from notifier.rendering import Renderer
+from notifier.retry import RetryPolicy
 
 
 def config_signature(settings: Settings, templates: Path | None = None) -> tuple[tuple[str, float, int], ...]:
@@ -68,6 +69,7 @@ class Runtime:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
+        self.retry = RetryPolicy.from_settings(settings)
         self.client = client or connect(settings)
         self.ledger = Ledger(self.client, namespace=namespace)
         self.rehearsal = namespace != NAMESPACE
