@@ -6,8 +6,8 @@ objects: a message that waits in Redis while the config changes still means the 
 * ``fire(occurrence_id)`` fans an occurrence out into ledger records and enqueues
   ``deliver`` messages in batches of :data:`notifier.delivery.BATCH`.
 * ``deliver(occurrence_id, channel, recipients)`` sends a batch; when some deliveries are
-  to be retried it raises ``dramatiq.Retry`` with the delay the channel asked for (its
-  backoff, or the far side's ``Retry-After``).
+  to be retried it raises ``dramatiq.Retry`` with the delay :mod:`notifier.retry` gives
+  (its backoff, or the far side's ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ QUEUE = "notifier"
 #: Longest one message may run; docker compose's stop_grace_period is set above this.
 TIME_LIMIT_MS = 240_000
 MAX_AGE_MS = 7 * 24 * 3600 * 1000
-MAX_RETRIES = 100  # the ledger gives up per delivery (NOTIFIER_MAX_ATTEMPTS) long before this
 #: How often each worker looks for deliveries a lost message left behind (:class:`Sweeper`).
 SWEEP_EVERY_S = 15.0
 SWEEP_LOCK = f"{NAMESPACE}:sweep"
@@ -182,8 +181,8 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
     broker.add_middleware(Warmup(runtime))
     sweeper = Sweeper(runtime)
     broker.add_middleware(sweeper)
-    options = {"time_limit": TIME_LIMIT_MS, "max_age": MAX_AGE_MS, "max_retries": MAX_RETRIES,
-               "min_backoff": 1_000, "max_backoff": 3_600_000, "throws": (ConfigError, UsageError)}
+    # Retries: the broker's middleware, as notifier.retry sets it.
+    options = {"time_limit": TIME_LIMIT_MS, "max_age": MAX_AGE_MS, "throws": (ConfigError, UsageError)}
 
     def fire(occurrence_id: str) -> None:
         rt = runtime()

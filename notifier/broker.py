@@ -46,7 +46,6 @@ from dramatiq.middleware import (
     Callbacks,
     CurrentMessage,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -56,6 +55,7 @@ from redis.retry import Retry
 from notifier.config import Settings
 from notifier.errors import EmbeddedDataError, RedisUnavailable
 from notifier.redaction import redact
+from notifier.retry import dramatiq_retries
 
 NAMESPACE = "notifier"
 WORKERS_KEY = f"{NAMESPACE}:workers"  # worker liveness is per process, shared by every ledger namespace
@@ -467,7 +467,7 @@ def make_broker(settings: Settings, *, worker_id: str) -> NotifierBroker:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        Retries(max_retries=20),
+        dramatiq_retries(),  # notifier.retry: the one retry policy
         CurrentMessage(),
         Heartbeat(worker_id),
     ]

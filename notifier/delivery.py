@@ -12,7 +12,6 @@ and only those, can be sent twice.
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Claim, Outcome, Record, Recorder, Status, now_iso
 from notifier.rendering import Renderer
+from notifier.retry import BUSY_RECHECK_S
 from notifier.runtime import Prepared, Runtime
 from notifier.tokens import unsubscribe_url
 
@@ -92,12 +92,6 @@ def attempts(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
-def backoff(rt: Runtime, attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
-    base = rt.settings.retry_base.total_seconds()
-    return min(3600.0, base * 2.0 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-
-
 def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> float | None:
     """Send what is still pending in ``batch``; seconds until a retry is due, or None when
     every delivery is final.
@@ -112,7 +106,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     retry: float | None = None
     mine = [c for c in claims if c.state == "claimed"]
     if any(c.state == "busy" for c in claims):
-        retry = 15.0  # a live worker is on them: look again later in case it fails
+        retry = BUSY_RECHECK_S  # a live worker is on them: look again later in case it fails
     if not mine:
         return retry
     suppressed = {}
@@ -191,7 +185,7 @@ class _Sending:
             self.channel = self.rt.channel(self.channel_name)
             self.renderer = self.rt.renderer
             self.batch = self.channel if isinstance(self.channel, BatchChannel) else None
-            pause = 3 * self.rt.settings.retry_base.total_seconds()
+            pause = self.rt.retry.breaker_base_s
             self.gate = Gate(Breaker(self.rt.client, self.channel_name, pause, self.rt.ledger.ns))
         return self.prepared, self.channel, self.renderer
 
@@ -213,7 +207,7 @@ def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
         status: Status = "outbox" if result.outbox else "sent"
         return Outcome(status, attempt, None, result.provider_id, result.url, updated=now, sent_at=now)
     if isinstance(result, TransientDeliveryError):
-        if attempt >= rt.settings.max_attempts:
+        if rt.retry.gives_up(attempt):
             return Outcome("failed", attempt, f"gave up after {attempts(attempt)}: {result}", updated=now)
         log.info("delivery %s to %s deferred: %s", delivery.channel, delivery.recipient, result)
         return Outcome("pending", attempt, str(result), updated=now)
@@ -225,10 +219,10 @@ def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
 
 
 def _retry_in(rt: Runtime, settled: Outcome, result: Result) -> float | None:
-    """Seconds until a delivery left pending is due again; None when it is final."""
+    """Seconds until a delivery left pending is due again (:mod:`notifier.retry`); None when it is final."""
     if settled.status != "pending" or not isinstance(result, TransientDeliveryError):
         return None
-    return max(backoff(rt, settled.attempts), result.retry_after or 0.0)
+    return rt.retry.retry_in(settled.attempts, result.retry_after)
 
 
 def _payload(sending: _Sending, delivery: Delivery) -> EmailPayload | PostPayload:

@@ -29,6 +29,7 @@ from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_
 from notifier.errors import StoreError
 from notifier.ledger import Ledger, Occurrence
 from notifier.rendering import Renderer
+from notifier.retry import RetryPolicy
 from notifier.store import Store, SuppressionSource
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Runtime:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
+        self.retry = RetryPolicy.from_settings(settings)
         self.client = client or connect(settings)
         self.ledger = Ledger(self.client, namespace=namespace)
         self.rehearsal = namespace != NAMESPACE

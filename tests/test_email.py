@@ -160,7 +160,7 @@ def test_smtp_replies_are_translated_at_the_boundary() -> None:
 def test_envelope_paths_are_what_smtplib_would_send_and_one_line(address: str) -> None:
     import smtplib
 
-    from notifier.channels.email import _path
+    from notifier.channels.email._fast import envelope_path as _path
 
     path = _path(address)
     assert "\r" not in path and "\n" not in path  # no second SMTP command from an address

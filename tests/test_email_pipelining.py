@@ -66,14 +66,14 @@ def channel(server: SmtpServer) -> contextlib.closing[SmtpChannel]:
 def test_the_server_offers_pipelining_so_the_pipelined_path_runs(pipelining_server: SmtpServer) -> None:
     with channel(pipelining_server) as smtp:
         smtp.send_many(items(1))
-        [conn] = smtp._all
+        [conn] = smtp.engine._all
         assert conn.has_extn("pipelining")
 
 
 def test_every_message_is_accepted_once_with_its_message_id(pipelining_server: SmtpServer) -> None:
     with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(7))
-        assert len(smtp._all) == LANES, "the messages were dealt to the thread's connections"
+        assert len(smtp.engine._all) == LANES, "the messages were dealt to the thread's connections"
 
     assert all(isinstance(r, Receipt) for r in results)
     # two connections: the server may take them in either order, but each exactly once
@@ -178,11 +178,11 @@ def test_a_lane_stopped_mid_transaction_drops_its_connection(pipelining_server: 
     the previous one's replies as its own."""
     with channel(pipelining_server) as smtp:
         envelopes = [(address(n), b"Subject: x\r\n\r\nhello\r\n") for n in range(3)]
-        lane = smtp._lane(0, envelopes, [f"<{n}@pcc.example>" for n in range(3)])
+        lane = smtp.engine._lane(0, SENDER.from_address, envelopes, [f"<{n}@pcc.example>" for n in range(3)])
         next(lane)  # the first message's commands are written, its replies not yet read
-        assert len(smtp._all) == 1
+        assert len(smtp.engine._all) == 1
         lane.close()
-        assert smtp._all == [], "the half-used connection was dropped"
+        assert smtp.engine._all == [], "the half-used connection was dropped"
         results = smtp.send_many(items(2))  # and new ones work
 
     assert all(isinstance(r, Receipt) for r in results)
@@ -190,7 +190,7 @@ def test_a_lane_stopped_mid_transaction_drops_its_connection(pipelining_server: 
 
 
 def test_when_one_lane_fails_the_others_are_stopped_too() -> None:
-    from notifier.channels.email import Step, _in_step
+    from notifier.channels.email.smtp import Step, _in_step
 
     stopped: list[str] = []
 

@@ -69,10 +69,10 @@ ALLOWED_AT: dict[tuple[str, str], str] = {
     ("transaction", "_refused"): _SMTP_LAYER,
     ("transactions", "smtplib.SMTPDataError"): _SMTP_LAYER,
     ("transactions", "refusal"): _SMTP_LAYER,
-    ("SmtpChannel._connection", "TimeoutError"): _SMTP_LAYER,
-    ("SmtpChannel._open", "ConnectionError"): _SMTP_LAYER,
-    ("SmtpChannel._open", "TimeoutError"): _SMTP_LAYER,
-    ("SmtpChannel._open", "smtplib.SMTPNotSupportedError"): _SMTP_LAYER,
+    ("SmtpEngine._connection", "TimeoutError"): _SMTP_LAYER,
+    ("SmtpEngine._open", "ConnectionError"): _SMTP_LAYER,
+    ("SmtpEngine._open", "TimeoutError"): _SMTP_LAYER,
+    ("SmtpEngine._open", "smtplib.SMTPNotSupportedError"): _SMTP_LAYER,
 }
 
 
@@ -204,9 +204,9 @@ def test_the_check_tells_what_each_raise_raises_however_it_is_written() -> None:
     by_site = {(site.function, site.written): kinds for site, kinds in SITES}
     assert by_site[("parse_received", "InvalidValueError")] == [InvalidValueError]
     assert by_site[("Config.consultation", "UsageError")] == [UsageError]  # imported in the function
-    assert by_site[("SmtpChannel._open", "TimeoutError")] == [TimeoutError]
+    assert by_site[("SmtpEngine._open", "TimeoutError")] == [TimeoutError]
     made: set[type[BaseException]] = {TransientDeliveryError, PermanentDeliveryError}
-    assert set(by_site[("SmtpChannel.send", "translate")]) == made  # what the maker returns
+    assert set(by_site[("SmtpEngine.send", "translate")]) == made  # what the maker returns
     assert by_site[("FacebookChannel.send", "exc")] == [DeliveryError]  # exc = http.error_for(...)
     assert by_site[("transaction", "_refused")] == [smtplib.SMTPException]
     assert by_site[("Recorder.flush", "errors[0]")] == [None]  # cannot be told: listed by hand

@@ -1,36 +1,25 @@
-"""E-mail: MIME built fast and correctly, sent over SMTP or dropped in the Maildir outbox.
-
-:func:`build_message` writes the RFC 5322 bytes directly rather than through
-``EmailMessage``, which spends most of its time in its header policy machinery (about
-1,200 messages/s on this machine; this path is several times faster). Its output parses
-back to the same headers and parts (``tests/test_email.py`` checks that). Every value that
-reaches a header has its control characters (CR, LF, NUL, ...) made spaces first, so no
-value can add a header, and a bare CR in a part becomes a line break, so none reaches the
-wire without its LF (what SMTP smuggling relies on). A
-part that is ASCII with lines within RFC 5322's 998 goes ``7bit`` (as it is); any other
-part is quoted-printable.
+"""SMTP: the pipelined engine that sends ready-made messages, and SMTP errors translated.
 
 :func:`transaction` sends one message on a kept-open connection as ``SMTP.sendmail``
-would, but pipelines MAIL, RCPT and DATA where the server offers PIPELINING and
-dot-stuffs with ``bytes.replace``: about half the client CPU of ``sendmail`` per message.
-:func:`transactions` (``SmtpChannel.send_many``) sends several messages so, and with
+would, but pipelines MAIL, RCPT and DATA where the server offers PIPELINING (and
+dot-stuffs with :func:`~notifier.channels.email._fast.stuffed`): about half the client CPU
+of ``sendmail`` per message. :func:`transactions` sends several messages so, and with
 PIPELINING writes each message's data together with the next one's MAIL, RCPT and DATA:
-one round trip a message, with each message's outcome still its own. ``send_many`` deals
-the messages to two connections of the thread and writes to one while the other's replies
-travel (:data:`LANES`).
+one round trip a message, with each message's outcome still its own.
+:class:`SmtpEngine` keeps each thread's connections (opened with the STARTTLS and AUTH the
+target asks for, or refused), deals a batch to :data:`LANES` of them and writes to one
+while the other's replies travel, and passes each message's result to ``on_result`` as
+soon as its reply is read.
 
-SMTP errors are translated at this boundary: 4xx replies, connection errors and timeouts
-are transient; 5xx replies are permanent (550/551/553 and 5.1.x also mark the address
-bounced, so later events suppress it).
+SMTP errors are translated at this boundary (:func:`translate`): 4xx replies, connection
+errors and timeouts are transient; 5xx replies are permanent (550/551/553 and 5.1.x also
+mark the address bounced, so later events suppress it).
 """
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import enum
-import mailbox
-import re
 import smtplib
 import socket
 import ssl
@@ -38,172 +27,14 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from email.header import Header
-from email.utils import formataddr, formatdate, parseaddr
-from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Receipt
+from notifier.channels.email._fast import envelope_path as _path
+from notifier.channels.email._fast import one_line as _one_line
+from notifier.channels.email._fast import stuffed as _stuffed
 from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError, UnreachableError
-
-_NO_BREAK = str.maketrans({"\r": " ", "\n": " "})
-
-
-def _one_line(value: str) -> str:
-    if "\r" in value or "\n" in value:  # translate() is slow: only when there is something to replace
-        value = value.translate(_NO_BREAK)
-    return value.strip()
-
-
-# Each C0 control character (CR, LF and NUL among them) and DEL, as a space.
-_NO_CONTROL = str.maketrans(dict.fromkeys([*range(32), 127], " "))
-
-
-def _header_text(value: str) -> str:
-    """``value`` with no control character, for a header: a CR or LF could start a header
-    (or, as a bare CR, end the message on a lax server: SMTP smuggling), and a NUL has no
-    place in one."""
-    if not value.isprintable():  # translate() is slow: only when there may be something to replace
-        value = value.translate(_NO_CONTROL)
-    return value.strip()
-
-
-def _encode_header(value: str) -> str:
-    value = _header_text(value)
-    if value.isascii() and len(value) < 900:
-        return value
-    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")  # folded with CRLF, not a bare LF
-
-
-def _ascii_url(url: str) -> str:
-    """``url`` for a header: one line, non-ASCII characters percent-encoded (RFC 3987 3.1)."""
-    url = _header_text(url)
-    return url if url.isascii() else quote(url, safe=_URL_SAFE)
-
-
-_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
-
-
-def format_address(name: str | None, address: str) -> str:
-    """``"Name" <address>`` with the name RFC 2047-encoded where it is not ASCII."""
-    return formataddr((_header_text(name or ""), _header_text(address)), charset="utf-8")
-
-
-def _qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends, ending in CRLF (a part's last line break is
-    its own; the one before a boundary belongs to the boundary)."""
-    # A bare CR is a line break, as mail readers show it: never a CR without its LF on the wire.
-    body = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
-    encoded = binascii.b2a_qp(body, istext=True)
-    return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
-
-
-_MAX_LINE = 998  # RFC 5322 2.1.1: a line MUST be at most 998 characters, CRLF excluded
-
-
-def _part(content_type: str, text: str) -> bytes:
-    """One text part, headers and body. ASCII text whose lines fit the RFC 5322 limit goes
-    as it is (``7bit``: no encoding, most e-mails); anything else as quoted-printable."""
-    if text.isascii() and "\r" not in text and "\0" not in text:
-        lines = text.split("\n")  # no CR: these are all the lines
-        if max(map(len, lines)) <= _MAX_LINE:
-            body = "\r\n".join(lines).encode("ascii")
-            if not body.endswith(b"\r\n"):
-                body += b"\r\n"
-            return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
-                    f"Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + body
-    return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
-            f"Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + _qp(text)
-
-
-@dataclass(frozen=True, slots=True)
-class Sender:
-    """The fixed headers of every e-mail from this config, encoded once."""
-
-    from_header: str
-    from_address: str
-    reply_to: str | None
-    domain: str
-
-    @classmethod
-    def parse(cls, from_: str, reply_to: str | None) -> Sender:
-        """From ``email.from`` and ``email.reply_to`` of notifier.yaml."""
-        name, address = parseaddr(_header_text(from_))
-        reply = None
-        if reply_to:
-            reply_name, reply_address = parseaddr(_header_text(reply_to))
-            reply = format_address(reply_name, reply_address)
-        return cls(format_address(name, address), address, reply, address.rpartition("@")[2] or "localhost")
-
-
-_date: tuple[int, str] = (0, "")
-
-
-def _date_now() -> str:
-    """Now as a Date header value, formatted once a second rather than once a message."""
-    global _date
-    second = int(time.time())
-    if _date[0] != second:
-        _date = (second, formatdate(second, localtime=False, usegmt=True))
-    return _date[1]
-
-
-def message_id(delivery: Delivery, domain: str) -> str:
-    """The Message-ID of a delivery: the same on every attempt, so retries are recognisable."""
-    return f"<{delivery.key}@{domain}>"
-
-
-def build_message(
-    sender: Sender,
-    payload: EmailPayload,
-    *,
-    msgid: str,
-    date: str | None = None,
-) -> bytes:
-    """The whole e-mail as bytes with CRLF line ends: headers, text part and HTML part.
-
-    Whatever it is given, the bytes hold no CR without its LF, no LF without its CR and no
-    NUL: control characters in header values become spaces, and a bare CR in a part is a
-    line break (the quoted-printable encoding writes a NUL as ``=00``).
-    """
-    content = payload.content
-    msgid = _header_text(msgid)  # it also names the MIME boundary
-    headers = [
-        f"From: {_header_text(sender.from_header)}",
-        f"To: {format_address(payload.to_name, payload.to_email)}",
-        f"Subject: {_encode_header(content.subject)}",
-        f"Date: {_header_text(date or _date_now())}",
-        f"Message-ID: {msgid}",
-    ]
-    if sender.reply_to:
-        headers.append(f"Reply-To: {_header_text(sender.reply_to)}")
-    headers += [
-        f"List-Unsubscribe: <{_ascii_url(payload.unsubscribe_url)}>",
-        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
-        "MIME-Version: 1.0",
-    ]
-    text_part = _part("text/plain", content.text)
-    if content.html is None:
-        return "\r\n".join(headers).encode("ascii") + b"\r\n" + text_part
-    html_part = _part("text/html", content.html)
-    # "=_" never occurs in quoted-printable output; in 7bit text it could, so check.
-    boundary = f"=_{msgid.strip('<>').partition('@')[0]}"
-    while f"--{boundary}".encode() in text_part or f"--{boundary}".encode() in html_part:
-        boundary += "_"
-    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-    sep = f"--{boundary}\r\n".encode()
-    return b"".join((
-        "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
-        sep, text_part, b"\r\n",
-        sep, html_part, b"\r\n",
-        f"--{boundary}--\r\n".encode(),
-    ))
-
-
-# ---------------------------------------------------------------------------
-# SMTP
-# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,26 +99,6 @@ def _by_code(code: int, message: bytes | str) -> TransientDeliveryError | Perman
         return TransientDeliveryError(f"SMTP server deferred: {reply}", provider_reply=reply)
     bounce = code in (550, 551, 553) or " 5.1." in f" {reply[4:]}"
     return PermanentDeliveryError(f"SMTP server refused: {reply}", bounce=bounce, provider_reply=reply)
-
-
-def _stuffed(data: bytes) -> bytes:
-    """``data`` (CRLF line ends) as the DATA section: leading dots doubled (RFC 5321
-    4.5.2), then the final ``.`` line. ``bytes.replace`` where smtplib runs a regex: that
-    regex alone cost more than building the message."""
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    return data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n")
-
-
-_UNSAFE_IN_PATH = re.compile(r"[<>\r\n \t]")
-
-
-def _path(address: str) -> str:
-    """``<address>`` for MAIL FROM and RCPT TO (addresses were validated with the config)."""
-    if address.isascii() and _UNSAFE_IN_PATH.search(address) is None:
-        return f"<{address}>"
-    return smtplib.quoteaddr(_one_line(address))
 
 
 def _commands(conn: smtplib.SMTP, from_address: str, to_address: str, data: bytes) -> tuple[str, str, str]:
@@ -475,14 +286,13 @@ class _Results(list[_Result]):
             self.on_result(self.lane + LANES * (len(self) - 1), result)
 
 
-class SmtpChannel:
-    """Sends over SMTP, with up to :data:`LANES` connections per thread kept open and reused."""
 
-    name = "email"
+class SmtpEngine:
+    """Sends ready-made messages over SMTP, with up to :data:`LANES` connections per thread
+    kept open and reused."""
 
-    def __init__(self, target: SmtpTarget, sender: Sender) -> None:
+    def __init__(self, target: SmtpTarget) -> None:
         self.target = target
-        self.sender = sender
         self._local = threading.local()
         self._all: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
@@ -561,16 +371,13 @@ class SmtpChannel:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
-        """Send one e-mail; the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
-        msgid = message_id(delivery, self.sender.domain)
-        data = build_message(self.sender, payload, msgid=msgid)
+    def send(self, from_address: str, to_address: str, data: bytes, provider_id: str) -> Receipt:
+        """Send one message; its receipt carries ``provider_id``, or the translated error is raised."""
         for _ in (1, 2):
             try:
                 conn = self._connection()
-                transaction(conn, self.sender.from_address, payload.to_email, data)
-                return Receipt(provider_id=msgid)
+                transaction(conn, from_address, to_address, data)
+                return Receipt(provider_id=provider_id)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()  # a kept-open connection the server closed: reconnect once
                 disconnected = exc
@@ -585,10 +392,12 @@ class SmtpChannel:
 
     def send_many(
         self,
-        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
-        on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
-    ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
-        """Send several e-mails on this thread's connections, pipelined across messages
+        from_address: str,
+        envelopes: Sequence[tuple[str, bytes]],
+        provider_ids: Sequence[str],
+        on_result: Callable[[int, _Result], None] | None = None,
+    ) -> list[_Result]:
+        """Send several messages on this thread's connections, pipelined across messages
         (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
         would raise for it.
 
@@ -602,24 +411,20 @@ class SmtpChannel:
         read, before that lane writes its next message: a caller that records it there has
         at most one accepted message a lane not recorded (what a killed worker may resend).
         """
-        emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
-        assert len(emails) == len(items), "an e-mail channel sends e-mails"
-        msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
-        envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
-                     for payload, msgid in zip(emails, msgids, strict=True)]
         # Message i goes on lane i % LANES, as that lane's (i // LANES)th.
-        lanes = [self._lane(lane, envelopes[lane::LANES], msgids[lane::LANES], on_result)
-                 for lane in range(min(LANES, len(items)))]
+        lanes = [self._lane(lane, from_address, envelopes[lane::LANES], provider_ids[lane::LANES], on_result)
+                 for lane in range(min(LANES, len(envelopes)))]
         results = _in_step(lanes)
-        return [results[i % LANES][i // LANES] for i in range(len(items))]
+        return [results[i % LANES][i // LANES] for i in range(len(envelopes))]
 
     def _lane(
         self,
         lane: int,
-        envelopes: list[tuple[str, bytes]],
-        msgids: list[str],
-        on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
-    ) -> Generator[Step, None, list[Receipt | TransientDeliveryError | PermanentDeliveryError]]:
+        from_address: str,
+        envelopes: Sequence[tuple[str, bytes]],
+        provider_ids: Sequence[str],
+        on_result: Callable[[int, _Result], None] | None = None,
+    ) -> Generator[Step, None, list[_Result]]:
         """Send ``envelopes`` on connection ``lane``, yielding after each write (see
         :func:`_in_step`); returns each message's receipt or error, in order, and tells
         ``on_result`` of each (by its index in :meth:`send_many`'s items) as it comes."""
@@ -628,11 +433,11 @@ class SmtpChannel:
         while len(out) < len(envelopes):
             try:
                 conn = self._connection(lane)
-                for outcome in transactions(conn, self.sender.from_address, envelopes[len(out):]):
+                for outcome in transactions(conn, from_address, envelopes[len(out):]):
                     if outcome is Step.WRITTEN:
                         yield outcome
                         continue
-                    out.append(Receipt(provider_id=msgids[len(out)]) if outcome is None else translate(outcome))
+                    out.append(Receipt(provider_id=provider_ids[len(out)]) if outcome is None else translate(outcome))
                     reconnected = False
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop(lane)  # a kept-open connection the server closed: reconnect once
@@ -661,30 +466,3 @@ class SmtpChannel:
         for conn in conns:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 conn.quit()
-
-
-class MaildirChannel:
-    """Writes each e-mail to a Maildir (``$NOTIFIER_DATA_DIR/outbox/email``), for review."""
-
-    name = "email"
-
-    def __init__(self, path: Path, sender: Sender) -> None:
-        self.path = path
-        self.sender = sender
-        # Maildir(create=True) makes tmp/new/cur only when the folder itself is new.
-        for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        self._maildir = mailbox.Maildir(str(path), create=False)
-
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
-        """Store one e-mail (an ``outbox`` receipt: not delivered); the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
-        msgid = message_id(delivery, self.sender.domain)
-        try:
-            self._maildir.add(build_message(self.sender, payload, msgid=msgid))
-        except OSError as exc:
-            raise TransientDeliveryError(f"cannot write to the outbox {self.path}: {exc}") from None
-        return Receipt(provider_id=msgid, outbox=True)
-
-    def close(self) -> None:
-        """Nothing to release."""
