@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dramatiq
 import redis
 
-from notifier import actors, timeline
+from notifier import acknowledgement, actors, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings, collector_paused, load_config
 from notifier.delivery import BATCH
@@ -26,6 +27,9 @@ from notifier.ledger import FINAL, Ledger
 from notifier.runtime import Runtime
 from notifier.timeline import Event
 from notifier.validation import check, check_event
+
+if TYPE_CHECKING:
+    from notifier.store import Response
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ class Service:
         warnings (a stakeholder named differently on two lists, an outcome before the close)
         go to ``warn`` (the log by default) and never stop the firing.
         """
+        if event_name == timeline.RESPONSE_RECEIVED:
+            raise UsageError(f"{event_name} is sent to each respondent when their response is recorded "
+                             "(notifier responses import, or POST /api/consultations/<id>/responses), not fired")
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
@@ -136,6 +143,15 @@ class Service:
         count = sum(map(len, by_channel.values()))
         log.info("retrying %d failed deliveries of %s", count, occurrence_id)
         return occurrence_id, count
+
+    def acknowledge(self, consultation_id: str, responses: Iterable[Response]) -> list[str]:
+        """Thank each respondent once (event ``response_received``): start and enqueue the
+        acknowledgement of each response not asked for before; their occurrence ids."""
+        started = acknowledgement.request(self.ledger, consultation_id, responses)
+        for occurrence_id in started:
+            self.actors.fire.send(occurrence_id)
+        log.info("acknowledging %d response(s) to %s", len(started), consultation_id)
+        return started
 
     def progress(self, occurrence_id: str) -> Progress:
         """Counts of an occurrence's deliveries."""
