@@ -138,3 +138,8 @@ class SchemaBehindError(StoreError):
 
 class ResponsesFileError(ConfigError):
     """A responses CSV has bad rows; ``problems`` names each as ``FILE:LINE: message``."""
+
+
+class BadResponseError(ConfigError):
+    """A response given field by field (the JSON API's body) has bad fields; ``problems`` names
+    each one (``email: invalid e-mail address ...``)."""

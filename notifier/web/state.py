@@ -23,6 +23,7 @@ from notifier.config import Settings, read_yaml
 from notifier.errors import Problem
 from notifier.ledger import Ledger
 from notifier.redaction import redact
+from notifier.web.desk import ResponseDesk
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class WebState:
     admin_token: str
     #: Clients this app made and closes at shutdown (not one it was given).
     owned: tuple[redis.Redis, ...]
+    #: Records responses given to the API and queues their acknowledgements.
+    desk: ResponseDesk
 
 
 def state(request: Request) -> WebState:
