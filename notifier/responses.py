@@ -113,7 +113,9 @@ def _rows(path: Path, text: str, tz: ZoneInfo, problems: list[Problem]) -> list[
     return rows
 
 
-def _response(raw: dict[str, str], tz: ZoneInfo, path: Path, line: int | None, problems: list[Problem]) -> NewResponse | None:
+def _response(
+    raw: dict[str, str], tz: ZoneInfo, path: Path, line: int | None, problems: list[Problem]
+) -> NewResponse | None:
     before = len(problems)
     email = raw.get("email", "")
     try:

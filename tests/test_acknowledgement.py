@@ -5,14 +5,18 @@ real SMTP server (aiosmtpd) and the consultation record on SQLite and PostgreSQL
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from notifier import acknowledgement
+from notifier.audience import Recipient
 from notifier.config import load_config
 from notifier.errors import ConfigError
 from notifier.responders import Responders, skipped
-from notifier.audience import Recipient
+from notifier.store import Response
 from tests.conftest import Project, SmtpServer
 from tests.record_fixtures import SOC
 
@@ -118,11 +122,6 @@ def test_validate_renders_the_thank_you_template_with_a_sample_response(project:
 
 
 def test_skip_compares_organisations_without_case_and_prefers_the_address() -> None:
-    from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
-
-    from notifier.store import Response
-
     at = datetime(2019, 8, 1, 13, 30, tzinfo=UTC)
     reasons = Responders.of([Response(1, SOC, "ccg@nhs.example", None, " Telford CCG ", at, None, at, None)],
                             ZoneInfo("Europe/London"))
@@ -136,8 +135,6 @@ def test_skip_compares_organisations_without_case_and_prefers_the_address() -> N
 def test_the_bundled_example_reminder_skips_responders_and_its_thank_you_template_renders(project: Project) -> None:
     config = load_config(project.config)
     assert config.consultations[SOC].events["reminder"].skip == ("responded",)
-    from notifier import acknowledgement
-
     try:
         acknowledgement.ready(config, SOC)
     except ConfigError as exc:  # pragma: no cover - the message is the point
