@@ -5,20 +5,25 @@ real SMTP server (aiosmtpd) and the consultation record on SQLite and PostgreSQL
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
 from notifier import acknowledgement
 from notifier.audience import Recipient
-from notifier.config import load_config
+from notifier.config import Settings, load_config
 from notifier.errors import ConfigError
 from notifier.responders import Responders, skipped
-from notifier.store import Response
-from tests.conftest import Project, SmtpServer
+from notifier.service import Service
+from notifier.store import Response, Store, make_engine
+from tests.conftest import Project, SmtpServer, wait_until
 from tests.record_fixtures import SOC
+from tests.test_web import Servers
 
 JANE = "jane.smith@telford-wrekin-csp.example"  # on the csp and socjag lists, Telford & Wrekin CSP
 PAT = "pat.jones@example.org"  # on no list, answering for West Mercia Police
@@ -139,3 +144,58 @@ def test_the_bundled_example_reminder_skips_responders_and_its_thank_you_templat
         acknowledgement.ready(config, SOC)
     except ConfigError as exc:  # pragma: no cover - the message is the point
         pytest.fail(f"the example's thank-you does not render: {exc.problems}")
+
+
+# ---------------------------------------------------------------------------
+# The JSON API
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    """Live ``notifier web`` servers, shut down afterwards."""
+    found = Servers()
+    yield found
+    found.stop()
+
+
+def test_the_api_records_a_response_once_and_an_import_of_it_too_thanks_nobody_twice(
+    example: Project, smtp_server: SmtpServer, servers: Servers, redis_url: str, database: str
+) -> None:
+    settings = replace(Settings.from_env(example.settings_env()), web_bind="127.0.0.1:0", database_url=database,
+                       env={"NOTIFIER_ADMIN_TOKEN": "admin-secret"})
+    example.env["NOTIFIER_DATABASE_URL"] = database
+    url = f"{servers.start(settings)}/api/consultations/{SOC}/responses"
+    auth = {"Authorization": "Bearer admin-secret"}
+    pat = {"email": PAT, "name": "Pat Jones", "organisation": "West Mercia Police", "received": "2019-08-02",
+           "reference": "R-2"}
+    service = Service(settings)
+    with httpx.Client(timeout=30) as http, service.worker(threads=2):
+        assert http.post(url, json=pat).status_code == 401
+        assert http.post(url, json=pat, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        bad = http.post(url, json={"email": "not-an-address", "received": "soon", "colour": "red"}, headers=auth)
+        assert bad.status_code == 422
+        assert [p.split(":")[0] for p in bad.json()["problems"]] == ["colour", "email", "received"]
+        assert http.post(url, content=b"{", headers=auth).status_code == 422
+        unknown = http.post(url.replace(SOC, "no-such-thing"), json=pat, headers=auth)
+        assert unknown.status_code == 404 and "unknown consultation" in unknown.json()["error"]
+
+        first = http.post(url, json=pat, headers=auth)
+        assert first.status_code == 201, first.text
+        assert (first.json()["email"], first.json()["new"], first.json()["acknowledging"]) == (PAT, True, True)
+        wait_until(lambda: len(_thanks(smtp_server)) == 1, 60, "the thank-you to Pat")
+        store = Store(make_engine(database))
+        try:
+            wait_until(lambda: all(r.acknowledged_at for r in store.responses(SOC)), 30, "Pat's response marked")
+        finally:
+            store.close()
+        again = http.post(url, json=pat, headers=auth)
+        assert again.status_code == 200 and again.json()["new"] is False and again.json()["acknowledged"]
+
+        path = example.write("responses.csv", RESPONSES)  # Pat's again (R-2), and Jane's (new)
+        result = example.run("responses", "import", SOC, str(path), check=True)
+        assert "1 new response(s)" in result.stdout and "1 acknowledgement(s) sent" in result.stdout
+        jane = {"email": JANE, "reference": "R-1"}
+        assert http.post(url, json=jane, headers=auth).status_code == 200
+    service.close()
+    assert sorted(str(m["To"]) for m in _thanks(smtp_server)) == [f"Jane Smith <{JANE}>", f"Pat Jones <{PAT}>"]
