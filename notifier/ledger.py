@@ -8,7 +8,7 @@ It is also what makes every side effect happen once:
 * a delivery is claimed (``SET NX`` with a lease, owned by a live worker) before it is sent,
   so two workers never send the same one, and a claim held by a dead worker is taken over
   (a holder with no heartbeat at all counts as alive until its claim is ``DEAD_AFTER_MS`` old);
-* a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``) is never sent again.
+* a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``, ``skipped``) is never sent again.
 
 Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehearsals):
 
@@ -17,7 +17,8 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``seq:<c>:<e>``            occurrence counter (``send --again`` makes a new one)
 ``missed:<c>:<e>``         when a scheduled event was missed past the grace period
 ``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state, and
-                           fanner, fanner_at (the ``fire`` message fanning it out, since when)
+                           fanner, fanner_at (the ``fire`` message fanning it out, since when);
+                           an acknowledgement's also holds its ``response`` (JSON)
 ``occs:<c>``               sorted set of the consultation's occurrences by firing time
 ``st:<id>``                hash ``<channel>|<recipient>`` -> status
 ``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record` as fanned out
