@@ -199,3 +199,19 @@ def test_the_api_records_a_response_once_and_an_import_of_it_too_thanks_nobody_t
         assert http.post(url, json=jane, headers=auth).status_code == 200
     service.close()
     assert sorted(str(m["To"]) for m in _thanks(smtp_server)) == [f"Jane Smith <{JANE}>", f"Pat Jones <{PAT}>"]
+
+
+def test_the_responses_api_is_off_without_an_admin_token_and_records_nothing(
+    example: Project, servers: Servers, database: str
+) -> None:
+    settings = replace(Settings.from_env(example.settings_env()), web_bind="127.0.0.1:0", database_url=database)
+    base = servers.start(settings)
+    with httpx.Client(timeout=30) as http:
+        answer = http.post(f"{base}/api/consultations/{SOC}/responses", json={"email": PAT},
+                           headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 404 and "NOTIFIER_ADMIN_TOKEN" in answer.json()["error"]
+    store = Store(make_engine(database))
+    try:
+        assert store.responses(SOC) == []
+    finally:
+        store.close()
