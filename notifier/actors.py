@@ -25,7 +25,7 @@ import dramatiq
 import redis
 from dramatiq.middleware import CurrentMessage
 
-from notifier import delivery, timeline
+from notifier import acknowledgement, delivery, timeline
 from notifier.audience import Recipient
 from notifier.broker import NAMESPACE, NotifierBroker
 from notifier.config import EMAIL_CHANNEL
@@ -201,7 +201,9 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
     def deliver(occurrence_id: str, channel: str, recipients: list[str]) -> None:
         message = CurrentMessage.get_current_message()
         batch = delivery.Batch(occurrence_id, channel, tuple(recipients))
-        retry_in = delivery.deliver(runtime(), batch, message_id=message.message_id if message else None)
+        rt = runtime()
+        retry_in = delivery.deliver(rt, batch, message_id=message.message_id if message else None)
+        acknowledgement.settle(rt.ledger, rt.settings, occurrence_id)  # a thank-you sent: its response marked
         if retry_in is not None:
             raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
 

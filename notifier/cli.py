@@ -40,6 +40,7 @@ from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rehearsal import rehearse as run_rehearsal
 from notifier.rendering import Renderer
+from notifier.responders import RESPONDED, Responders, responders, shared_store, skipped
 from notifier.scheduler import offset_clock, serve
 from notifier.scheduler import status as event_states
 from notifier.service import Service
@@ -155,9 +156,13 @@ def plan(consultation: str | None) -> None:
     for item in consultations:
         events = timeline.events(item, config.tz)
         states = event_states(ledger, events, now, grace=settings.grace) if ledger else []
+        reasons = _responders(settings, item.id, config) if any(RESPONDED in e.skip for e in events) else None
         for i, event in enumerate(events):
             audience = resolve(config.lists, event.audience, suppressed=suppressed)
-            size = f"{len(audience)}" + (f" ({len(audience.suppressed)} suppressed)" if audience.suppressed else "")
+            left_out = skipped(event.skip, reasons, audience.recipients)
+            notes = [f"{len(audience.suppressed)} suppressed"] * bool(audience.suppressed)
+            notes += [f"{len(left_out)} skipped: responded"] * bool(left_out)
+            size = f"{len(audience) - len(left_out)}" + (f" ({', '.join(notes)})" if notes else "")
             cells = [_local(event.at, config), event.name, ", ".join(event.channels), size,
                      _describe_state(states[i], config) if states else "?"]
             table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
@@ -174,6 +179,16 @@ def _restore(settings: Settings, ledger: Any, consultations: list[str]) -> None:
         archive.seed_suppressions(ledger, store)
     finally:
         store.close()
+
+
+def _responders(settings: Settings, consultation: str, config: Config) -> Responders | None:
+    """Who responded to ``consultation``, for an event's ``skip``; None (and a note) when the
+    record cannot be read."""
+    try:
+        return responders(shared_store(settings), consultation, config.tz)
+    except NotifierError as exc:
+        err.print(f"note: responses unknown, audiences shown before skipping ({exc})", style="yellow", markup=False)
+        return None
 
 
 def _describe_state(state: Any, config: Config) -> str:

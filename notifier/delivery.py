@@ -23,6 +23,7 @@ from notifier.config import EMAIL_CHANNEL
 from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Claim, Outcome, Record, Recorder, Status, now_iso
 from notifier.rendering import Renderer
+from notifier.responders import skipped_by_event
 from notifier.retry import BUSY_RECHECK_S
 from notifier.runtime import Prepared, Runtime
 from notifier.tokens import unsubscribe_url
@@ -62,16 +63,22 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
             continue
         suppressed = rt.suppressed()
         left_out = list(opted_out(rt.config.lists, event.audience))
+        skip = skipped_by_event(rt.settings, event.consultation_id, event.skip, prepared.recipients.values(),
+                                rt.config.tz)
         recipients: list[Recipient] = []
+        skipped: list[Suppressed] = []  # left out by the event's skip (a response recorded), and why
         for key, recipient in prepared.recipients.items():
             if key in suppressed:
                 left_out.append(Suppressed(recipient, suppressed[key]))
+            elif key in skip:
+                skipped.append(Suppressed(recipient, skip[key]))
             else:
                 recipients.append(recipient)
+        final: tuple[tuple[Status, list[Suppressed]], ...] = (("suppressed", left_out), ("skipped", skipped))
         rt.ledger.add(occurrence_id, [
-            Record(channel=channel, recipient=item.recipient.key, status="suppressed", name=item.recipient.name,
+            Record(channel=channel, recipient=item.recipient.key, status=status, name=item.recipient.name,
                    lists=item.recipient.lists, error=item.reason, created=created)
-            for item in left_out
+            for status, items in final for item in items
         ])
         for start in range(0, len(recipients), RECORD_CHUNK):
             chunk = recipients[start : start + RECORD_CHUNK]

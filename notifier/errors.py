@@ -9,7 +9,8 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     NotifierError                    on purpose; the CLI prints "error: <message>" and exits 1
     ├── ConfigError                  config/templates invalid; CLI prints each PATH:LINE problem, exits 1
     │   ├── RenderError              a template failed to render; a worker fails the delivery, no retry
-    │   └── ResponsesFileError       a responses CSV has bad rows (FILE:LINE each); nothing imported
+    │   ├── ResponsesFileError       a responses CSV has bad rows (FILE:LINE each); nothing imported
+    │   └── BadResponseError         a response given field by field (the API) has bad fields; 422
     ├── InvalidValueError            a value a user wrote is not valid; loaders report it at its PATH:LINE
     │   └── BadToken                 an unsubscribe token not made with our key; the page answers 400
     ├── TemplateLimitError           a render went over its time, output or value size: a RenderError
@@ -204,3 +205,8 @@ class SchemaBehindError(StoreError):
 
 class ResponsesFileError(ConfigError):
     """A responses CSV has bad rows; ``problems`` names each as ``FILE:LINE: message``."""
+
+
+class BadResponseError(ConfigError):
+    """A response given field by field (the JSON API's body) has bad fields; ``problems`` names
+    each one (``email: invalid e-mail address ...``)."""

@@ -8,7 +8,7 @@ It is also what makes every side effect happen once:
 * a delivery is claimed (``SET NX`` with a lease, owned by a live worker) before it is sent,
   so two workers never send the same one, and a claim held by a dead worker is taken over
   (a holder with no heartbeat at all counts as alive until its claim is ``DEAD_AFTER_MS`` old);
-* a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``) is never sent again.
+* a delivery already ``sent`` (or ``outbox``, ``failed``, ``suppressed``, ``skipped``) is never sent again.
 
 Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehearsals):
 
@@ -17,7 +17,8 @@ Keys, under ``<namespace>:`` (``notifier`` for the real ledger, another for rehe
 ``seq:<c>:<e>``            occurrence counter (``send --again`` makes a new one)
 ``missed:<c>:<e>``         when a scheduled event was missed past the grace period
 ``occ:<id>``               hash: consultation, event, number, at, fired_at, late, state, and
-                           fanner, fanner_at (the ``fire`` message fanning it out, since when)
+                           fanner, fanner_at (the ``fire`` message fanning it out, since when);
+                           an acknowledgement's also holds its ``response`` (JSON)
 ``occs:<c>``               sorted set of the consultation's occurrences by firing time
 ``st:<id>``                hash ``<channel>|<recipient>`` -> status
 ``dl:<id>``                hash ``<channel>|<recipient>`` -> JSON :class:`Record` as fanned out
@@ -47,12 +48,13 @@ from notifier.broker import DEAD_AFTER_MS, NAMESPACE, WORKERS_KEY, text
 from notifier.errors import UnknownOccurrenceError
 
 #: ``outbox``: written to the outbox (Maildir, JSONL file) instead of delivered; final like ``sent``.
-Status = Literal["pending", "sent", "outbox", "failed", "suppressed"]
-FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed"})
+#: ``skipped``: left out by the event's ``skip`` (the recipient or their organisation responded).
+Status = Literal["pending", "sent", "outbox", "failed", "suppressed", "skipped"]
+FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed", "skipped"})
 #: Done and successful: never sent again, and not a failure for exit codes.
 SUCCEEDED: frozenset[str] = frozenset({"sent", "outbox"})
 #: The statuses a delivery can have, in the order summaries show them.
-STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "suppressed", "pending")
+STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "suppressed", "skipped", "pending")
 CLAIM_LEASE_MS = 300_000
 CHUNK = 1_000
 #: ``json.dumps`` with options builds an encoder on every call; this one is built once.
@@ -211,7 +213,8 @@ for i = 6, #ARGV do
   local f = ARGV[i]
   local status = redis.call('HGET', KEYS[1], f)
   local state
-  if status == 'sent' or status == 'outbox' or status == 'failed' or status == 'suppressed' then
+  if status == 'sent' or status == 'outbox' or status == 'failed' or status == 'suppressed'
+      or status == 'skipped' then
     state = 'final'
   else
     local key = ARGV[5] .. f
@@ -340,6 +343,17 @@ redis.call('DEL', KEYS[5])
 return id
 """
 
+# KEYS: occ, occs.  ARGV: id, consultation, event, number, at, fired_at, score, then field/value
+# pairs.  Starts the occurrence its caller named unless it exists: 1 when it was new.
+_FIRE_NAMED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'consultation', ARGV[2], 'event', ARGV[3], 'number', ARGV[4], 'at', ARGV[5],
+  'fired_at', ARGV[6], 'late', '0', 'rehearsal', '0', 'state', 'claimed')
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
+return 1
+"""
+
 
 # KEYS: fired, seq, occ, occs.  ARGV: id, number, consultation, event, at, fired_at, late, score.
 _RESTORE = """
@@ -375,6 +389,7 @@ class Ledger:
         self._mark = client.register_script(_MARK)
         self._add = client.register_script(_ADD)
         self._fire = client.register_script(_FIRE)
+        self._fire_named = client.register_script(_FIRE_NAMED)
         self._requeue = client.register_script(_REQUEUE)
         self._take_fan_out = client.register_script(_TAKE_FAN_OUT)
         self._release_fan_out = client.register_script(_RELEASE_FAN_OUT)
@@ -466,6 +481,26 @@ class Ledger:
         for i in ids:
             pipe.hgetall(self._k("occ", i))
         return [Occurrence.from_hash(i, d) for i, d in zip(ids, pipe.execute(), strict=True) if d]
+
+    def claim_named_occurrence(
+        self, occurrence_id: str, consultation: str, event: str, *, number: int, at: datetime,
+        extra: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Atomically start the occurrence ``occurrence_id`` (chosen by the caller, so that the
+        same thing can only ever fire once, however often it is asked), with ``extra`` fields in
+        its hash; False when it exists already. It does not become the event's latest
+        (``fired``): an acknowledgement of one response is not "the" ``response_received``."""
+        fired_at = datetime.now(UTC)
+        args: list[str | float] = [occurrence_id, consultation, event, str(number), at.isoformat(),
+                                   fired_at.isoformat(), fired_at.timestamp()]
+        for key, value in (extra or {}).items():
+            args += [key, value]
+        return bool(self._fire_named(keys=[self._k("occ", occurrence_id), self._k("occs", consultation)], args=args))
+
+    def occurrence_field(self, occurrence_id: str, name: str) -> str | None:
+        """One field of an occurrence's hash (an ``extra`` of :meth:`claim_named_occurrence`)."""
+        value = self.client.hget(self._k("occ", occurrence_id), name)
+        return text(value) if value is not None else None
 
     def mark_missed(self, consultation: str, event: str, at: datetime) -> None:
         """Record that a scheduled event was missed beyond the grace period."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,10 +20,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from notifier import acknowledgement
 from notifier.config import Settings, load_config
 from notifier.errors import UsageError
+from notifier.ledger import SUCCEEDED
+from notifier.service import Service
 
 if TYPE_CHECKING:
+    from notifier.service import Progress
     from notifier.store import Response
 
 out = Console(highlight=False, soft_wrap=True)
@@ -107,16 +112,47 @@ def responses_import(consultation: str, file: Path, no_acknowledge: bool) -> Non
     settings = Settings.from_env()
     config = load_config(settings.config_dir)
     config.consultation(consultation)  # an unknown consultation is a UsageError naming the known ones
+    if not no_acknowledge:
+        acknowledgement.ready(config, consultation)  # a missing or broken thank-you: nothing recorded
     store = Store.open(settings)
     try:
         record_config(store, config)
         new = responses_file.import_file(store, consultation, file, config.tz)
-        store.audit("cli", "responses import", consultation=consultation, detail=f"{file}: {len(new)} new")
+        store.audit("cli", "responses import", consultation=consultation, detail=f"{file}: {len(new)} new"
+                    + (", not acknowledged (--no-acknowledge)" if no_acknowledge and new else ""))
     finally:
         store.close()
     out.print(f"{len(new)} new response(s) recorded for {consultation} from {file}")
-    # Acknowledging `new` (event response_received) unless --no-acknowledge is wired in with the
-    # delivery path; until then no acknowledgement is sent.
+    if new and not no_acknowledge:
+        _acknowledge(settings, consultation, new)
+
+
+def _acknowledge(settings: Settings, consultation: str, new: list[Response]) -> None:
+    """Thank each new respondent once (event ``response_received``), as ``send --wait`` delivers:
+    by the workers, or in this process if none is alive; exit 2 if a thank-you failed."""
+    service = Service(settings)
+    progress: list[Progress] = []
+    try:
+        started = service.acknowledge(consultation, new)
+        if started and service.workers_alive():
+            progress = [service.wait(o) for o in started]
+        elif started:
+            out.print("no worker is running: acknowledging in this process")
+            with service.worker():
+                progress = [service.wait(o) for o in started]
+        for occurrence in started:  # as the deliver actor does: again here, whichever worker sent it
+            acknowledgement.settle(service.ledger, settings, occurrence)
+        records = [r for o in started for r in service.ledger.records(o)]
+    finally:
+        service.close()
+    done = sum(r.status in SUCCEEDED for r in records)
+    out.print(f"{done} acknowledgement(s) sent" + (f" of {len(new)}" if done != len(new) else ""))
+    for r in records:
+        if r.status not in SUCCEEDED:
+            err.print(f"not acknowledged: {r.recipient}: {r.status}" + (f" ({r.error})" if r.error else ""),
+                      markup=False)
+    if started and any(p.failed for p in progress):
+        sys.exit(2)
 
 
 @responses.command("list")

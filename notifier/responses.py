@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from zoneinfo import ZoneInfo
 from email_validator import EmailNotValidError, validate_email
 
 from notifier.config import read_csv_text
-from notifier.errors import InvalidValueError, Problem, ResponsesFileError
+from notifier.errors import BadResponseError, InvalidValueError, Problem, ResponsesFileError
 from notifier.store import NewResponse, Response, Store
 
 COLUMNS = ("email", "name", "organisation", "received", "reference")
@@ -92,7 +93,9 @@ def _rows(path: Path, text: str, tz: ZoneInfo, problems: list[Problem]) -> list[
     return rows
 
 
-def _response(raw: dict[str, str], tz: ZoneInfo, path: Path, line: int, problems: list[Problem]) -> NewResponse | None:
+def _response(
+    raw: dict[str, str], tz: ZoneInfo, path: Path, line: int | None, problems: list[Problem]
+) -> NewResponse | None:
     before = len(problems)
     email = raw.get("email", "")
     try:
@@ -110,6 +113,37 @@ def _response(raw: dict[str, str], tz: ZoneInfo, path: Path, line: int, problems
     reference = raw.get("reference") or None
     return NewResponse(key=response_key(email, received, reference), email=email, name=raw.get("name") or None,
                        organisation=raw.get("organisation") or None, received=received, reference=reference)
+
+
+def from_fields(raw: object, tz: ZoneInfo, where: str = "body") -> NewResponse:
+    """One response given as fields (the body of ``POST /api/consultations/<id>/responses``):
+    ``email`` required; ``name``, ``organisation``, ``received``, ``reference`` optional strings
+    (or null), read as the same columns of a file are. :class:`BadResponseError` names every
+    bad field: an unknown one, a value that is not a string, a control character, a bad address
+    or date."""
+    if not isinstance(raw, dict):
+        raise BadResponseError([Problem.at(where, None, "must be a JSON object with at least 'email'")])
+    problems = [Problem.at(where, None, f"{key}: unknown field (known: {', '.join(COLUMNS)})")
+                for key in raw if key not in COLUMNS]
+    text: dict[str, str] = {}
+    for key in COLUMNS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            problems.append(Problem.at(where, None, f"{key}: must be a string, not {type(value).__name__}"))
+        elif any(unicodedata.category(c) == "Cc" for c in value):
+            problems.append(Problem.at(where, None, f"{key}: control characters (a line break, say) are not allowed"))
+        else:
+            text[key] = value.strip()
+    response = None
+    if text.get("email"):
+        response = _response(text, tz, Path(where), None, problems)
+    elif not any(p.message.startswith("email:") for p in problems):
+        problems.append(Problem.at(where, None, "email: required"))
+    if response is None or problems:
+        raise BadResponseError(problems)
+    return response
 
 
 def response_key(email: str, received: datetime | None, reference: str | None) -> str:

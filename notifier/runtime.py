@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from notifier import archive, timeline
+from notifier import acknowledgement, archive, timeline
 from notifier.audience import Recipient, resolve
 from notifier.broker import NAMESPACE, connect
 from notifier.channels import registry
@@ -127,8 +127,13 @@ class Runtime:
                 occurrence = self.ledger.occurrence(occurrence_id)
                 consultation = config.consultation(occurrence.consultation)
                 event = timeline.event(consultation, occurrence.event, config.tz)
-                recipients = {r.key: r for r in resolve(config.lists, event.audience).recipients}
                 context = self.renderer.context(consultation, event, at=occurrence.at)
+                if occurrence.event == acknowledgement.EVENT:  # the one respondent, and the response
+                    respondent, context["response"] = acknowledgement.respondent(self.ledger, occurrence_id,
+                                                                                 config.tz)
+                    recipients = {respondent.key: respondent}
+                else:
+                    recipients = {r.key: r for r in resolve(config.lists, event.audience).recipients}
                 found = Prepared(occurrence, consultation, event, context, recipients)
                 if len(self._prepared) > 64:
                     self._prepared.clear()

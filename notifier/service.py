@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dramatiq
 import redis
 
-from notifier import actors, archive, timeline
+from notifier import acknowledgement, actors, archive, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings, load_config
 from notifier.delivery import BATCH
@@ -28,6 +29,9 @@ from notifier.runtime import Runtime
 from notifier.store import Store
 from notifier.timeline import Event
 from notifier.validation import check, check_event
+
+if TYPE_CHECKING:
+    from notifier.store import Response
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,9 @@ class Service:
         go to ``warn`` (the log by default) and never stop the firing. ``actor`` (the person at
         the command line by default, ``scheduler``) goes into the audit log.
         """
+        if event_name == timeline.RESPONSE_RECEIVED:
+            raise UsageError(f"{event_name} is sent to each respondent when their response is recorded "
+                             "(notifier responses import, or POST /api/consultations/<id>/responses), not fired")
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
@@ -156,6 +163,15 @@ class Service:
                     detail=f"{occurrence_id}: {count} failed")
         log.info("retrying %d failed deliveries of %s", count, occurrence_id)
         return occurrence_id, count
+
+    def acknowledge(self, consultation_id: str, responses: Iterable[Response]) -> list[str]:
+        """Thank each respondent once (event ``response_received``): start and enqueue the
+        acknowledgement of each response not asked for before; their occurrence ids."""
+        started = acknowledgement.request(self.ledger, consultation_id, responses)
+        for occurrence_id in started:
+            self.actors.fire.send(occurrence_id)
+        log.info("acknowledging %d response(s) to %s", len(started), consultation_id)
+        return started
 
     def progress(self, occurrence_id: str) -> Progress:
         """Counts of an occurrence's deliveries."""

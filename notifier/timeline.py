@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from notifier.config import Consultation
+from notifier.config import EMAIL_CHANNEL, Consultation
 from notifier.errors import Problem, TooEarlyError
 from notifier.moments import normalise, parse_at
+
+#: The acknowledgement of a recorded response (see :mod:`notifier.acknowledgement`): never
+#: scheduled, fired once per response, to that respondent alone, by e-mail only.
+RESPONSE_RECEIVED = "response_received"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,8 @@ class Event:
     at: datetime | None
     channels: tuple[str, ...]
     audience: tuple[str, ...]
+    #: Who to leave out (``responded``: those with a recorded response), from the event's ``skip``.
+    skip: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -41,6 +47,8 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
     """The event ``name`` of ``consultation``; one not configured fires on demand only, to
     the consultation's audience on its channels (an ``outcome``, say)."""
     spec = consultation.events.get(name)
+    if name == RESPONSE_RECEIVED:  # one e-mail to one respondent, who need not be on any list
+        return Event(consultation_id=consultation.id, name=name, at=None, channels=(EMAIL_CHANNEL,), audience=())
     at = None
     if spec is not None and spec.at is not None:
         at = parse_at(spec.at, tz).resolve(consultation.opens, consultation.closes, tz)
@@ -50,6 +58,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
         at=at,
         channels=(spec.channels if spec and spec.channels else consultation.channels),
         audience=(spec.audience if spec and spec.audience else consultation.audience),
+        skip=spec.skip if spec else (),
     )
 
 

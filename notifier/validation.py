@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from notifier import timeline
+from notifier import acknowledgement, timeline
 from notifier.audience import Recipient, resolve
 from notifier.channels import limits
 from notifier.channels.base import PostPayload
@@ -45,7 +45,9 @@ def check(config: Config, settings: Settings) -> list[Problem]:
         samples: ByIdentity[list[Recipient]] = ByIdentity()
         for consultation in config.consultations.values():
             for event in timeline.events(consultation, config.tz):
-                found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
+                if event.name != acknowledgement.EVENT:  # acknowledgement.check's, with a sample response
+                    found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
+        found += acknowledgement.check(config, renderer)
     for account in config.accounts.values():
         if is_outbox(account, settings):
             why = "outbox: true" if account.outbox else f"{token_variable(account.id)} is not set"

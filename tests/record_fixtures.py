@@ -40,7 +40,8 @@ class PostgresDatabases:
     """Creates throwaway databases on the test server and drops them all at the end."""
 
     def __init__(self) -> None:
-        self.prefix = f"g_test_{secrets.token_hex(4)}"
+        # NOTIFIER_TEST_POSTGRES_PREFIX: engineers sharing one server each keep to their own names.
+        self.prefix = f"{os.environ.get('NOTIFIER_TEST_POSTGRES_PREFIX', 'g_test_')}{secrets.token_hex(4)}"
         self.made: list[str] = []
 
     def create(self, suffix: str = "") -> str:

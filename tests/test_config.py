@@ -330,7 +330,7 @@ def test_validate_warns_of_local_times_the_clocks_skip_or_repeat_and_says_which_
     text = path.read_text()
     text = text.replace("opens: 2019-07-09 09:00", "opens: 2027-03-28 01:30")  # line 19: skipped (spring)
     text = text.replace("closes: 2019-08-15 23:59", "closes: 2027-10-31 01:30")  # line 20: twice (autumn)
-    text = text.replace("at: 2019-09-12 10:00", "at: 2028-03-26 01:15")  # line 65: skipped
+    text = text.replace("at: 2019-09-12 10:00", "at: 2028-03-26 01:15")  # line 66: skipped
     path.write_text(text)
     result = project.run("validate")
     assert result.returncode == 0, result.stderr  # warnings: the times are usable, just surprising
@@ -340,7 +340,7 @@ def test_validate_warns_of_local_times_the_clocks_skip_or_repeat_and_says_which_
     assert (f"{file}:20: warning: closes: 2027-10-31 01:30 happens twice in Europe/London (the clocks go back "
             "then): the first is used, 2027-10-31 01:30 BST (+01:00); write 2027-10-31T01:30+00:00 for the second"
             ) in result.stderr, result.stderr
-    assert f"{file}:65: warning: at: 2028-03-26 01:15 does not exist" in result.stderr
+    assert f"{file}:66: warning: at: 2028-03-26 01:15 does not exist" in result.stderr
     assert "2028-03-26 02:15 BST (+01:00)" in result.stderr
 
 

@@ -173,6 +173,8 @@ class EventSpec(_Model):
     at: str | None = None
     channels: tuple[str, ...] | None = None
     audience: tuple[str, ...] | None = None
+    #: ``[responded]``: leave out recipients whose address or organisation has a recorded response.
+    skip: tuple[Literal["responded"], ...] = ()
     where: Where = Where("")
 
     @field_validator("at", mode="before")

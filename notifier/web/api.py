@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from notifier import report as reporting
+from notifier.errors import BadResponseError, ConfigError, StoreError, UsageError
+from notifier.store import Response as RecordedResponse
 from notifier.web.state import describe, state
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -47,7 +49,8 @@ def bearer_required(handler: Handler) -> Handler:
 
 
 def _unavailable(exc: BaseException) -> Response:
-    return JSONResponse({"error": f"Redis unavailable: {describe(exc)}"}, 503)
+    what = "the database" if isinstance(exc, StoreError) else "Redis"
+    return JSONResponse({"error": f"{what} unavailable: {describe(exc)}"}, 503)
 
 
 @bearer_required
@@ -75,3 +78,37 @@ async def suppressions(request: Request) -> Response:
         return _unavailable(exc)
     rows = [{"email": email, "reason": reason} for email, reason in sorted(entries.items())]
     return JSONResponse({"suppressed": rows}, headers=NO_STORE)
+
+
+@bearer_required
+async def record_response(request: Request) -> Response:
+    """POST ``/api/consultations/{consultation}/responses`` with JSON ``{email, name?,
+    organisation?, reference?, received?}``: 201 with the response when it is new (its
+    acknowledgement queued, sent once), 200 with it when it was recorded before (nothing sent),
+    422 naming each bad field, 404 for an unknown consultation."""
+    consultation = request.path_params["consultation"]
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "the body must be JSON: {\"email\": ...}"}, 422)
+    desk = state(request).desk
+    try:
+        recorded = await anyio.to_thread.run_sync(desk.record, consultation, body)
+    except BadResponseError as exc:
+        return JSONResponse({"error": "invalid response", "problems": [p.message for p in exc.problems]}, 422)
+    except UsageError as exc:
+        return JSONResponse({"error": str(exc)}, 404)
+    except ConfigError as exc:
+        return JSONResponse({"error": "cannot acknowledge responses to this consultation: "
+                             + "; ".join(map(str, exc.problems))}, 500)
+    except (redis.RedisError, OSError, StoreError) as exc:
+        return _unavailable(exc)
+    answer = {**_response_json(recorded.response), "new": recorded.new, "acknowledging": recorded.acknowledging}
+    return JSONResponse(answer, 201 if recorded.new else 200, headers=NO_STORE)
+
+
+def _response_json(r: RecordedResponse) -> dict[str, object]:
+    return {"id": r.id, "consultation": r.consultation, "email": r.email, "name": r.name,
+            "organisation": r.organisation, "received": r.received.isoformat() if r.received else None,
+            "reference": r.reference, "recorded_at": r.recorded_at.isoformat(),
+            "acknowledged": r.acknowledged_at.isoformat() if r.acknowledged_at else None}

@@ -22,6 +22,7 @@ from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
 from notifier.web import api, health, pages
+from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ ROUTES = [
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
     Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
+    Route("/api/consultations/{consultation}/responses", api.record_response, methods=["POST"]),
     Route("/api/suppressions", api.suppressions, methods=["GET"]),
 ]
 EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}
@@ -47,6 +49,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         web: WebState = app.state.web
+        web.desk.close()
         for client in web.owned:
             client.close()
         if web.store is not None:
@@ -71,6 +74,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         brand=Branding.load(settings),
         admin_token=settings.env.get("NOTIFIER_ADMIN_TOKEN") or "",
         owned=(checker,) if client is not None else (checker, main),
+        desk=ResponseDesk(settings),
         store=Store.open(settings),
     )
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

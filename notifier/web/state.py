@@ -24,6 +24,7 @@ from notifier.errors import Problem
 from notifier.ledger import Ledger
 from notifier.redaction import redact
 from notifier.store import Store
+from notifier.web.desk import ResponseDesk
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class WebState:
     admin_token: str
     #: Clients this app made and closes at shutdown (not one it was given).
     owned: tuple[redis.Redis, ...]
+    #: Records responses given to the API and queues their acknowledgements.
+    desk: ResponseDesk
     #: The consultation record: unsubscribes and resubscribes are recorded there (opened by
     #: ``create_app``, closed at shutdown).
     store: Store | None = None
