@@ -27,10 +27,11 @@ from rich.table import Table
 
 from notifier import __version__, timeline
 from notifier.audience import Recipient, resolve
-from notifier.channels import limits
+from notifier.channels import limits, registry
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
-from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
+from notifier.compose import compose
+from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Record
@@ -191,7 +192,7 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     ev = timeline.event(item, event, config.tz)
     channels = [channel] if channel else list(ev.channels)
     for name in channels:
-        if name != EMAIL_CHANNEL and name not in config.accounts:
+        if not registry.per_recipient(name) and name not in config.accounts:
             raise UsageError(f"unknown channel {name!r} (known: {', '.join(config.channels)})")
     renderer = Renderer(config)
     problems = [p for p in check_event(config, renderer, item, ev) if p.severity == "error"]
@@ -200,19 +201,20 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     context = renderer.context(item, ev)
     key = _preview_key(settings)
     for name in channels:
-        if name == EMAIL_CHANNEL:
+        recipient, url = None, None
+        if registry.per_recipient(name):
             audience = resolve(config.lists, ev.audience)
             recipient = _pick(audience.recipients, to, audience)
             token = sign(key, recipient.email) if key else "<signed-token>"
             url = f"{settings.public_url}/unsubscribe/{token}"
-            content = renderer.email(ev, recipient, context=context, unsubscribe_url=url)
+        payload = compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
+        if isinstance(payload, EmailPayload):
             sender = Sender.parse(config.email.from_, config.email.reply_to)
-            payload = EmailPayload(recipient.email, recipient.name, content, url)
-            delivery = Delivery(f"{item.id}:{event}:preview", EMAIL_CHANNEL, recipient.key)
+            delivery = Delivery(f"{item.id}:{event}:preview", name, payload.to_email.lower())
             _print_email(build_message(sender, payload, msgid=message_id(delivery, sender.domain)))
         else:
             platform = config.accounts[name].platform
-            post = renderer.social(ev, platform, context=context)
+            post = payload.text
             most = limits.limit(platform)
             size = f"{limits.length(platform, post)}/{most}" if most else f"{len(post)} characters"
             out.rule(f"{name} ({platform}, {size})")
@@ -396,12 +398,8 @@ def _dry_run(settings: Settings, consultation: str, event: str) -> None:
     url = f"{settings.public_url}/unsubscribe/<token>"
     rendered = 0
     for name in ev.channels:
-        if name == EMAIL_CHANNEL:
-            for recipient in audience.recipients:
-                renderer.email(ev, recipient, context=context, unsubscribe_url=url)
-                rendered += 1
-        else:
-            renderer.social(ev, config.accounts[name].platform, context=context)
+        for recipient in audience.recipients if registry.per_recipient(name) else (None,):
+            compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
             rendered += 1
     fired = ledger.fired(consultation, event) if ledger else None
     out.print(f"dry run: {item.id} {event} would send {rendered} message(s) on {', '.join(ev.channels)} "
@@ -655,11 +653,11 @@ def rehearse(consultation: str) -> None:
         timeline_table.add_column(column, justify="right" if column in ("E-mails", "Suppressed") else "left")
     for event in result.events:
         mine = [r for r in result.received if r.event == event.name]
-        emails = [r for r in mine if r.channel == EMAIL_CHANNEL]
+        emails = [r for r in mine if registry.per_recipient(r.channel)]
         timeline_table.add_row(
             _local(event.at, config) if event.at else "on demand (rehearsed now)", event.name,
             str(sum(r.status in SUCCEEDED for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
-            ", ".join(r.channel for r in mine if r.channel != EMAIL_CHANNEL) or "-",
+            ", ".join(r.channel for r in mine if not registry.per_recipient(r.channel)) or "-",
         )
     out.print(timeline_table)
 
@@ -668,7 +666,7 @@ def rehearse(consultation: str) -> None:
         people.add_column(column, overflow="fold")
     by_person: dict[str, list[Any]] = {}
     for r in result.received:
-        if r.channel == EMAIL_CHANNEL:
+        if registry.per_recipient(r.channel):
             by_person.setdefault(r.recipient, []).append(r)
     for address, items in sorted(by_person.items(), key=lambda kv: (kv[1][0].name or kv[0]).lower()):
         first = items[0]
@@ -682,7 +680,7 @@ def rehearse(consultation: str) -> None:
     for column in ("When", "Account", "Post"):
         posts.add_column(column, overflow="fold")
     for r in result.received:
-        if r.channel != EMAIL_CHANNEL:
+        if not registry.per_recipient(r.channel):
             posts.add_row(_local(r.at, config), r.channel, r.what)
     out.print(posts)
 

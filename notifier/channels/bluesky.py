@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.channels.limits import urls
 from notifier.config import Account, token_variable
 from notifier.errors import DeliveryError
@@ -116,7 +116,7 @@ class BlueskyChannel(http.HttpChannel):
 
     # -- sending ---------------------------------------------------------------------
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Create the delivery's post record once; an existing record under its key is success."""
         post, text = self._text(payload)
         rkey = record_key(delivery)

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Addressing, Delivery, EmailPayload, Receipt
 from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError, UnreachableError
 
 _NO_BREAK = str.maketrans({"\r": " ", "\n": " "})
@@ -479,6 +479,7 @@ class SmtpChannel:
     """Sends over SMTP, with up to :data:`LANES` connections per thread kept open and reused."""
 
     name = "email"
+    addressing: ClassVar[Addressing] = Addressing.RECIPIENT  # one e-mail per stakeholder, rendered for each
 
     def __init__(self, target: SmtpTarget, sender: Sender) -> None:
         self.target = target
@@ -561,9 +562,8 @@ class SmtpChannel:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: EmailPayload) -> Receipt:
         """Send one e-mail; the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         data = build_message(self.sender, payload, msgid=msgid)
         for attempt in (1, 2):
@@ -586,7 +586,7 @@ class SmtpChannel:
 
     def send_many(
         self,
-        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
+        items: Sequence[tuple[Delivery, EmailPayload]],
         on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
         """Send several e-mails on this thread's connections, pipelined across messages
@@ -603,8 +603,7 @@ class SmtpChannel:
         read, before that lane writes its next message: a caller that records it there has
         at most one accepted message a lane not recorded (what a killed worker may resend).
         """
-        emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
-        assert len(emails) == len(items), "an e-mail channel sends e-mails"
+        emails = [payload for _, payload in items]
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
                      for payload, msgid in zip(emails, msgids, strict=True)]
@@ -668,6 +667,7 @@ class MaildirChannel:
     """Writes each e-mail to a Maildir (``$NOTIFIER_DATA_DIR/outbox/email``), for review."""
 
     name = "email"
+    addressing: ClassVar[Addressing] = Addressing.RECIPIENT  # one e-mail per stakeholder, rendered for each
 
     def __init__(self, path: Path, sender: Sender) -> None:
         self.path = path
@@ -677,9 +677,8 @@ class MaildirChannel:
             (path / sub).mkdir(parents=True, exist_ok=True)
         self._maildir = mailbox.Maildir(str(path), create=False)
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: EmailPayload) -> Receipt:
         """Store one e-mail (an ``outbox`` receipt: not delivered); the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         try:
             self._maildir.add(build_message(self.sender, payload, msgid=msgid))

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 from notifier.errors import TransientDeliveryError
 
@@ -56,7 +56,7 @@ class FacebookChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"FacebookChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text as ``message`` and the consultation link as ``link``, once."""
         post, text = self._text(payload)
         form = {"message": text, "access_token": self._token}

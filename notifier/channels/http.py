@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from notifier.config import Account
 
 from notifier import __version__
-from notifier.channels.base import PostPayload
+from notifier.channels.base import Addressing, PostPayload
 from notifier.channels.limits import overflow
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.redaction import redact
@@ -284,13 +284,6 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def as_post(payload: object, *, what: str) -> PostPayload:
-    """``payload`` as a :class:`PostPayload`; a social or web channel handed an e-mail is a bug."""
-    if not isinstance(payload, PostPayload):
-        raise TypeError(f"{what} posts PostPayload, not {type(payload).__name__}")
-    return payload
-
-
 def api_root(url: str) -> str:
     """An API base URL without its trailing slash, so paths join predictably."""
     return url.strip().rstrip("/")
@@ -302,6 +295,7 @@ class HttpChannel:
     errors and logs."""
 
     platform: str
+    addressing: ClassVar[Addressing] = Addressing.ACCOUNT  # one post per account
 
     def __init__(self, account: Account, *, client: httpx.Client | None) -> None:
         self.name = account.id
@@ -310,10 +304,9 @@ class HttpChannel:
         self._owns_client = client is None
         self._what = f"{self.platform} account {account.id!r}"
 
-    def _text(self, payload: object) -> tuple[PostPayload, str]:
+    def _text(self, post: PostPayload) -> tuple[PostPayload, str]:
         """The post and its text as this platform shows it. A text over the platform's limit
         is permanent: ``validate`` catches it first, so this only guards a bypassed check."""
-        post = as_post(payload, what=self._what)
         text = posted_text(self.platform, post)
         too_long = overflow(self.platform, text)
         if too_long:

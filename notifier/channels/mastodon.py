@@ -18,7 +18,7 @@ import logging
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class MastodonChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"MastodonChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text (with the link) once, keyed so a retry returns the same status."""
         _, text = self._text(payload)
         headers = {"Idempotency-Key": idempotency_key(delivery)}

@@ -18,10 +18,10 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Addressing, Delivery, PostPayload, Receipt
 from notifier.config import Account
 from notifier.errors import TransientDeliveryError
 
@@ -35,6 +35,7 @@ class OutboxChannel:
     """Writes an account's posts to its JSONL outbox file instead of the platform."""
 
     platform = "outbox"
+    addressing: ClassVar[Addressing] = Addressing.ACCOUNT  # one post per account, in its platform's shape
 
     def __init__(self, account: Account, *, data_dir: Path) -> None:
         """The outbox of ``account`` under ``data_dir`` (the directory is made on first write)."""
@@ -62,9 +63,9 @@ class OutboxChannel:
             "closes": payload.closes.isoformat(),
         }
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Append the post as one line, unless this delivery is already in the file."""
-        post = http.as_post(payload, what=f"outbox {self.name!r}")
+        post = payload
         entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **self.line_for(delivery, post)}
         # U+2028/2029 stay escaped: some line readers (str.splitlines) split on them.
         line = json.dumps(entry, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

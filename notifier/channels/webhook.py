@@ -27,7 +27,7 @@ import logging
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,9 @@ class WebhookChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"WebhookChannel({self.name!r}, url={self.url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """POST the signed event once; any 2xx reply is success."""
-        post = http.as_post(payload, what=self._what)
+        post = payload
         body = webhook_body(delivery, post, account=self.name)
         response = http.send(
             self._client,

@@ -20,7 +20,7 @@ import logging
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class XChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"XChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text (with the link) once; see the module doc for retries."""
         _, text = self._text(payload)
         response = self._post_json(self._url, {"text": text}, bearer=self._token)
