@@ -215,8 +215,9 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
         else:
             platform = config.accounts[name].platform
             post = payload.text
-            most = limits.limit(platform)
-            size = f"{limits.length(platform, post)}/{most}" if most else f"{len(post)} characters"
+            rules = registry.rules(platform)
+            most = rules.max_length
+            size = f"{limits.length(rules, post)}/{most}" if most else f"{len(post)} characters"
             out.rule(f"{name} ({platform}, {size})")
             out.print(post, markup=False)
             out.print()

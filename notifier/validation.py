@@ -105,8 +105,8 @@ def check_event(
             problems += _check_names(renderer, name, SOCIAL_NAMES, checked)
             post = compose(renderer, config, consultation, event, channel, context=context)
             assert isinstance(post, PostPayload)  # an account is addressed per account
-            posted = posted_text(platform, post)
-            too_long = limits.overflow(platform, posted)
+            rules = registry.rules(platform)
+            too_long = limits.overflow(rules, posted_text(rules, post))
             if too_long:
                 problems.append(
                     Problem.at(renderer.templates / name, None, f"the {event.name} post for {channel} is {too_long}")

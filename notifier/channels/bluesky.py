@@ -31,7 +31,7 @@ import httpx
 
 from notifier.channels import http
 from notifier.channels.base import Delivery, PostPayload, Receipt
-from notifier.channels.limits import urls
+from notifier.channels.limits import Counting, urls
 from notifier.config import Account, token_variable
 from notifier.errors import DeliveryError
 
@@ -98,6 +98,9 @@ class BlueskyChannel(http.HttpChannel):
     """Posts an event's message to one Bluesky account."""
 
     platform = "bluesky"
+    max_length = 300
+    counting = Counting.GRAPHEMES  # what a reader sees as one character
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is an app password for ``account.handle``; ``client`` is shared if given

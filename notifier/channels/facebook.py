@@ -41,6 +41,7 @@ class FacebookChannel(http.HttpChannel):
     """Posts an event's message and link to one Facebook Page."""
 
     platform = "facebook"
+    max_length = 63_206  # characters; the link goes in its own field
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the page access token; ``client`` is shared if given (and then not

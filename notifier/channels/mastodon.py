@@ -33,6 +33,9 @@ class MastodonChannel(http.HttpChannel):
     """Posts an event's message to one Mastodon account."""
 
     platform = "mastodon"
+    max_length = 500  # characters; every URL counts 23
+    url_length = 23
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the account's access token; ``client`` is shared if given (and then

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from notifier.channels import http
+from notifier.channels import http, platforms
 from notifier.channels.base import Addressing, Delivery, PostPayload, Receipt
 from notifier.config import Account
 from notifier.errors import TransientDeliveryError
@@ -42,13 +42,14 @@ class OutboxChannel:
         self.name = account.id
         self.account = account
         self.path = outbox_path(data_dir, account.id)
+        self.rules = platforms.rules(account.platform)  # its posts are shaped as the platform's
 
     def __repr__(self) -> str:
         return f"OutboxChannel({self.name!r}, path={str(self.path)!r})"
 
     def line_for(self, delivery: Delivery, payload: PostPayload) -> dict[str, Any]:
         """The JSON object written for one delivery (without the time, added when written)."""
-        text = http.posted_text(self.account.platform, payload)  # the link in the text, as live
+        text = http.posted_text(self.rules, payload)  # the link in the text, as live
         return {
             "account": self.name,
             "platform": self.account.platform,
@@ -65,8 +66,7 @@ class OutboxChannel:
 
     def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Append the post as one line, unless this delivery is already in the file."""
-        post = payload
-        entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **self.line_for(delivery, post)}
+        entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **self.line_for(delivery, payload)}
         # U+2028/2029 stay escaped: some line readers (str.splitlines) split on them.
         line = json.dumps(entry, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         line += "\n"

@@ -15,27 +15,14 @@ from pathlib import Path
 import httpx
 
 from notifier.channels.base import Addressing, Channel, EmailPayload, PostPayload
-from notifier.channels.bluesky import BlueskyChannel
 from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
-from notifier.channels.facebook import FacebookChannel
-from notifier.channels.mastodon import MastodonChannel
 from notifier.channels.outbox import OutboxChannel
+from notifier.channels.platforms import CHANNELS, TOKEN_CHANNELS, rules
 from notifier.channels.webhook import WebhookChannel
-from notifier.channels.x import XChannel
 from notifier.config import EMAIL_CHANNEL, Account, Config, Settings
 
-TokenChannel = type[XChannel] | type[FacebookChannel] | type[MastodonChannel] | type[BlueskyChannel]
-
-# The live channel of each platform that authenticates with NOTIFIER_<ACCOUNT>_TOKEN.
-TOKEN_CHANNELS: dict[str, TokenChannel] = {
-    "x": XChannel,
-    "facebook": FacebookChannel,
-    "mastodon": MastodonChannel,
-    "bluesky": BlueskyChannel,
-}
-
-# Every platform's live channel class, webhooks included.
-CHANNELS: dict[str, TokenChannel | type[WebhookChannel]] = {**TOKEN_CHANNELS, "webhook": WebhookChannel}
+__all__ = ["CHANNELS", "TOKEN_CHANNELS", "addressing", "build_account_channel", "build_email_channel", "is_outbox",
+           "per_recipient", "rules"]
 
 
 def addressing(channel: str) -> Addressing:

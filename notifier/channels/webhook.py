@@ -87,8 +87,7 @@ class WebhookChannel(http.HttpChannel):
 
     def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """POST the signed event once; any 2xx reply is success."""
-        post = payload
-        body = webhook_body(delivery, post, account=self.name)
+        body = webhook_body(delivery, payload, account=self.name)
         response = http.send(
             self._client,
             "POST",
@@ -100,7 +99,7 @@ class WebhookChannel(http.HttpChannel):
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(body, self._secret),
                 "X-Notifier-Delivery": delivery.key,
-                "X-Notifier-Event": post.event,
+                "X-Notifier-Event": payload.event,
             },
         )
         if not response.is_success:

@@ -19,7 +19,7 @@ import logging
 
 import httpx
 
-from notifier.channels import http
+from notifier.channels import http, limits
 from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 
@@ -33,6 +33,10 @@ class XChannel(http.HttpChannel):
     """Posts an event's message to one X account."""
 
     platform = "x"
+    max_length = 280  # twitter-text's weighted characters; every URL counts 23
+    counting = limits.Counting.WEIGHTED
+    url_length = 23
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the account's OAuth 2.0 user access token; ``client`` is shared if given
