@@ -601,9 +601,13 @@ def run(threads: int, now: str | None) -> None:
     from notifier.web import make_server
 
     settings = _settings()
-    config = _load(settings)
-    clock = offset_clock(_parse_now(now, config)) if now else None
     service = Service(settings)
+    try:
+        config = service.source.current()  # the process' one load, shared with the worker and scheduler
+        clock = offset_clock(_parse_now(now, config)) if now else None
+    except BaseException:
+        service.close()
+        raise
     stop = threading.Event()
     _stop_on((signal.SIGTERM, signal.SIGINT), stop)
     web_server = make_server(settings, client=service.client)

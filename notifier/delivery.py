@@ -178,6 +178,7 @@ class _Sending:
     rt: Runtime
     occurrence_id: str
     channel_name: str
+    per_recipient: bool = False  # how the channel is addressed (an e-mail per recipient), once a batch
     prepared: Prepared | None = None
     config: Config | None = None
     #: Sends the payloads :func:`compose` makes for this channel (its kind, by the same name).
@@ -192,6 +193,7 @@ class _Sending:
     def lookup(self) -> tuple[Prepared, Channel[Any], Renderer]:
         """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
         if self.prepared is None or self.channel is None or self.renderer is None:
+            self.per_recipient = registry.per_recipient(self.channel_name)
             self.config = self.rt.config
             self.prepared = self.rt.prepare(self.occurrence_id)
             self.channel = self.rt.channel(self.channel_name)
@@ -243,7 +245,7 @@ def _payload(sending: _Sending, delivery: Delivery) -> Payload:
     rt = sending.rt
     prepared, _, renderer = sending.lookup()
     recipient, url = None, None
-    if registry.per_recipient(delivery.channel):
+    if sending.per_recipient:
         recipient = prepared.recipients.get(delivery.recipient)
         if recipient is None:
             raise PermanentDeliveryError("no longer in the audience's lists")
