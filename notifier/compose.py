@@ -46,16 +46,8 @@ def compose(
     if registry.addressing(channel) is Addressing.RECIPIENT:
         if recipient is None or unsubscribe_url is None:
             raise ValueError(f"the {channel} channel is addressed per recipient: give a recipient and its link")
-        return _email(renderer, event, recipient, context=context, unsubscribe_url=unsubscribe_url)
+        content = renderer.email(event, recipient, context=context, unsubscribe_url=unsubscribe_url)
+        return EmailPayload(recipient.email, recipient.name, content, unsubscribe_url)
     platform = config.accounts[channel].platform
     text = renderer.social(event, platform, context=context)
     return PostPayload.of(consultation, event.name, text, context)
-
-
-def _email(
-    renderer: Renderer, event: Event, recipient: Recipient, *, context: Mapping[str, Any], unsubscribe_url: str
-) -> EmailPayload:
-    """The e-mail of ``event`` for ``recipient``: :func:`compose` for a per-recipient channel."""
-    content = renderer.email(event, recipient, context=context, unsubscribe_url=unsubscribe_url)
-    return EmailPayload(to_email=recipient.email, to_name=recipient.name, content=content,
-                        unsubscribe_url=unsubscribe_url)
