@@ -15,6 +15,8 @@ thread against a real Redis and ``smtp-sink``, and prints the CPU time of that t
 * ``claim``, ``suppressions``: the ledger's round trips; ``mark``: writing each result (pipelined,
   inside ``send_many``); ``flush``: reading those writes' replies at the end of a batch;
 * ``token``: the signed unsubscribe link; ``settle``: the next ledger record;
+* ``compose``: building each payload (``delivery._payload``, which calls
+  :func:`notifier.compose.compose`) less ``render`` and ``token``;
 * ``rest``: everything else in ``deliver``.
 
 The stages are timed by wrapping those functions (about 1 µs each per call), so the parts
@@ -103,6 +105,7 @@ def main() -> None:
         timed(ledger.Ledger, "suppressions", "suppressions")
         timed(delivery, "unsubscribe_url", "token")
         timed(delivery, "_settle", "settle")
+        timed(delivery, "_payload", "compose")
         rt.channel(EMAIL_CHANNEL)  # connect before timing
         start_cpu, start = cpu(), time.perf_counter()
         for batch in batches:
@@ -117,6 +120,7 @@ def main() -> None:
     # build_message runs inside send_many, and so do settling and recording each result
     # (send_many's on_result); the batch's flush, reading the replies, is after it
     spent["smtp"] -= spent["mime"] + spent["settle"] + spent["mark"]
+    spent["compose"] -= spent["render"] + spent["token"]  # _payload calls both
     spent["rest"] = total - sum(spent.values())
     print(f"{sent:,} e-mails in one thread ({accepted:,} accepted by smtp-sink): "
           f"{total / sent * 1e6:.0f} µs CPU and {wall / sent * 1e6:.0f} µs wall per e-mail")

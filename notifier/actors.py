@@ -28,7 +28,8 @@ from dramatiq.middleware import CurrentMessage
 from notifier import acknowledgement, delivery, timeline
 from notifier.audience import Recipient
 from notifier.broker import NAMESPACE, NotifierBroker
-from notifier.config import EMAIL_CHANNEL
+from notifier.channels import registry
+from notifier.compose import compose
 from notifier.errors import ConfigError, UsageError
 from notifier.ledger import Occurrence
 from notifier.runtime import Runtime
@@ -76,10 +77,11 @@ class Warmup(dramatiq.Middleware):
             probe = Recipient(email="warm-up@example.invalid", name="Warm Up", organisation="Warm-up")
             for consultation in config.consultations.values():
                 for event in timeline.events(consultation, config.tz):
-                    if EMAIL_CHANNEL in event.channels:
+                    for channel in [c for c in event.channels if registry.per_recipient(c)]:
                         context = renderer.context(consultation, event)
                         with contextlib.suppress(ConfigError):  # the probe lacks a key the template uses
-                            renderer.email(event, probe, context=context, unsubscribe_url="https://example.invalid/u")
+                            compose(renderer, config, consultation, event, channel, probe, context=context,
+                                    unsubscribe_url="https://example.invalid/u")
         except Exception as exc:  # a message that needs the config reports the problem itself
             log.warning("could not load the config and templates at start: %s", exc)
 

@@ -29,10 +29,11 @@ from notifier import __version__, archive, timeline
 from notifier import report as reporting
 from notifier.audience import Recipient, resolve
 from notifier.broker import connect
-from notifier.channels import limits
+from notifier.channels import limits, registry
 from notifier.channels.base import Delivery, EmailPayload
 from notifier.channels.email import Sender, build_message, message_id
-from notifier.config import EMAIL_CHANNEL, Config, Settings, load_config
+from notifier.compose import compose
+from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Ledger, Record
@@ -221,7 +222,7 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     ev = timeline.event(item, event, config.tz)
     channels = [channel] if channel else list(ev.channels)
     for name in channels:
-        if name != EMAIL_CHANNEL and name not in config.accounts:
+        if not registry.per_recipient(name) and name not in config.accounts:
             raise UsageError(f"unknown channel {name!r} (known: {', '.join(config.channels)})")
     renderer = Renderer(config)
     problems = [p for p in check_event(config, renderer, item, ev) if p.severity == "error"]
@@ -230,21 +231,23 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     context = renderer.context(item, ev)
     key = _preview_key(settings)
     for name in channels:
-        if name == EMAIL_CHANNEL:
+        recipient, url = None, None
+        if registry.per_recipient(name):
             audience = resolve(config.lists, ev.audience)
             recipient = _pick(audience.recipients, to, audience)
             token = sign(key, recipient.email) if key else "<signed-token>"
             url = f"{settings.public_url}/unsubscribe/{token}"
-            content = renderer.email(ev, recipient, context=context, unsubscribe_url=url)
+        payload = compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
+        if isinstance(payload, EmailPayload):
             sender = Sender.parse(config.email.from_, config.email.reply_to)
-            payload = EmailPayload(recipient.email, recipient.name, content, url)
-            delivery = Delivery(f"{item.id}:{event}:preview", EMAIL_CHANNEL, recipient.key)
+            delivery = Delivery(f"{item.id}:{event}:preview", name, payload.to_email.lower())
             _print_email(build_message(sender, payload, msgid=message_id(delivery, sender.domain)))
         else:
             platform = config.accounts[name].platform
-            post = renderer.social(ev, platform, context=context)
-            most = limits.limit(platform)
-            size = f"{limits.length(platform, post)}/{most}" if most else f"{len(post)} characters"
+            post = payload.text
+            rules = registry.rules(platform)
+            most = rules.max_length
+            size = f"{limits.length(rules, post)}/{most}" if most else f"{len(post)} characters"
             out.rule(f"{name} ({platform}, {size})")
             out.print(post, markup=False)
             out.print()
@@ -423,12 +426,8 @@ def _dry_run(settings: Settings, consultation: str, event: str) -> None:
     url = f"{settings.public_url}/unsubscribe/<token>"
     rendered = 0
     for name in ev.channels:
-        if name == EMAIL_CHANNEL:
-            for recipient in audience.recipients:
-                renderer.email(ev, recipient, context=context, unsubscribe_url=url)
-                rendered += 1
-        else:
-            renderer.social(ev, config.accounts[name].platform, context=context)
+        for recipient in audience.recipients if registry.per_recipient(name) else (None,):
+            compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
             rendered += 1
     fired = ledger.fired(consultation, event) if ledger else None
     out.print(f"dry run: {item.id} {event} would send {rendered} message(s) on {', '.join(ev.channels)} "
@@ -625,9 +624,13 @@ def run(threads: int, now: str | None) -> None:
     from notifier.web import make_server  # start-up time: see web()
 
     settings = _settings()
-    config = _load(settings)
-    clock = offset_clock(_parse_now(now, config)) if now else None
     service = Service(settings)
+    try:
+        config = service.source.current()  # the process' one load, shared with the worker and scheduler
+        clock = offset_clock(_parse_now(now, config)) if now else None
+    except BaseException:
+        service.close()
+        raise
     stop = threading.Event()
     _stop_on((signal.SIGTERM, signal.SIGINT), stop)
     web_server = make_server(settings, client=service.client)
@@ -676,11 +679,11 @@ def rehearse(consultation: str) -> None:
         timeline_table.add_column(column, justify="right" if column in ("E-mails", "Suppressed") else "left")
     for event in result.events:
         mine = [r for r in result.received if r.event == event.name]
-        emails = [r for r in mine if r.channel == EMAIL_CHANNEL]
+        emails = [r for r in mine if registry.per_recipient(r.channel)]
         timeline_table.add_row(
             _local(event.at, config) if event.at else "on demand (rehearsed now)", event.name,
             str(sum(r.status in SUCCEEDED for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
-            ", ".join(r.channel for r in mine if r.channel != EMAIL_CHANNEL) or "-",
+            ", ".join(r.channel for r in mine if not registry.per_recipient(r.channel)) or "-",
         )
     out.print(timeline_table)
 
@@ -689,7 +692,7 @@ def rehearse(consultation: str) -> None:
         people.add_column(column, overflow="fold")
     by_person: dict[str, list[Any]] = {}
     for r in result.received:
-        if r.channel == EMAIL_CHANNEL:
+        if registry.per_recipient(r.channel):
             by_person.setdefault(r.recipient, []).append(r)
     for address, items in sorted(by_person.items(), key=lambda kv: (kv[1][0].name or kv[0]).lower()):
         first = items[0]
@@ -703,7 +706,7 @@ def rehearse(consultation: str) -> None:
     for column in ("When", "Account", "Post"):
         posts.add_column(column, overflow="fold")
     for r in result.received:
-        if r.channel != EMAIL_CHANNEL:
+        if not registry.per_recipient(r.channel):
             posts.add_row(_local(r.at, config), r.channel, r.what)
     out.print(posts)
 

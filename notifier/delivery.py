@@ -15,11 +15,14 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from notifier.audience import Recipient, Suppressed, opted_out
 from notifier.breaker import Breaker, Gate
-from notifier.channels.base import BatchChannel, Channel, Delivery, EmailPayload, PostPayload, Receipt
-from notifier.config import EMAIL_CHANNEL
+from notifier.channels import registry
+from notifier.channels.base import BatchChannel, Channel, Delivery, Payload, Receipt
+from notifier.compose import compose
+from notifier.config import Config
 from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
 from notifier.ledger import Claim, Outcome, Record, Recorder, Status, now_iso
 from notifier.rendering import Renderer
@@ -57,7 +60,7 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
     event = prepared.event
     created = now_iso()
     for channel in event.channels:
-        if channel != EMAIL_CHANNEL:
+        if not registry.per_recipient(channel):
             rt.ledger.add(occurrence_id, [Record(channel=channel, recipient=ACCOUNT, created=created)])
             yield Batch(occurrence_id, channel, (ACCOUNT,))
             continue
@@ -117,7 +120,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     if not mine:
         return retry
     suppressed = {}
-    if batch.channel == EMAIL_CHANNEL:
+    if registry.per_recipient(batch.channel):
         suppressed = ledger.suppressions([c.field[len(prefix):] for c in mine])
     sending = _Sending(rt, batch.occurrence_id, batch.channel)
     recorder = ledger.recorder(batch.occurrence_id, owner=owner)
@@ -140,7 +143,7 @@ def _deliver_chunk(
     known, see :class:`~notifier.ledger.Recorder`); the longest wait until a retry among them."""
     rt = sending.rt
     retry: float | None = None
-    sends: list[tuple[str, Delivery, EmailPayload | PostPayload]] = []
+    sends: list[tuple[str, Delivery, Payload]] = []
 
     def settle(field: str, delivery: Delivery, result: Result) -> None:
         nonlocal retry
@@ -176,18 +179,23 @@ class _Sending:
     rt: Runtime
     occurrence_id: str
     channel_name: str
+    per_recipient: bool = False  # how the channel is addressed (an e-mail per recipient), once a batch
     prepared: Prepared | None = None
-    channel: Channel | None = None
+    config: Config | None = None
+    #: Sends the payloads :func:`compose` makes for this channel (its kind, by the same name).
+    channel: Channel[Any] | None = None
     renderer: Renderer | None = None
     #: The channel again where it is a :class:`BatchChannel`: an ``isinstance`` check against
     #: a runtime-checkable protocol inspects every member, so it is made once a batch.
-    batch: BatchChannel | None = None
+    batch: BatchChannel[Any] | None = None
     #: The channel's circuit breaker as this batch sees it (see :mod:`notifier.breaker`).
     gate: Gate | None = None
 
-    def lookup(self) -> tuple[Prepared, Channel, Renderer]:
+    def lookup(self) -> tuple[Prepared, Channel[Any], Renderer]:
         """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
         if self.prepared is None or self.channel is None or self.renderer is None:
+            self.per_recipient = registry.per_recipient(self.channel_name)
+            self.config = self.rt.config
             self.prepared = self.rt.prepare(self.occurrence_id)
             self.channel = self.rt.channel(self.channel_name)
             self.renderer = self.rt.renderer
@@ -219,7 +227,7 @@ def _settle(rt: Runtime, delivery: Delivery, result: Result) -> Outcome:
         log.info("delivery %s to %s deferred: %s", delivery.channel, delivery.recipient, result)
         return Outcome("pending", attempt, str(result), updated=now)
     if isinstance(result, PermanentDeliveryError):
-        if result.bounce and delivery.channel == EMAIL_CHANNEL:
+        if result.bounce and registry.per_recipient(delivery.channel):
             rt.suppress(delivery.recipient, "bounce", f"bounced: {result.provider_reply or result}")
         return Outcome("failed", attempt, str(result), updated=now)
     return Outcome("failed", attempt, f"cannot render: {result}", updated=now)
@@ -232,26 +240,25 @@ def _retry_in(rt: Runtime, settled: Outcome, result: Result) -> float | None:
     return rt.retry.retry_in(settled.attempts, result.retry_after)
 
 
-def _payload(sending: _Sending, delivery: Delivery) -> EmailPayload | PostPayload:
-    """What to send for one delivery: the e-mail rendered for its recipient, or the post."""
+def _payload(sending: _Sending, delivery: Delivery) -> Payload:
+    """What to send for one delivery (:func:`~notifier.compose.compose`): the e-mail for its
+    recipient, who must still be in the audience, or the account's post."""
     rt = sending.rt
     prepared, _, renderer = sending.lookup()
-    event, context = prepared.event, prepared.context
-    if delivery.channel == EMAIL_CHANNEL:
+    recipient, url = None, None
+    if sending.per_recipient:
         recipient = prepared.recipients.get(delivery.recipient)
         if recipient is None:
             raise PermanentDeliveryError("no longer in the audience's lists")
         url = unsubscribe_url(rt.settings.public_url, rt.secret_key, delivery.recipient)
-        content = renderer.email(event, recipient, context=context, unsubscribe_url=url)
-        return EmailPayload(to_email=recipient.email, to_name=recipient.name, content=content, unsubscribe_url=url)
-    platform = rt.config.accounts[delivery.channel].platform
-    text = renderer.social(event, platform, context=context)
-    return PostPayload.of(prepared.consultation, event.name, text, context)
+    assert sending.config is not None  # lookup() set it
+    return compose(renderer, sending.config, prepared.consultation, prepared.event, delivery.channel, recipient,
+                   context=prepared.context, unsubscribe_url=url)
 
 
 def _send(
     sending: _Sending,
-    items: list[tuple[Delivery, EmailPayload | PostPayload]],
+    items: list[tuple[Delivery, Payload]],
     on_result: Callable[[int, Result], None],
 ) -> None:
     """Send each item and pass its receipt, or the error that says how it failed, to

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from notifier import delivery, timeline
 from notifier.broker import NAMESPACE, connect
-from notifier.config import EMAIL_CHANNEL, Settings, load_config
-from notifier.errors import ConfigError
+from notifier.channels.registry import per_recipient
+from notifier.config import Settings
 from notifier.ledger import SUCCEEDED, Ledger, Record
 from notifier.runtime import Runtime
-from notifier.validation import check
+from notifier.source import ConfigSource
 
 #: Rehearsal ledgers are kept this long in Redis, then expire.
 KEEP_SECONDS = 7 * 24 * 3600
@@ -56,17 +56,15 @@ class Rehearsal:
 
 def rehearse(settings: Settings, consultation_id: str, *, now: datetime | None = None) -> Rehearsal:
     """Fire every event of the consultation, in time order, into a fresh outbox."""
-    config = load_config(settings.config_dir)
-    errors = [p for p in check(config, settings) if p.severity == "error"]
-    if errors:
-        raise ConfigError(errors)
+    source = ConfigSource(settings)  # loaded and checked once, for the rehearsal's runtime too
+    config = source.validated()
     consultation = config.consultation(consultation_id)
     started = now or datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%S")
     folder = settings.data_dir / "rehearsals" / f"{consultation_id}-{stamp}"
     client = connect(settings)
     namespace = f"{NAMESPACE}-rehearsal:{consultation_id}:{stamp}"
-    rt = Runtime(settings, client=client, namespace=namespace, data_dir=folder)
+    rt = Runtime(settings, client=client, namespace=namespace, data_dir=folder, source=source)
     try:
         for email, reason in Ledger(client).suppressed().items():
             rt.ledger.suppress(email, reason)
@@ -96,10 +94,10 @@ def _deliver(rt: Runtime, batch: delivery.Batch) -> None:
 def _what(rt: Runtime, folder: Path, event: timeline.Event, at: datetime, records: list[Record]) -> list[Received]:
     subjects = _subjects(folder / "outbox" / "email")
     found = []
-    for r in sorted(records, key=lambda r: (r.channel != EMAIL_CHANNEL, r.channel, (r.name or r.recipient).lower())):
+    for r in sorted(records, key=lambda r: (not per_recipient(r.channel), r.channel, (r.name or r.recipient).lower())):
         if r.status not in SUCCEEDED:
             what = r.error or r.status
-        elif r.channel == EMAIL_CHANNEL:
+        elif per_recipient(r.channel):
             what = subjects.get(r.provider_id or "", "")
         else:
             what = _post_text(folder, r)

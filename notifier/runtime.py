@@ -1,8 +1,10 @@
 """What one process needs to deliver, built once: settings, config, renderer, ledger, channels.
 
-The config is re-read when a file under ``config/`` or ``templates/`` changes (checked at
-most once a second), so a long-running worker picks up an edited list or template without
-a restart. A rehearsal gets its own runtime: another ledger namespace and outbox-only
+The config comes from the process' :class:`~notifier.source.ConfigSource` (shared with
+the Service and the scheduler): re-read when a file under ``config/`` or ``templates/``
+changes (checked at most once a second), so a long-running worker picks up an edited list
+or template without a restart; the renderer, channels and prepared occurrences are rebuilt
+from each new config. A rehearsal gets its own runtime: another ledger namespace and outbox-only
 channels under its own folder, so it can never touch the real ledger or post live.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,30 +25,16 @@ from notifier.audience import Recipient, resolve
 from notifier.broker import NAMESPACE, connect
 from notifier.channels import registry
 from notifier.channels.base import Channel
-from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
-from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_config
+from notifier.channels.email import Sender
+from notifier.config import Config, Consultation, Settings
 from notifier.errors import StoreError
 from notifier.ledger import Ledger, Occurrence
 from notifier.rendering import Renderer
 from notifier.retry import RetryPolicy
+from notifier.source import ConfigSource
 from notifier.store import Store, SuppressionSource
 
 log = logging.getLogger(__name__)
-
-
-def config_signature(settings: Settings, templates: Path | None = None) -> tuple[tuple[str, float, int], ...]:
-    """Names, mtimes and sizes of every config and template file: changes when any does."""
-    found = []
-    for root in (settings.config_dir, templates or settings.config_dir.parent / "templates"):
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    continue
-                found.append((path, st.st_mtime, st.st_size))
-    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +59,11 @@ class Runtime:
         namespace: str = NAMESPACE,
         data_dir: Path | None = None,
         worker_id: str | None = None,
+        source: ConfigSource | None = None,
     ) -> None:
         self.settings = settings
         self.retry = RetryPolicy.from_settings(settings)
+        self.source = source or ConfigSource(settings)
         self.client = client or connect(settings)
         self.ledger = Ledger(self.client, namespace=namespace)
         self.rehearsal = namespace != NAMESPACE
@@ -82,10 +71,8 @@ class Runtime:
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.RLock()
         self._config: Config | None = None
-        self._signature: Any = None
-        self._checked = 0.0
         self._renderer: Renderer | None = None
-        self._channels: dict[str, Channel] = {}
+        self._channels: dict[str, Channel[Any]] = {}
         self._prepared: dict[str, Prepared] = {}
         self._store: Store | None = None
         self._archiver: archive.Archiver | None = None
@@ -95,21 +82,16 @@ class Runtime:
 
     @property
     def config(self) -> Config:
-        """The current config, reloaded when its files changed."""
+        """The source's current config (reloaded when its files changed); what was built
+        from the one before (renderer, channels, prepared occurrences) is dropped."""
         with self._lock:
-            now = time.monotonic()
-            if self._config is None or now - self._checked > 1.0:
-                self._checked = now
-                templates = self._config.templates if self._config else None
-                signature = config_signature(self.settings, templates)
-                if signature != self._signature:
-                    config = load_config(self.settings.config_dir)
-                    self._close_channels()
-                    self._config, self._signature = config, signature
-                    self._renderer = Renderer(config)
-                    self._prepared.clear()
-            assert self._config is not None
-            return self._config
+            config = self.source.current()
+            if config is not self._config:
+                self._close_channels()
+                self._config = config
+                self._renderer = Renderer(config)
+                self._prepared.clear()
+            return config
 
     @property
     def renderer(self) -> Renderer:
@@ -188,7 +170,7 @@ class Runtime:
 
     # -- channels -----------------------------------------------------------
 
-    def channel(self, name: str) -> Channel:
+    def channel(self, name: str) -> Channel[Any]:
         """The channel ``name`` (``email`` or an account id), built once per config."""
         config = self.config
         with self._lock:
@@ -196,12 +178,9 @@ class Runtime:
                 self._channels[name] = self._build(config, name)
             return self._channels[name]
 
-    def _build(self, config: Config, name: str) -> Channel:
-        if name == EMAIL_CHANNEL:
-            sender = Sender.parse(config.email.from_, config.email.reply_to)
-            if self.settings.smtp_url and not self.rehearsal:
-                return SmtpChannel(SmtpTarget.parse(self.settings.smtp_url), sender)
-            return MaildirChannel(self.data_dir / "outbox" / "email", sender)
+    def _build(self, config: Config, name: str) -> Channel[Any]:
+        if registry.per_recipient(name):
+            return registry.build_email_channel(config, self.settings, data_dir=self.data_dir, live=not self.rehearsal)
         account = config.accounts[name]
         settings = self.settings
         if self.rehearsal:

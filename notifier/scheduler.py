@@ -18,10 +18,11 @@ by the scheduler and one fired by ``send`` take the same path and neither fires 
   error): less than the grace period (``NOTIFIER_GRACE_HOURS``, 24 h) late, they fire,
   flagged ``late`` when more than :data:`LATE_AFTER` late; later than that they are
   recorded missed and only ``send`` fires them.
-* **Reload.** On SIGHUP and when a file of the config or templates changes (polled every
-  ``reload_every`` seconds), the schedule is rebuilt from the new config: moved events
-  move, removed ones go, added ones come, fired ones never fire again. An invalid config
-  is logged and the last good schedule kept.
+* **Reload.** On SIGHUP and when a file of the config or templates changes (the service's
+  :class:`~notifier.source.ConfigSource`, looked at every ``reload_every`` seconds), the
+  schedule is rebuilt from the new config: moved events move, removed ones go, added ones
+  come, fired ones never fire again. An invalid config is logged and the last good
+  schedule kept.
 * **Sweep.** An occurrence claimed but never fanned out (the process died between the
   claim and the enqueue) gets its ``fire`` message sent again after :data:`SWEEP_AFTER_S`.
 
@@ -56,7 +57,6 @@ from notifier.broker import NAMESPACE, workers_alive
 from notifier.config import Config, Settings
 from notifier.errors import ConfigError
 from notifier.ledger import Ledger, Occurrence
-from notifier.runtime import config_signature
 from notifier.service import Service
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class Scheduler:
         self._lock = threading.RLock()  # config, events, jobs; and one firing at a time
         self._changed = threading.Condition(self._lock)  # the schedule changed or the scheduler stops
         self._config: Config | None = None
-        self._signature: Any = None
+        self._generation = -1  # the config source's generation last installed or found invalid
         self._events: dict[str, timeline.Event] = {}  # every event with an ``at``, by key
         self._planned: dict[str, datetime] = {}  # key -> the instant its job waits for (until it runs)
         self._requeued: dict[str, float] = {}  # occurrence id -> when the sweep last re-sent it
@@ -191,7 +191,7 @@ class Scheduler:
     def start(self) -> None:
         """Load the config, build the schedule and start firing (as leader, if the lease is free)."""
         self._stop.clear()
-        signature = self._current_signature()
+        generation = self.service.source.check(within=0)
         config = self.service.config()
         self._aps = BackgroundScheduler(
             timezone=config.tz,
@@ -201,7 +201,7 @@ class Scheduler:
         try:
             with self._lock:
                 self._planned.clear()  # a restart: the jobs went with the last APScheduler
-                self._install(config, signature)
+                self._install(config, generation)
             self._refresh_lease()
         except BaseException:
             self.stop()
@@ -235,15 +235,15 @@ class Scheduler:
     def reload(self) -> bool:
         """Re-read the config and reschedule now; False (and the last good schedule kept,
         its problems logged) when the new config is invalid."""
-        signature = self._current_signature()
+        generation = self.service.source.check(within=0)
         try:
             config = self.service.config()
         except ConfigError as exc:
-            self._signature = signature  # don't re-read the same broken files every second
+            self._generation = generation  # don't re-read the same broken files every second
             log.error("config invalid, keeping the last good schedule:\n%s", exc)
             return False
         with self._lock:
-            self._install(config, signature)
+            self._install(config, generation)
         log.info("config reloaded, %d event(s) scheduled", len(self.scheduled))
         return True
 
@@ -283,7 +283,8 @@ class Scheduler:
                     self._refresh_lease()
                 if self._reload_requested.is_set() or now >= next_watch:
                     next_watch = now + self.reload_every
-                    if self._reload_requested.is_set() or self._current_signature() != self._signature:
+                    changed = self.service.source.check(within=self.reload_every) != self._generation
+                    if self._reload_requested.is_set() or changed:
                         self._reload_requested.clear()
                         self.reload()
                 if self.is_leader:
@@ -316,16 +317,12 @@ class Scheduler:
                 return bool(self.lease.reacquire())
         return bool(self.lease.acquire(token=self.token))
 
-    def _current_signature(self) -> Any:
-        templates = self._config.templates if self._config is not None else None
-        return config_signature(self.service.settings, templates)
-
     # -- the schedule -------------------------------------------------------
 
-    def _install(self, config: Config, signature: Any) -> None:
+    def _install(self, config: Config, generation: int) -> None:
         """Make the jobs match ``config``: add, move and remove. Holds ``_lock``."""
         assert self._aps is not None
-        self._config, self._signature = config, signature
+        self._config, self._generation = config, generation
         events = [e for c in config.consultations.values() for e in timeline.events(c, config.tz) if e.at]
         self._events = {e.key: e for e in events}
         for consultation in config.consultations:  # what the record says fired, if Redis has lost it

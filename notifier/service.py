@@ -20,15 +20,15 @@ import redis
 
 from notifier import acknowledgement, actors, archive, timeline
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
-from notifier.config import Config, Settings, load_config
+from notifier.config import Config, Settings
 from notifier.delivery import BATCH
 from notifier.errors import ConfigError, Problem, UsageError
 from notifier.ledger import FINAL, Ledger
-from notifier.memo import collector_paused
 from notifier.runtime import Runtime
+from notifier.source import ConfigSource
 from notifier.store import Store
 from notifier.timeline import Event
-from notifier.validation import check, check_event
+from notifier.validation import check_event
 
 if TYPE_CHECKING:
     from notifier.store import Response
@@ -66,7 +66,9 @@ class Service:
     def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
         self.settings = settings
         self.client: redis.Redis = connect(settings)
-        self.runtime = Runtime(settings, client=self.client, worker_id=worker_id)
+        #: The process' one config source: this service, its runtime and a scheduler share it.
+        self.source = ConfigSource(settings)
+        self.runtime = Runtime(settings, client=self.client, worker_id=worker_id, source=self.source)
         self.ledger: Ledger = self.runtime.ledger
         self.broker: NotifierBroker = make_broker(settings, worker_id=self.runtime.worker_id)
         self.actors = actors.declare(self.broker, lambda: self.runtime)
@@ -78,13 +80,10 @@ class Service:
         self.broker.add_middleware(archive.ArchiveMiddleware(self.runtime.archiver))
 
     def config(self) -> Config:
-        """The current, validated config; ConfigError when templates would fail."""
-        with collector_paused():
-            config = load_config(self.settings.config_dir)
-            errors = [p for p in check(config, self.settings) if p.severity == "error"]
-        if errors:
-            raise ConfigError(errors)
-        return config
+        """The current, validated config; ConfigError when templates would fail. The files'
+        signature is looked at now (a command acts on the files as they are), but they are
+        loaded and checked only when they changed since the source last did."""
+        return self.source.validated(within=0)
 
     def fire(
         self,

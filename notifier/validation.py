@@ -14,11 +14,11 @@ from pathlib import Path
 
 from notifier import acknowledgement, timeline
 from notifier.audience import Recipient, resolve
-from notifier.channels import limits
+from notifier.channels import limits, registry
 from notifier.channels.base import PostPayload
 from notifier.channels.http import posted_text
-from notifier.channels.registry import is_outbox
-from notifier.config import EMAIL_CHANNEL, Config, Consultation, Settings, load_partial, token_variable
+from notifier.compose import compose
+from notifier.config import Config, Consultation, Settings, load_partial, token_variable
 from notifier.errors import ConfigError, Problem
 from notifier.memo import ByIdentity
 from notifier.rendering import EMAIL_NAMES, SOCIAL_NAMES, Renderer
@@ -49,7 +49,7 @@ def check(config: Config, settings: Settings) -> list[Problem]:
                     found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
         found += acknowledgement.check(config, renderer)
     for account in config.accounts.values():
-        if is_outbox(account, settings):
+        if registry.is_outbox(account, settings):
             why = "outbox: true" if account.outbox else f"{token_variable(account.id)} is not set"
             found.append(account.where.warning(
                 f"account {account.id!r} is in outbox mode ({why}): posts go to "
@@ -89,24 +89,26 @@ def check_event(
     problems: list[Problem] = []
     audience = resolve(config.lists, event.audience)
     problems += [consultation.where.warning(w) for w in audience.warnings]
-    if not audience.recipients and EMAIL_CHANNEL in event.channels:
+    if not audience.recipients and any(registry.per_recipient(c) for c in event.channels):
         problems.append(consultation.where.warning(f"event {event.name!r} has nobody to e-mail"))
     context = renderer.context(consultation, event)
     for channel in event.channels:
         name = None
         try:
-            if channel == EMAIL_CHANNEL:
+            if registry.per_recipient(channel):
                 name = renderer.email_template(event)
                 problems += _check_names(renderer, name, EMAIL_NAMES, checked)
                 for recipient in _samples(audience.recipients, ByIdentity() if samples is None else samples):
-                    renderer.email(event, recipient, context=context, unsubscribe_url=SAMPLE_UNSUBSCRIBE)
+                    compose(renderer, config, consultation, event, channel, recipient, context=context,
+                            unsubscribe_url=SAMPLE_UNSUBSCRIBE)
                 continue
             platform = config.accounts[channel].platform
             name = renderer.social_template(event, platform)
             problems += _check_names(renderer, name, SOCIAL_NAMES, checked)
-            text = renderer.social(event, platform, context=context)
-            posted = posted_text(platform, PostPayload.of(consultation, event.name, text, context))
-            too_long = limits.overflow(platform, posted)
+            post = compose(renderer, config, consultation, event, channel, context=context)
+            assert isinstance(post, PostPayload)  # an account is addressed per account
+            rules = registry.rules(platform)
+            too_long = limits.overflow(rules, posted_text(rules, post))
             if too_long:
                 problems.append(
                     Problem.at(renderer.templates / name, None, f"the {event.name} post for {channel} is {too_long}")

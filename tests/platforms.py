@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from notifier.channels.bluesky import BlueskyChannel
 from notifier.channels.limits import length
 
 ROUTES = ("x", "facebook", "mastodon", "bluesky", "bluesky-session", "webhook")
@@ -487,7 +488,7 @@ class Platforms:
         if body.get("collection") != "app.bsky.feed.post" or record.get("$type") != "app.bsky.feed.post":
             return 400, {}, {"error": "InvalidRequest", "message": "Invalid $type"}
         text = record.get("text")
-        if not isinstance(text, str) or length("bluesky", text) > 300 or len(text.encode()) > 3000:
+        if not isinstance(text, str) or length(BlueskyChannel, text) > 300 or len(text.encode()) > 3000:
             return (
                 400,
                 {},

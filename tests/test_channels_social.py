@@ -722,7 +722,7 @@ def test_build_account_channel_picks_live_or_outbox(tmp_path: Path) -> None:
         "website": Account(id="website", platform="webhook", url="https://cms.example/h"),
         "quiet": Account(id="quiet", platform="webhook", url="https://cms.example/h", outbox=True),
     }
-    built: dict[str, Channel] = {k: build_account_channel(a, settings) for k, a in accounts.items()}
+    built: dict[str, Channel[PostPayload]] = {k: build_account_channel(a, settings) for k, a in accounts.items()}
     try:
         assert isinstance(built["pcc-x"], XChannel)
         assert isinstance(built["pcc-facebook"], OutboxChannel)

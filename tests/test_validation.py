@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.channels import limits
+from notifier.channels import limits, registry
 from notifier.config import Settings
 from notifier.validation import load_and_check
 from tests.conftest import Project
@@ -37,22 +37,23 @@ def _with_accounts(project: Project) -> None:
 @pytest.mark.parametrize("platform", ["x", "mastodon", "bluesky"])
 def test_a_post_is_measured_with_the_link_the_platform_adds(project: Project, platform: str) -> None:
     _with_accounts(project)
-    most = limits.limit(platform)
+    rules = registry.rules(platform)
+    most = rules.max_length
     assert most is not None
     text = "y" * (most - 10)
-    assert limits.length(platform, text) <= most < limits.length(platform, f"{text}\n\n{URL}")
+    assert limits.length(rules, text) <= most < limits.length(rules, f"{text}\n\n{URL}")
     project.write(f"templates/opened/{platform}.j2", text)
     errors = _errors(project)
     posted = f"{text}\n\n{URL}"
     assert [e for e in errors if e.startswith(f"templates/opened/{platform}.j2")] == [
-        f"templates/opened/{platform}.j2: the opened post for pcc-{platform} is {limits.overflow(platform, posted)}"
+        f"templates/opened/{platform}.j2: the opened post for pcc-{platform} is {limits.overflow(rules, posted)}"
     ], errors
 
 
 @pytest.mark.parametrize("platform", ["x", "mastodon", "bluesky"])
 def test_a_post_that_has_the_link_already_is_measured_as_written(project: Project, platform: str) -> None:
     _with_accounts(project)
-    most = limits.limit(platform)
+    most = registry.rules(platform).max_length
     assert most is not None
     text = "y" * (most - 60) + " {{ consultation.url }}"
     project.write(f"templates/opened/{platform}.j2", text)

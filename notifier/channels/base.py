@@ -8,17 +8,29 @@ It never decides whether to send: the ledger did that before calling it.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.rendering import EmailContent
 
 if TYPE_CHECKING:
     from notifier.config import Consultation
+
+
+class Addressing(enum.Enum):
+    """How a channel is addressed, declared by each channel class (``addressing``).
+
+    ``RECIPIENT``: one message per stakeholder of the audience (e-mail), rendered for each;
+    ``ACCOUNT``: one post per account (social accounts, websites), the same for everyone.
+    """
+
+    RECIPIENT = "recipient"
+    ACCOUNT = "account"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +101,21 @@ class Receipt:
     outbox: bool = False
 
 
-class Channel(Protocol):
-    """Sends one payload. Implementations are safe to share between threads."""
+Payload = EmailPayload | PostPayload
+P_contra = TypeVar("P_contra", EmailPayload, PostPayload, contravariant=True)
+
+
+class Channel(Protocol[P_contra]):
+    """Sends one payload of its kind (``Channel[EmailPayload]`` sends e-mails,
+    ``Channel[PostPayload]`` posts). Implementations are safe to share between threads.
+
+    Each class declares how it is addressed (:class:`Addressing`): callers ask the class
+    (through :mod:`notifier.channels.registry`) rather than switch on channel names."""
 
     name: str
+    addressing: ClassVar[Addressing]
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: P_contra) -> Receipt:
         """Deliver ``payload`` once; raise a DeliveryError subclass when it did not happen."""
         ...
 
@@ -104,14 +125,14 @@ class Channel(Protocol):
 
 
 @runtime_checkable
-class BatchChannel(Channel, Protocol):
+class BatchChannel(Channel[P_contra], Protocol[P_contra]):
     """A channel that sends several payloads together faster than one at a time (SMTP
     pipelines them on one connection). The delivery engine uses :meth:`send_many` where a
     channel has it, and :meth:`send` one by one elsewhere."""
 
     def send_many(
         self,
-        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
+        items: Sequence[tuple[Delivery, P_contra]],
         on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
         """For each item, in order, its receipt or the error :meth:`send` would raise for it.

@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
-from notifier.channels.limits import urls
+from notifier.channels.base import Delivery, PostPayload, Receipt
+from notifier.channels.limits import Counting, urls
 from notifier.config import Account, token_variable
 from notifier.errors import DeliveryError, InvalidValueError
 
@@ -98,6 +98,9 @@ class BlueskyChannel(http.HttpChannel):
     """Posts an event's message to one Bluesky account."""
 
     platform = "bluesky"
+    max_length = 300
+    counting = Counting.GRAPHEMES  # what a reader sees as one character
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is an app password for ``account.handle``; ``client`` is shared if given
@@ -116,7 +119,7 @@ class BlueskyChannel(http.HttpChannel):
 
     # -- sending ---------------------------------------------------------------------
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Create the delivery's post record once; an existing record under its key is success."""
         post, text = self._text(payload)
         rkey = record_key(delivery)

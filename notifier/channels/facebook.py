@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 from notifier.errors import InvalidValueError, TransientDeliveryError
 
@@ -41,6 +41,7 @@ class FacebookChannel(http.HttpChannel):
     """Posts an event's message and link to one Facebook Page."""
 
     platform = "facebook"
+    max_length = 63_206  # characters; the link goes in its own field
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the page access token; ``client`` is shared if given (and then not
@@ -56,7 +57,7 @@ class FacebookChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"FacebookChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text as ``message`` and the consultation link as ``link``, once."""
         post, text = self._text(payload)
         form = {"message": text, "access_token": self._token}

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from notifier.config import Account
 
 from notifier import __version__
-from notifier.channels.base import PostPayload
-from notifier.channels.limits import overflow
+from notifier.channels.base import Addressing, PostPayload
+from notifier.channels.limits import Counting, PostRules, overflow
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.redaction import redact
 
@@ -63,13 +63,10 @@ def make_client(*, timeout: float | httpx.Timeout | None = None, **kwargs: Any) 
     )
 
 
-#: Platforms whose posts have no separate link field: the link goes in the text.
-LINK_IN_TEXT = frozenset({"x", "mastodon", "bluesky"})
-
-
-def posted_text(platform: str, payload: PostPayload) -> str:
-    """The text as ``platform`` will show it (see :func:`post_text`)."""
-    return post_text(payload) if platform in LINK_IN_TEXT else payload.text
+def posted_text(rules: PostRules, payload: PostPayload) -> str:
+    """The text as the platform of ``rules`` will show it: with the link (:func:`post_text`)
+    where posts have no separate link field."""
+    return post_text(payload) if rules.link_in_text else payload.text
 
 
 def post_text(payload: PostPayload) -> str:
@@ -284,13 +281,6 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def as_post(payload: object, *, what: str) -> PostPayload:
-    """``payload`` as a :class:`PostPayload`; a social or web channel handed an e-mail is a bug."""
-    if not isinstance(payload, PostPayload):
-        raise TypeError(f"{what} posts PostPayload, not {type(payload).__name__}")
-    return payload
-
-
 def api_root(url: str) -> str:
     """An API base URL without its trailing slash, so paths join predictably."""
     return url.strip().rstrip("/")
@@ -301,7 +291,14 @@ class HttpChannel:
     shared and left open, or its own, closed by :meth:`close`) and how it names itself in
     errors and logs."""
 
-    platform: str
+    platform: ClassVar[str]
+    addressing: ClassVar[Addressing] = Addressing.ACCOUNT  # one post per account
+    #: The platform's rules for a post (:class:`~notifier.channels.limits.PostRules`):
+    #: no limit, characters counted as written, the link in its own field by default.
+    max_length: ClassVar[int | None] = None
+    counting: ClassVar[Counting] = Counting.CHARACTERS
+    url_length: ClassVar[int | None] = None
+    link_in_text: ClassVar[bool] = False
 
     def __init__(self, account: Account, *, client: httpx.Client | None) -> None:
         self.name = account.id
@@ -310,12 +307,11 @@ class HttpChannel:
         self._owns_client = client is None
         self._what = f"{self.platform} account {account.id!r}"
 
-    def _text(self, payload: object) -> tuple[PostPayload, str]:
+    def _text(self, post: PostPayload) -> tuple[PostPayload, str]:
         """The post and its text as this platform shows it. A text over the platform's limit
         is permanent: ``validate`` catches it first, so this only guards a bypassed check."""
-        post = as_post(payload, what=self._what)
-        text = posted_text(self.platform, post)
-        too_long = overflow(self.platform, text)
+        text = posted_text(self, post)
+        too_long = overflow(self, text)
         if too_long:
             raise PermanentDeliveryError(f"{self._what}: the post is {too_long}")
         return post, text

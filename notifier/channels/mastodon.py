@@ -18,7 +18,7 @@ import logging
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 from notifier.errors import InvalidValueError
 
@@ -34,6 +34,9 @@ class MastodonChannel(http.HttpChannel):
     """Posts an event's message to one Mastodon account."""
 
     platform = "mastodon"
+    max_length = 500  # characters; every URL counts 23
+    url_length = 23
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the account's access token; ``client`` is shared if given (and then
@@ -48,7 +51,7 @@ class MastodonChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"MastodonChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text (with the link) once, keyed so a retry returns the same status."""
         _, text = self._text(payload)
         headers = {"Idempotency-Key": idempotency_key(delivery)}

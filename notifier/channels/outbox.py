@@ -18,10 +18,10 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels import http, platforms
+from notifier.channels.base import Addressing, Delivery, PostPayload, Receipt
 from notifier.config import Account
 from notifier.errors import TransientDeliveryError
 
@@ -35,19 +35,21 @@ class OutboxChannel:
     """Writes an account's posts to its JSONL outbox file instead of the platform."""
 
     platform = "outbox"
+    addressing: ClassVar[Addressing] = Addressing.ACCOUNT  # one post per account, in its platform's shape
 
     def __init__(self, account: Account, *, data_dir: Path) -> None:
         """The outbox of ``account`` under ``data_dir`` (the directory is made on first write)."""
         self.name = account.id
         self.account = account
         self.path = outbox_path(data_dir, account.id)
+        self.rules = platforms.rules(account.platform)  # its posts are shaped as the platform's
 
     def __repr__(self) -> str:
         return f"OutboxChannel({self.name!r}, path={str(self.path)!r})"
 
     def line_for(self, delivery: Delivery, payload: PostPayload) -> dict[str, Any]:
         """The JSON object written for one delivery (without the time, added when written)."""
-        text = http.posted_text(self.account.platform, payload)  # the link in the text, as live
+        text = http.posted_text(self.rules, payload)  # the link in the text, as live
         return {
             "account": self.name,
             "platform": self.account.platform,
@@ -62,10 +64,9 @@ class OutboxChannel:
             "closes": payload.closes.isoformat(),
         }
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Append the post as one line, unless this delivery is already in the file."""
-        post = http.as_post(payload, what=f"outbox {self.name!r}")
-        entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **self.line_for(delivery, post)}
+        entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **self.line_for(delivery, payload)}
         # U+2028/2029 stay escaped: some line readers (str.splitlines) split on them.
         line = json.dumps(entry, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         line += "\n"

@@ -1,4 +1,6 @@
-"""Which channel class serves which platform, and whether an account posts live or to the outbox.
+"""Which channel class serves which channel name or platform, and whether an account posts
+live or to the outbox. The one place that knows the e-mail channel by its name
+(:data:`~notifier.config.EMAIL_CHANNEL`): everything else asks :func:`addressing`.
 
 The contract: an x, facebook, mastodon or bluesky account posts live when its
 ``NOTIFIER_<ACCOUNT>_TOKEN`` is set, and to ``$NOTIFIER_DATA_DIR/outbox/social/<account>.jsonl``
@@ -12,27 +14,35 @@ from pathlib import Path
 
 import httpx
 
-from notifier.channels.base import Channel
-from notifier.channels.bluesky import BlueskyChannel
-from notifier.channels.facebook import FacebookChannel
-from notifier.channels.mastodon import MastodonChannel
+from notifier.channels.base import Addressing, Channel, EmailPayload, PostPayload
+from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
 from notifier.channels.outbox import OutboxChannel
+from notifier.channels.platforms import CHANNELS, TOKEN_CHANNELS, rules
 from notifier.channels.webhook import WebhookChannel
-from notifier.channels.x import XChannel
-from notifier.config import Account, Settings
+from notifier.config import EMAIL_CHANNEL, Account, Config, Settings
 
-TokenChannel = type[XChannel] | type[FacebookChannel] | type[MastodonChannel] | type[BlueskyChannel]
+__all__ = ["CHANNELS", "TOKEN_CHANNELS", "addressing", "build_account_channel", "build_email_channel", "is_outbox",
+           "per_recipient", "rules"]
 
-# The live channel of each platform that authenticates with NOTIFIER_<ACCOUNT>_TOKEN.
-TOKEN_CHANNELS: dict[str, TokenChannel] = {
-    "x": XChannel,
-    "facebook": FacebookChannel,
-    "mastodon": MastodonChannel,
-    "bluesky": BlueskyChannel,
-}
 
-# Every platform's live channel class, webhooks included.
-CHANNELS: dict[str, TokenChannel | type[WebhookChannel]] = {**TOKEN_CHANNELS, "webhook": WebhookChannel}
+def addressing(channel: str) -> Addressing:
+    """How the channel named ``channel`` (``email`` or an account id) is addressed, as its
+    class declares: the e-mail channel per recipient, an account per account."""
+    return SmtpChannel.addressing if channel == EMAIL_CHANNEL else OutboxChannel.addressing
+
+
+def per_recipient(channel: str) -> bool:
+    """True when ``channel`` sends one message per stakeholder (the e-mail channel)."""
+    return addressing(channel) is Addressing.RECIPIENT
+
+
+def build_email_channel(config: Config, settings: Settings, *, data_dir: Path, live: bool) -> Channel[EmailPayload]:
+    """The e-mail channel: SMTP when ``NOTIFIER_SMTP_URL`` is set and ``live``, else the
+    Maildir outbox under ``data_dir``."""
+    sender = Sender.parse(config.email.from_, config.email.reply_to)
+    if settings.smtp_url and live:
+        return SmtpChannel(SmtpTarget.parse(settings.smtp_url), sender)
+    return MaildirChannel(data_dir / "outbox" / "email", sender)
 
 
 def is_outbox(account: Account, settings: Settings) -> bool:
@@ -48,7 +58,7 @@ def build_account_channel(
     *,
     data_dir: Path | None = None,
     client: httpx.Client | None = None,
-) -> Channel:
+) -> Channel[PostPayload]:
     """The channel that delivers ``account``'s posts: live, or its outbox (see :func:`is_outbox`).
 
     ``data_dir`` defaults to ``settings.data_dir``. ``client`` is an HTTP client to share

@@ -27,7 +27,7 @@ import logging
 import httpx
 
 from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account
 from notifier.errors import InvalidValueError
 
@@ -86,10 +86,9 @@ class WebhookChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"WebhookChannel({self.name!r}, url={self.url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """POST the signed event once; any 2xx reply is success."""
-        post = http.as_post(payload, what=self._what)
-        body = webhook_body(delivery, post, account=self.name)
+        body = webhook_body(delivery, payload, account=self.name)
         response = http.send(
             self._client,
             "POST",
@@ -101,7 +100,7 @@ class WebhookChannel(http.HttpChannel):
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(body, self._secret),
                 "X-Notifier-Delivery": delivery.key,
-                "X-Notifier-Event": post.event,
+                "X-Notifier-Event": payload.event,
             },
         )
         if not response.is_success:

@@ -19,8 +19,8 @@ import logging
 
 import httpx
 
-from notifier.channels import http
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels import http, limits
+from notifier.channels.base import Delivery, PostPayload, Receipt
 from notifier.config import Account, token_variable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ class XChannel(http.HttpChannel):
     """Posts an event's message to one X account."""
 
     platform = "x"
+    max_length = 280  # twitter-text's weighted characters; every URL counts 23
+    counting = limits.Counting.WEIGHTED
+    url_length = 23
+    link_in_text = True
 
     def __init__(self, account: Account, *, token: str, client: httpx.Client | None = None) -> None:
         """``token`` is the account's OAuth 2.0 user access token; ``client`` is shared if given
@@ -44,7 +48,7 @@ class XChannel(http.HttpChannel):
     def __repr__(self) -> str:
         return f"XChannel({self.name!r}, url={self._url!r})"
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: PostPayload) -> Receipt:
         """Post the rendered text (with the link) once; see the module doc for retries."""
         _, text = self._text(payload)
         response = self._post_json(self._url, {"text": text}, bearer=self._token)

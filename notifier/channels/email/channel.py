@@ -11,8 +11,9 @@ from __future__ import annotations
 import mailbox
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
-from notifier.channels.base import Delivery, EmailPayload, PostPayload, Receipt
+from notifier.channels.base import Addressing, Delivery, EmailPayload, Receipt
 from notifier.channels.email.mime import Sender, build_message, message_id
 from notifier.channels.email.smtp import SmtpEngine, SmtpTarget
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
@@ -23,30 +24,29 @@ class SmtpChannel:
     per thread kept open and reused (:class:`~notifier.channels.email.smtp.SmtpEngine`)."""
 
     name = "email"
+    addressing: ClassVar[Addressing] = Addressing.RECIPIENT  # one e-mail per stakeholder, rendered for each
 
     def __init__(self, target: SmtpTarget, sender: Sender) -> None:
         self.target = target
         self.sender = sender
         self.engine = SmtpEngine(target)
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: EmailPayload) -> Receipt:
         """Send one e-mail; the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         data = build_message(self.sender, payload, msgid=msgid)
         return self.engine.send(self.sender.from_address, payload.to_email, data, msgid)
 
     def send_many(
         self,
-        items: Sequence[tuple[Delivery, EmailPayload | PostPayload]],
+        items: Sequence[tuple[Delivery, EmailPayload]],
         on_result: Callable[[int, Receipt | TransientDeliveryError | PermanentDeliveryError], None] | None = None,
     ) -> list[Receipt | TransientDeliveryError | PermanentDeliveryError]:
         """Send several e-mails pipelined on this thread's connections
         (:meth:`SmtpEngine.send_many <notifier.channels.email.smtp.SmtpEngine.send_many>`,
         which says how); for each, in order, its receipt or the error :meth:`send` would
         raise for it, each also passed to ``on_result(index, result)`` as soon as it is read."""
-        emails = [payload for _, payload in items if isinstance(payload, EmailPayload)]
-        assert len(emails) == len(items), "an e-mail channel sends e-mails"
+        emails = [payload for _, payload in items]
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
         envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
                      for payload, msgid in zip(emails, msgids, strict=True)]
@@ -61,6 +61,7 @@ class MaildirChannel:
     """Writes each e-mail to a Maildir (``$NOTIFIER_DATA_DIR/outbox/email``), for review."""
 
     name = "email"
+    addressing: ClassVar[Addressing] = Addressing.RECIPIENT  # one e-mail per stakeholder, rendered for each
 
     def __init__(self, path: Path, sender: Sender) -> None:
         self.path = path
@@ -70,9 +71,8 @@ class MaildirChannel:
             (path / sub).mkdir(parents=True, exist_ok=True)
         self._maildir = mailbox.Maildir(str(path), create=False)
 
-    def send(self, delivery: Delivery, payload: EmailPayload | PostPayload) -> Receipt:
+    def send(self, delivery: Delivery, payload: EmailPayload) -> Receipt:
         """Store one e-mail (an ``outbox`` receipt: not delivered); the Message-ID is the provider id."""
-        assert isinstance(payload, EmailPayload)
         msgid = message_id(delivery, self.sender.domain)
         try:
             self._maildir.add(build_message(self.sender, payload, msgid=msgid))
