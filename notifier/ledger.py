@@ -361,7 +361,7 @@ class Ledger:
 
     # -- occurrences --------------------------------------------------------
 
-    def claim_occurrence(
+    def claim_occurrence(  # noqa: PLR0913 - the occurrence and its keyword-only flags, all stored with it
         self,
         consultation: str,
         event: str,

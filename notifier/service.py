@@ -75,7 +75,7 @@ class Service:
             raise ConfigError(errors)
         return config
 
-    def fire(
+    def fire(  # noqa: PLR0913 - the event and keyword-only flags the CLI and scheduler pass through
         self,
         consultation_id: str,
         event_name: str,
