@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from notifier import timeline
 from notifier.audience import Recipient
 from notifier.broker import NAMESPACE
-from notifier.config import EMAIL_CHANNEL, Config, Settings
+from notifier.channels import registry
+from notifier.config import Config, Settings
 from notifier.errors import ConfigError, Problem, UnknownOccurrenceError
 from notifier.ledger import SUCCEEDED, Ledger
 from notifier.rendering import EMAIL_NAMES, Renderer
@@ -102,7 +103,7 @@ def settle(ledger: Ledger, settings: Settings, occurrence: str) -> None:
     if ledger.ns != NAMESPACE or f":{EVENT}:" not in occurrence:
         return
     found = response_id(ledger, occurrence)
-    record = next((r for r in ledger.records(occurrence) if r.channel == EMAIL_CHANNEL), None)
+    record = next((r for r in ledger.records(occurrence) if registry.per_recipient(r.channel)), None)
     if found is None or record is None or record.status not in SUCCEEDED:
         return
     at = datetime.fromisoformat(record.sent_at) if record.sent_at else datetime.now(UTC)

@@ -34,8 +34,10 @@ from typing import Any
 import dramatiq
 
 from notifier.broker import text
+from notifier.channels import registry
 from notifier.channels.base import Delivery
-from notifier.config import EMAIL_CHANNEL, Config
+from notifier.channels.email import message_id as email_message_id
+from notifier.config import Config
 from notifier.errors import StoreError
 from notifier.ledger import Ledger, Occurrence, now_iso
 from notifier.store import OccurrenceRecord, Settled, Store, record_config
@@ -191,10 +193,9 @@ class Archiver:
             if values["status"] == "pending":
                 continue  # put back by `retry`: archived when it settles again
             message_id = None
-            if values["channel"] == EMAIL_CHANNEL and values["attempts"]:
+            if registry.per_recipient(values["channel"]) and values["attempts"]:
                 domain = domain or self.domain()
-                delivery = Delivery(occurrence_id, EMAIL_CHANNEL, values["recipient"])
-                message_id = f"<{delivery.key}@{domain}>"
+                message_id = email_message_id(Delivery(occurrence_id, values["channel"], values["recipient"]), domain)
             yield Settled(
                 occurrence_id, values["channel"], values["recipient"], values["status"],
                 _time(values["created"]) or datetime.now(UTC), name=values["name"],

@@ -291,7 +291,7 @@ def _print_email(data: bytes) -> None:
 @click.option("--dry-run", is_flag=True, help="Resolve and render everything; send nothing.")
 @click.option("--again", is_flag=True, help="Fire an event that already fired (a new occurrence).")
 @click.option("--early", is_flag=True, help="Fire a scheduled event before its time (it then does not go at its time).")
-def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, early: bool) -> None:
+def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, early: bool) -> None:  # noqa: PLR0913 - click passes one argument per option
     """Fire an event now, through the same path the scheduler uses. Warnings are printed
     and do not stop it; a scheduled event before its time needs --early."""
     settings = _settings()

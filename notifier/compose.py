@@ -21,7 +21,7 @@ from notifier.rendering import Renderer
 from notifier.timeline import Event
 
 
-def compose(
+def compose(  # noqa: PLR0913 - the parts of one message; a parameter object would be built per e-mail on the hot path
     renderer: Renderer,
     config: Config,
     consultation: Consultation,

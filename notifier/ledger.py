@@ -401,7 +401,7 @@ class Ledger:
 
     # -- occurrences --------------------------------------------------------
 
-    def claim_occurrence(
+    def claim_occurrence(  # noqa: PLR0913 - the occurrence and its keyword-only flags, all stored with it
         self,
         consultation: str,
         event: str,
@@ -482,7 +482,7 @@ class Ledger:
             pipe.hgetall(self._k("occ", i))
         return [Occurrence.from_hash(i, d) for i, d in zip(ids, pipe.execute(), strict=True) if d]
 
-    def claim_named_occurrence(
+    def claim_named_occurrence(  # noqa: PLR0913 - what names the occurrence, then keyword-only details
         self, occurrence_id: str, consultation: str, event: str, *, number: int, at: datetime,
         extra: Mapping[str, str] | None = None,
     ) -> bool:
@@ -728,7 +728,7 @@ class Recorder:
     that could not be recorded.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only: what the recorder writes to and as whom
         self, client: redis.Redis, sha: str, keys: tuple[str, ...], *, claim_prefix: str, owner: str,
         occurrence_id: str,
     ) -> None:

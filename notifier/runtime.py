@@ -51,7 +51,7 @@ class Prepared:
 class Runtime:
     """Per-process state for delivering: thread-safe, cheap to ask, built lazily."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - settings, then keyword-only overrides for tests and rehearsals
         self,
         settings: Settings,
         *,

@@ -151,7 +151,7 @@ class Scheduler:
     invalid) and returns; the work happens in background threads until ``stop()``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only tuning knobs with defaults, set by tests
         self,
         service: Service,
         *,

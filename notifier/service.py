@@ -85,7 +85,7 @@ class Service:
         loaded and checked only when they changed since the source last did."""
         return self.source.validated(within=0)
 
-    def fire(
+    def fire(  # noqa: PLR0913 - the event and keyword-only flags the CLI and scheduler pass through
         self,
         consultation_id: str,
         event_name: str,

@@ -68,7 +68,7 @@ def _in_order(problems: Iterable[Problem]) -> list[Problem]:
     return sorted(unique.values(), key=lambda p: (p.severity != "error", p.path, p.line or 0))
 
 
-def check_event(
+def check_event(  # noqa: PLR0913 - the event, what renders it, and keyword-only caches shared across events
     config: Config,
     renderer: Renderer,
     consultation: Consultation,

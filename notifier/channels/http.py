@@ -195,7 +195,7 @@ def is_transient_status(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
-def error_for(
+def error_for(  # noqa: PLR0913 - the reply plus optional keyword-only refinements of its message
     response: httpx.Response,
     *,
     what: str,

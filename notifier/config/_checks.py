@@ -22,6 +22,14 @@ class Failed:
     any_list: bool = False  # a stakeholders file could not be read: any list id may be in it
     any_account: bool = False  # notifier.yaml or its accounts could not be read
 
+    def unknown_list(self, name: str, lists: Collection[str]) -> bool:
+        """``name`` is not among ``lists`` and not among those that failed to load."""
+        return name not in lists and name not in self.lists and not self.any_list
+
+    def unknown_channel(self, name: str, channels: Collection[str]) -> bool:
+        """``name`` is not among ``channels`` and not an account that failed to load."""
+        return name not in channels and name not in self.accounts and not self.any_account
+
 
 def is_http_url(value: str) -> bool:
     """True for an absolute ``http://`` or ``https://`` URL with a host."""
@@ -79,17 +87,26 @@ def check_references(
 
     A name that exists but failed to load (``failed``) has been reported already.
     """
+    _check_includes(lists, failed, problems)
+    _check_cycles(lists, problems)
+    channels = {EMAIL_CHANNEL, *accounts}
+    for consultation in consultations.values():
+        _check_consultation_names(consultation, lists, channels, failed, problems)
 
-    def unknown_list(name: str) -> bool:
-        return name not in lists and name not in failed.lists and not failed.any_list
 
+def _check_includes(lists: dict[str, StakeholderList], failed: Failed, problems: list[Problem]) -> None:
+    """Each list's ``include`` names lists that exist."""
     for item in lists.values():
         for i, included in enumerate(item.include):
-            if unknown_list(included):
+            if failed.unknown_list(included, lists):
                 problems.append(
                     Problem.at(item.where.path, item.line("include", i),
                                f"list {item.id!r} includes unknown list {included!r}")
                 )
+
+
+def _check_cycles(lists: dict[str, StakeholderList], problems: list[Problem]) -> None:
+    """No list includes itself, directly or through others; each cycle is reported once."""
     reported: set[frozenset[str]] = set()
     includes = {list_id: item.include for list_id, item in lists.items()}
     for item in lists.values():
@@ -98,23 +115,31 @@ def check_references(
             reported.add(frozenset(cycle))
             problems.append(item.where.problem("include cycle: " + " -> ".join(cycle)))
 
-    channels = {EMAIL_CHANNEL, *accounts}
-    for consultation in consultations.values():
-        path = consultation.where.path
-        for key, audience, channel_names in [
-            ((), consultation.audience, consultation.channels),
-            *((("events", e.name), e.audience or (), e.channels or ()) for e in consultation.events.values()),
-        ]:
-            for i, name in enumerate(audience):
-                if unknown_list(name):
-                    known = ", ".join(sorted(lists))
-                    line = consultation.line(*key, "audience", i)
-                    problems.append(Problem.at(path, line, f"unknown list {name!r} in audience (known: {known})"))
-            for i, name in enumerate(channel_names):
-                if name not in channels and name not in failed.accounts and not failed.any_account:
-                    known = ", ".join(sorted(channels))
-                    line = consultation.line(*key, "channels", i)
-                    problems.append(Problem.at(path, line, f"unknown channel {name!r} (known: {known})"))
+
+def _check_consultation_names(
+    consultation: Consultation,
+    lists: dict[str, StakeholderList],
+    channels: set[str],
+    failed: Failed,
+    problems: list[Problem],
+) -> None:
+    """The audiences and channels of a consultation and of each of its events name lists and
+    channels that exist; the message lists the known ones."""
+    path = consultation.where.path
+    for key, audience, channel_names in [
+        ((), consultation.audience, consultation.channels),
+        *((("events", e.name), e.audience or (), e.channels or ()) for e in consultation.events.values()),
+    ]:
+        for i, name in enumerate(audience):
+            if failed.unknown_list(name, lists):
+                known = ", ".join(sorted(lists))
+                line = consultation.line(*key, "audience", i)
+                problems.append(Problem.at(path, line, f"unknown list {name!r} in audience (known: {known})"))
+        for i, name in enumerate(channel_names):
+            if failed.unknown_channel(name, channels):
+                known = ", ".join(sorted(channels))
+                line = consultation.line(*key, "channels", i)
+                problems.append(Problem.at(path, line, f"unknown channel {name!r} (known: {known})"))
 
 
 def without_dangling(

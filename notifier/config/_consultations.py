@@ -6,6 +6,7 @@ the clocks skip or repeat is a warning that says which moment is used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,25 +46,57 @@ def load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> d
         if not isinstance(data, dict):
             problems.append(Problem.at(path, 1, "a consultation file is a mapping (title, url, opens, …)"))
             continue
-        item = _consultation(consultation_id, data, path, lines, tz, problems)
+        item = _consultation(consultation_id, data, _File(path, lines, tz, problems))
         if item is not None:
             consultations[consultation_id] = item
     return consultations
 
 
-def _consultation(
-    consultation_id: str, data: dict[str, Any], path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]
-) -> Consultation | None:
+@dataclass(frozen=True, slots=True)
+class _File:
+    """The consultation file being read: where its keys are, the time zone its dates are
+    local to, and the list its problems go to."""
+
+    path: Path
+    lines: Lines
+    tz: ZoneInfo
+    problems: list[Problem]
+
+
+def _consultation(consultation_id: str, data: dict[str, Any], file: _File) -> Consultation | None:
+    """The consultation ``data`` describes, or None when it has an error (added to
+    ``file.problems``, with any warnings)."""
+    path, lines, problems = file.path, file.lines, file.problems
     before = count_errors(problems)
     data = dict(data)
     for key in ("id", "where"):
         if key in data:
             problems.append(Problem.at(path, lines.line((key,)), f"unknown key {key!r}"))
             data.pop(key)
-    moments = [_moment(data, key, path, lines, tz, problems) for key in ("opens", "closes") if key in data]
+    moments = [_moment(data, key, file) for key in ("opens", "closes") if key in data]
     if not all(moments):
         return None
-    raw_events = data.get("events")
+    events = _events(data.get("events"), file)
+    if events is None:
+        return None
+    data["events"] = events
+    try:
+        consultation = Consultation.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, path, lines))
+        return None
+    consultation = consultation.model_copy(update={"id": consultation_id, "where": Where(str(path), 1)})
+    consultation._lines = lines
+    _check_url_and_dates(consultation, file)
+    _check_event_times(consultation, path, lines, file.tz, problems)
+    return consultation if count_errors(problems) == before else None
+
+
+def _events(raw_events: Any, file: _File) -> dict[str, Any] | None:
+    """The ``events`` mapping ready to validate (each event's name and where it is added), the
+    default events when there is none; None when it is not a mapping. An event with a bad
+    name or that is not a mapping is reported and left out."""
+    path, lines, problems = file.path, file.lines, file.problems
     if raw_events is None:
         raw_events = {name: {"at": at} for name, at in DEFAULT_EVENTS.items()}
     if not isinstance(raw_events, dict):
@@ -83,14 +116,12 @@ def _consultation(
             problems.append(Problem.at(path, at_line, f"event {name!r} must be a mapping (at, channels, audience)"))
             continue
         events[name] = {**raw, "name": name, "where": Where(str(path), at_line)}
-    data["events"] = events
-    try:
-        consultation = Consultation.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, path, lines))
-        return None
-    consultation = consultation.model_copy(update={"id": consultation_id, "where": Where(str(path), 1)})
-    consultation._lines = lines
+    return events
+
+
+def _check_url_and_dates(consultation: Consultation, file: _File) -> None:
+    """The consultation's url is an http(s) URL and it closes after it opens."""
+    path, lines, problems = file.path, file.lines, file.problems
     if not is_http_url(consultation.url):
         problems.append(Problem.at(path, lines.value_line(("url",)), "url must be an http(s) URL like "
                                    f"https://www.example.org/consultations/…, not {consultation.url!r}"))
@@ -99,8 +130,6 @@ def _consultation(
             Problem.at(path, lines.line(("closes",)), "closes must be after opens "
                        f"({consultation.closes:%Y-%m-%d %H:%M} is not after {consultation.opens:%Y-%m-%d %H:%M})")
         )
-    _check_event_times(consultation, path, lines, tz, problems)
-    return consultation if count_errors(problems) == before else None
 
 
 def _check_event_times(
@@ -138,8 +167,9 @@ def _event_clock_note(
     return clock_change_note(base.astimezone(tz) + timedelta(days=days), tz)
 
 
-def _moment(data: dict[str, Any], key: str, path: Path, lines: Lines, tz: ZoneInfo, problems: list[Problem]) -> bool:
+def _moment(data: dict[str, Any], key: str, file: _File) -> bool:
     """Replace ``data[key]`` with the aware datetime it says; False (and a problem) if it cannot."""
+    path, lines, tz, problems = file.path, file.lines, file.tz, file.problems
     try:
         data[key] = moment = parse_moment(data[key], tz)
     except ValueError as exc:

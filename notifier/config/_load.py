@@ -87,7 +87,7 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
     return partial, problems
 
 
-def _load_main(
+def _load_main(  # noqa: PLR0913 - the file read (data, path, lines), its folder, and the two collectors
     main: dict[str, Any], path: Path, lines: Lines, root: Path, problems: list[Problem], failed: Failed
 ) -> tuple[dict[str, Any], dict[str, Account], ZoneInfo]:
     known = {"organisation", "timezone", "email", "accounts", "templates"}
@@ -133,8 +133,7 @@ def _load_main(
         failed.any_account = True
         raw_accounts = {}
     for account_id, raw in raw_accounts.items():
-        where = Where(str(path), lines.line(("accounts", account_id)))
-        account = _account(account_id, raw, where, path, lines, problems)
+        account = _account(account_id, raw, path, lines, problems)
         if account is None:
             failed.accounts.add(str(account_id))
         else:
@@ -142,10 +141,9 @@ def _load_main(
     return settings, accounts, tz
 
 
-def _account(
-    account_id: Any, raw: Any, where: Where, path: Path, lines: Lines, problems: list[Problem]
-) -> Account | None:
+def _account(account_id: Any, raw: Any, path: Path, lines: Lines, problems: list[Problem]) -> Account | None:
     """One entry of ``accounts``, or None when it has a problem (added to ``problems``)."""
+    where = Where(str(path), lines.line(("accounts", account_id)))
     if not ID.match(str(account_id)) or account_id == EMAIL_CHANNEL:
         problems.append(
             where.problem(f"account id {account_id!r} must be lower-case letters, digits, - or _, and not 'email'")

@@ -131,7 +131,7 @@ def _yaml_problem(exc: yaml.YAMLError, path: Path) -> Problem:
     return Problem.at(path, mark.line + 1 if mark else None, f"invalid YAML: {problem}")
 
 
-def _build(
+def _build(  # noqa: PLR0913 - recursive: the node and its key path change per call, lines and problems collect
     loader: _Loader, node: yaml.Node, key: tuple[Any, ...], lines: Lines, path: Path, problems: list[Problem]
 ) -> Any:
     """``node`` as plain data; records in ``lines`` where each entry and scalar value is."""
