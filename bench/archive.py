@@ -42,18 +42,30 @@ def outcomes(n: int) -> list[Settled]:
         occ = f"bench:{('opened', 'reminder', 'closed')[i % 3]}:1"
         at = OPENS + timedelta(seconds=i // 50)
         status = statuses[i % len(statuses)]
-        rows.append(Settled(
-            occ, "email", f"person{i // 3}@stakeholder{i % 97}.example", status, at, name=f"Person {i // 3}",
-            lists=(LISTS[i % 5], LISTS[(i + 2) % 5]), attempts=1, last_error="550 5.1.1 no such user"
-            if status == "failed" else None, message_id=f"<{i}.bench@pcc.example>", updated=at,
-            sent_at=at if status == "sent" else None))
+        rows.append(
+            Settled(
+                occ,
+                "email",
+                f"person{i // 3}@stakeholder{i % 97}.example",
+                status,
+                at,
+                name=f"Person {i // 3}",
+                lists=(LISTS[i % 5], LISTS[(i + 2) % 5]),
+                attempts=1,
+                last_error="550 5.1.1 no such user" if status == "failed" else None,
+                message_id=f"<{i}.bench@pcc.example>",
+                updated=at,
+                sent_at=at if status == "sent" else None,
+            )
+        )
     return rows
 
 
 def prepare(store: Store) -> None:
     """The consultation, its lists and its three occurrences."""
-    store.record_consultation(ConsultationRecord("bench", "Benchmark consultation", None, "Europe/London", OPENS,
-                                                 OPENS + timedelta(days=37)))
+    store.record_consultation(
+        ConsultationRecord("bench", "Benchmark consultation", None, "Europe/London", OPENS, OPENS + timedelta(days=37))
+    )
     store.record_lists({name: name.title() for name in LISTS})
     for number, event in enumerate(("opened", "reminder", "closed")):
         at = OPENS + timedelta(days=number * 15)
@@ -118,15 +130,20 @@ def postgres_databases(server: str) -> Iterator[Callable[[], str]]:
 def report(name: str, n: int, results: list[tuple[Timing, Timing, Timing]]) -> None:
     """Print each run and the medians (wall clock, and this process's CPU in brackets)."""
     for i, (first, again, pack) in enumerate(results, 1):
-        print(f"  {name} run {i}: archive {n / first[0]:,.0f} rows/s ({first[0]:.2f} s, cpu {first[1]:.2f} s), "
-              f"re-archive {n / again[0]:,.0f} rows/s ({again[0]:.2f} s, cpu {again[1]:.2f} s), "
-              f"evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s)")
-    first, again, pack = ((statistics.median(r[k][0] for r in results), statistics.median(r[k][1] for r in results))
-                          for k in range(3))
+        print(
+            f"  {name} run {i}: archive {n / first[0]:,.0f} rows/s ({first[0]:.2f} s, cpu {first[1]:.2f} s), "
+            f"re-archive {n / again[0]:,.0f} rows/s ({again[0]:.2f} s, cpu {again[1]:.2f} s), "
+            f"evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s)"
+        )
+    first, again, pack = (
+        (statistics.median(r[k][0] for r in results), statistics.median(r[k][1] for r in results)) for k in range(3)
+    )
     verdict = "met" if pack[0] < TARGET_EVIDENCE_S else "NOT met"
-    print(f"{name} median: archive {n / first[0]:,.0f} rows/s (cpu {first[1]:.2f} s), re-archive "
-          f"{n / again[0]:,.0f} rows/s (cpu {again[1]:.2f} s), evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s; "
-          f"target < {TARGET_EVIDENCE_S:g} s wall: {verdict})")
+    print(
+        f"{name} median: archive {n / first[0]:,.0f} rows/s (cpu {first[1]:.2f} s), re-archive "
+        f"{n / again[0]:,.0f} rows/s (cpu {again[1]:.2f} s), evidence {pack[0]:.2f} s (cpu {pack[1]:.2f} s; "
+        f"target < {TARGET_EVIDENCE_S:g} s wall: {verdict})"
+    )
 
 
 def main() -> None:

@@ -88,8 +88,10 @@ def main() -> None:
     started = time.perf_counter()
     lists, suppressed = build(args.members)
     entries = sum(len(x.members) for x in lists.values())
-    print(f"built {len(lists)} lists, {entries:,} list entries for {args.members:,} people "
-          f"in {time.perf_counter() - started:.1f} s (not timed)")
+    print(
+        f"built {len(lists)} lists, {entries:,} list entries for {args.members:,} people "
+        f"in {time.perf_counter() - started:.1f} s (not timed)"
+    )
 
     times = []
     audience = None
@@ -110,10 +112,14 @@ def main() -> None:
         print(profiler.output_text(unicode=True, color=False))
 
     best, median = min(times), statistics.median(times)
-    print(f"resolve: {len(audience.recipients):,} recipients, {len(audience.suppressed):,} suppressed, "
-          f"{len(audience.warnings)} warnings")
-    print(f"time: best {best:.3f} s, median {median:.3f} s of {args.repeat} runs "
-          f"(target < {TARGET_S:.1f} s: {'met' if median < TARGET_S else 'NOT met'})")
+    print(
+        f"resolve: {len(audience.recipients):,} recipients, {len(audience.suppressed):,} suppressed, "
+        f"{len(audience.warnings)} warnings"
+    )
+    print(
+        f"time: best {best:.3f} s, median {median:.3f} s of {args.repeat} runs "
+        f"(target < {TARGET_S:.1f} s: {'met' if median < TARGET_S else 'NOT met'})"
+    )
     print(f"machine: {machine()}")
 
 

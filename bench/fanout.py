@@ -230,8 +230,13 @@ def naive_loop(env: dict[str, str], port: int, limit: int) -> tuple[int, float]:
     gc.collect()
 
     def environment(autoescape: bool) -> jinja2.Environment:
-        jenv = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=autoescape,
-                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        jenv = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(templates),
+            autoescape=autoescape,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         jenv.filters.update(date=format_date, time=format_time)
         return jenv
 
@@ -265,8 +270,10 @@ def naive_loop(env: dict[str, str], port: int, limit: int) -> tuple[int, float]:
 
 def run_naive_loop(env: dict[str, str], port: int, limit: int) -> tuple[int, float]:
     """:func:`naive_loop` in a process of its own (as a naive script would run)."""
-    code = f"import json, os, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fanout; " \
-           f"print(json.dumps(fanout.naive_loop(dict(os.environ), {port}, {limit})))"
+    code = (
+        f"import json, os, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fanout; "
+        f"print(json.dumps(fanout.naive_loop(dict(os.environ), {port}, {limit})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"naive loop failed:\n{done.stderr}")
@@ -391,9 +398,26 @@ def py_spy(pids: list[int], out: Path, seconds: int) -> list[subprocess.Popen[by
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out.mkdir(parents=True, exist_ok=True)
     return [
-        subprocess.Popen([binary, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-                          "--nonblocking", "--gil", "--format", "raw", "--output", str(out / f"worker-{pid}.txt")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                binary,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"worker-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for pid in pids
     ]
 
@@ -441,19 +465,36 @@ def main() -> None:
             sent, took = run_naive_loop(env, sink.port, args.baseline_recipients)
             sink.wait_for(sent, idle_timeout=5)
             baseline_rate = sent / took
-            print(f"naive loop: {sent:,} e-mails in {took:.2f} s = {baseline_rate:,.0f}/s "
-                  f"(extrapolated to {args.recipients:,}: {args.recipients / baseline_rate:.0f} s)")
+            print(
+                f"naive loop: {sent:,} e-mails in {took:.2f} s = {baseline_rate:,.0f}/s "
+                f"(extrapolated to {args.recipients:,}: {args.recipients / baseline_rate:.0f} s)"
+            )
         offset = sink.count
 
-        command = [sys.executable, "-m", "notifier", "worker", "--processes", str(args.processes),
-                   "--threads", str(args.threads)]
-        supervisor = subprocess.Popen(command, env=env, cwd=root, start_new_session=True,
-                                      stderr=open(root / "worker.log", "wb"))  # noqa: SIM115
+        command = [
+            sys.executable,
+            "-m",
+            "notifier",
+            "worker",
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+        ]
+        supervisor = subprocess.Popen(
+            command,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+            stderr=open(root / "worker.log", "wb"),  # noqa: SIM115 - the child holds it until the run ends
+        )
         wait_alive(client, args.processes)
         workers = worker_processes(psutil.Process(supervisor.pid), args.processes)
         warm = wait_idle(workers)
-        print(f"workers: {len(workers)} processes x {args.threads} threads, pids {[w.pid for w in workers]}, "
-              f"ready in {warm:.1f} s (not timed)")
+        print(
+            f"workers: {len(workers)} processes x {args.threads} threads, pids {[w.pid for w in workers]}, "
+            f"ready in {warm:.1f} s (not timed)"
+        )
         spies = py_spy([w.pid for w in workers], args.py_spy, 60) if args.py_spy else []
 
         watched = {f"worker {w.pid}": w for w in workers}
@@ -463,8 +504,14 @@ def main() -> None:
         cpu_before, send_cpu, machine_before = cpu_seconds(watched), children_cpu(), busy_seconds()
         system_before = system_seconds(watched)
         started = time.perf_counter()
-        sent_cmd = subprocess.run([sys.executable, "-m", "notifier", "send", CONSULTATION, EVENT, "--again"],
-                                  env=env, cwd=root, capture_output=True, text=True, check=False)
+        sent_cmd = subprocess.run(
+            [sys.executable, "-m", "notifier", "send", CONSULTATION, EVENT, "--again"],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         send_took, send_cpu = time.perf_counter() - started, children_cpu() - send_cpu
         if sent_cmd.returncode != 0:
             raise SystemExit(f"notifier send failed ({sent_cmd.returncode}):\n{sent_cmd.stdout}{sent_cmd.stderr}")
@@ -488,32 +535,44 @@ def main() -> None:
 
         print()
         print(f"machine: {machine()}, Redis {redis_version}")
-        print(f"fan-out: {accepted:,} e-mails accepted by smtp-sink in {took:.2f} s = {rate:,.0f} e-mails/s "
-              f"(from `notifier send` to the last message accepted)")
+        print(
+            f"fan-out: {accepted:,} e-mails accepted by smtp-sink in {took:.2f} s = {rate:,.0f} e-mails/s "
+            f"(from `notifier send` to the last message accepted)"
+        )
         after = took - send_took
-        print(f"  of which `notifier send` (load and validate the config, fire) {send_took:.2f} s, then the workers "
-              f"{after:.2f} s = {accepted / after:,.0f} e-mails/s")
+        print(
+            f"  of which `notifier send` (load and validate the config, fire) {send_took:.2f} s, then the workers "
+            f"{after:.2f} s = {accepted / after:,.0f} e-mails/s"
+        )
         first, most = sink.reached(offset + 1), sink.reached(offset + int(accepted * 0.99))
         if first is not None and most is not None:
-            print(f"  first e-mail accepted {first - started:.2f} s after `notifier send` started; "
-                  f"the last 1% took {last - most:.2f} s")
+            print(
+                f"  first e-mail accepted {first - started:.2f} s after `notifier send` started; "
+                f"the last 1% took {last - most:.2f} s"
+            )
         print(f"ledger: {ledger}; messages after the last expected: {extra}")
         print(f"record: {record}")
-        print("CPU seconds in that time: " + ", ".join(
-            f"{k} {v:.1f}" + (f" (system {system[k]:.1f})" if k in system else "") for k, v in cpu.items())
-              + f", anything else on the machine {max(others, 0.0):.1f} "
-              f"(of {took * (os.cpu_count() or 1):.0f} core-seconds)")
+        print(
+            "CPU seconds in that time: "
+            + ", ".join(f"{k} {v:.1f}" + (f" (system {system[k]:.1f})" if k in system else "") for k, v in cpu.items())
+            + f", anything else on the machine {max(others, 0.0):.1f} "
+            f"(of {took * (os.cpu_count() or 1):.0f} core-seconds)"
+        )
         print("worker peak RSS (VmHWM): " + ", ".join(f"pid {p}: {mb:.0f} MB" for p, mb in rss.items()))
         ok_rate = rate >= TARGET_RATE and accepted == args.recipients
         print(f"target >= {TARGET_RATE:,.0f}/s: {'met' if ok_rate else 'NOT met'}")
         if baseline_rate:
             ratio = rate / baseline_rate
             verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-            print(f"naive loop: {baseline_rate:,.0f}/s (measured on {args.baseline_recipients:,}, extrapolated); "
-                  f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: {verdict})")
+            print(
+                f"naive loop: {baseline_rate:,.0f}/s (measured on {args.baseline_recipients:,}, extrapolated); "
+                f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: {verdict})"
+            )
         worst = max(rss.values())
-        print(f"worker RSS target < {TARGET_RSS_MB:.0f} MB: {'met' if worst < TARGET_RSS_MB else 'NOT met'} "
-              f"(worst {worst:.0f} MB)")
+        print(
+            f"worker RSS target < {TARGET_RSS_MB:.0f} MB: {'met' if worst < TARGET_RSS_MB else 'NOT met'} "
+            f"(worst {worst:.0f} MB)"
+        )
     finally:
         if supervisor is not None and supervisor.poll() is None:
             supervisor.send_signal(signal.SIGTERM)

@@ -93,10 +93,25 @@ class RedisServer:
         """Start it on its files and wait until it answers."""
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         if not wait_for(lambda: self._answers(client), 30):
@@ -191,9 +206,11 @@ class Round:
 
     def line(self) -> str:
         recovered = f"{self.recovered_s:.1f} s" if self.recovered_s is not None else "never"
-        return (f"{self.fault}: unsent {self.unsent}, duplicates {self.duplicates} (extra messages {self.extra}), "
-                f"pending in the ledger {self.pending}, all final and received {recovered} after the fault"
-                + (f" [{'; '.join(self.notes)}]" if self.notes else ""))
+        return (
+            f"{self.fault}: unsent {self.unsent}, duplicates {self.duplicates} (extra messages {self.extra}), "
+            f"pending in the ledger {self.pending}, all final and received {recovered} after the fault"
+            + (f" [{'; '.join(self.notes)}]" if self.notes else "")
+        )
 
 
 class Bench:
@@ -239,9 +256,14 @@ class Bench:
     def worker(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         """Start ``notifier worker ARGS`` in its own process group, its stderr into ``log``."""
         with open(self.root / log, "ab") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "notifier", "worker", *args], env=self.env,
-                                       cwd=self.root, stdout=subprocess.DEVNULL, stderr=stderr,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "notifier", "worker", *args],
+                env=self.env,
+                cwd=self.root,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
         self.workers.append(process)
         return process
 
@@ -263,8 +285,14 @@ class Bench:
         return client
 
     def _send(self) -> None:
-        done = subprocess.run([sys.executable, "-m", "notifier", "send", CONSULTATION, EVENT], env=self.env,
-                              cwd=self.root, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "notifier", "send", CONSULTATION, EVENT],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise SystemExit(f"notifier send failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
@@ -368,8 +396,10 @@ def main() -> None:
     rounds: list[Round] = []
     try:
         bench.start()
-        print(f"{args.recipients:,} recipients; Redis on port {bench.redis.port} (AOF, appendfsync always) "
-              f"in {bench.redis.dir}; aiosmtpd on port {bench.smtp_port}, {args.smtp_delay * 1000:.0f} ms a message")
+        print(
+            f"{args.recipients:,} recipients; Redis on port {bench.redis.port} (AOF, appendfsync always) "
+            f"in {bench.redis.dir}; aiosmtpd on port {bench.smtp_port}, {args.smtp_delay * 1000:.0f} ms a message"
+        )
         faults = ["kill", "restart"] if args.fault == "both" else [args.fault]
         for n in range(args.rounds):
             for fault in faults:
@@ -389,9 +419,12 @@ def main() -> None:
             continue
         worst_dup = max(r.duplicates for r in mine)
         ok = all(r.unsent == 0 and r.pending == 0 for r in mine) and (fault == "restart" or worst_dup <= bound)
-        print(f"{fault}: {len(mine)} rounds, unsent {[r.unsent for r in mine]}, duplicates "
-              f"{[r.duplicates for r in mine]}" + (f" (promise <= {bound})" if fault == "kill" else "")
-              + f": {'kept' if ok else 'NOT kept'}")
+        print(
+            f"{fault}: {len(mine)} rounds, unsent {[r.unsent for r in mine]}, duplicates "
+            f"{[r.duplicates for r in mine]}"
+            + (f" (promise <= {bound})" if fault == "kill" else "")
+            + f": {'kept' if ok else 'NOT kept'}"
+        )
 
 
 if __name__ == "__main__":

@@ -81,14 +81,16 @@ def main() -> None:
     sink = Sink(free_port())
     sink.start()
     try:
-        settings = Settings.from_env({
-            "NOTIFIER_CONFIG": str(make_project(root, args.recipients)),
-            "NOTIFIER_DATA_DIR": str(root / "var"),
-            "NOTIFIER_REDIS_URL": args.redis_url,
-            "NOTIFIER_SMTP_URL": f"smtp://127.0.0.1:{sink.port}",
-            "NOTIFIER_SECRET_KEY": "bench-secret-key-not-for-production",
-            "NOTIFIER_PUBLIC_URL": "https://notify.pcc.example",
-        })
+        settings = Settings.from_env(
+            {
+                "NOTIFIER_CONFIG": str(make_project(root, args.recipients)),
+                "NOTIFIER_DATA_DIR": str(root / "var"),
+                "NOTIFIER_REDIS_URL": args.redis_url,
+                "NOTIFIER_SMTP_URL": f"smtp://127.0.0.1:{sink.port}",
+                "NOTIFIER_SECRET_KEY": "bench-secret-key-not-for-production",
+                "NOTIFIER_PUBLIC_URL": "https://notify.pcc.example",
+            }
+        )
         redis.Redis.from_url(args.redis_url).flushdb()
         rt = Runtime(settings)
         occurrence = rt.ledger.claim_occurrence(CONSULTATION, EVENT, at=datetime.now(UTC))
@@ -122,8 +124,10 @@ def main() -> None:
     spent["smtp"] -= spent["mime"] + spent["settle"] + spent["mark"]
     spent["compose"] -= spent["render"] + spent["token"]  # _payload calls both
     spent["rest"] = total - sum(spent.values())
-    print(f"{sent:,} e-mails in one thread ({accepted:,} accepted by smtp-sink): "
-          f"{total / sent * 1e6:.0f} µs CPU and {wall / sent * 1e6:.0f} µs wall per e-mail")
+    print(
+        f"{sent:,} e-mails in one thread ({accepted:,} accepted by smtp-sink): "
+        f"{total / sent * 1e6:.0f} µs CPU and {wall / sent * 1e6:.0f} µs wall per e-mail"
+    )
     for stage, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         print(f"  {stage:<13} {seconds / sent * 1e6:6.1f} µs  {100 * seconds / total:4.1f}%")
 

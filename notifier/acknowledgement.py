@@ -51,9 +51,13 @@ _FIELD = "response"  # the occurrence hash field holding the response
 _SAMPLE_AT = datetime(2019, 8, 1, 14, 30, tzinfo=UTC)
 _SAMPLE_RECIPIENT = Recipient(email="respondent@example.org", name="Sam Sample", organisation="Sample Organisation")
 #: The response ``validate`` renders an acknowledgement with.
-SAMPLE: dict[str, Any] = {"email": _SAMPLE_RECIPIENT.email, "name": _SAMPLE_RECIPIENT.name,
-                          "organisation": _SAMPLE_RECIPIENT.organisation, "received": _SAMPLE_AT,
-                          "reference": "R-0001"}
+SAMPLE: dict[str, Any] = {
+    "email": _SAMPLE_RECIPIENT.email,
+    "name": _SAMPLE_RECIPIENT.name,
+    "organisation": _SAMPLE_RECIPIENT.organisation,
+    "received": _SAMPLE_AT,
+    "reference": "R-0001",
+}
 
 
 def occurrence_id(consultation: str, response: Response) -> str:
@@ -69,11 +73,17 @@ def request(ledger: Ledger, consultation: str, responses: Iterable[Response]) ->
     now = datetime.now(UTC)
     for response in responses:
         found = occurrence_id(consultation, response)
-        data = {"id": response.id, "email": response.email, "name": response.name,
-                "organisation": response.organisation, "reference": response.reference,
-                "received": response.received.isoformat() if response.received else None}
-        if ledger.claim_named_occurrence(found, consultation, EVENT, number=response.id, at=now,
-                                         extra={_FIELD: json.dumps(data)}):
+        data = {
+            "id": response.id,
+            "email": response.email,
+            "name": response.name,
+            "organisation": response.organisation,
+            "reference": response.reference,
+            "received": response.received.isoformat() if response.received else None,
+        }
+        if ledger.claim_named_occurrence(
+            found, consultation, EVENT, number=response.id, at=now, extra={_FIELD: json.dumps(data)}
+        ):
             started.append(found)
     return started
 
@@ -85,8 +95,13 @@ def respondent(ledger: Ledger, occurrence: str, tz: tzinfo) -> tuple[Recipient, 
         raise UnknownOccurrenceError(f"{occurrence} has no response recorded with it")
     data = json.loads(raw)
     received = datetime.fromisoformat(data["received"]).astimezone(tz) if data.get("received") else None
-    response = {"email": data["email"], "name": data.get("name"), "organisation": data.get("organisation"),
-                "received": received, "reference": data.get("reference")}
+    response = {
+        "email": data["email"],
+        "name": data.get("name"),
+        "organisation": data.get("organisation"),
+        "received": received,
+        "reference": data.get("reference"),
+    }
     return Recipient(email=data["email"], name=data.get("name"), organisation=data.get("organisation")), response
 
 
@@ -117,10 +132,16 @@ def ready(config: Config, consultation_id: str) -> None:
     renderer = Renderer(config)
     consultation = config.consultation(consultation_id)
     if renderer.find(consultation.id, EVENT, "email.j2") is None:
-        raise ConfigError([Problem.at(
-            renderer.templates, None,
-            f"no template email.j2 for {consultation.id}:{EVENT}: add {renderer.templates}/{EVENT}/email.j2 "
-            f"(the thank-you e-mail), or import with --no-acknowledge")])
+        raise ConfigError(
+            [
+                Problem.at(
+                    renderer.templates,
+                    None,
+                    f"no template email.j2 for {consultation.id}:{EVENT}: add {renderer.templates}/{EVENT}/email.j2 "
+                    f"(the thank-you e-mail), or import with --no-acknowledge",
+                )
+            ]
+        )
     one = config.model_copy(update={"consultations": {consultation.id: consultation}})
     errors = [p for p in check(one, renderer) if p.severity == "error"]
     if errors:
@@ -134,10 +155,14 @@ def check(config: Config, renderer: Renderer) -> list[Problem]:
     checked: set[str] = set()
     for consultation in config.consultations.values():
         if EVENT in consultation.events:
-            problems.append(Problem.at(
-                consultation.where.path, consultation.line("events", EVENT),
-                f"events: {EVENT!r} cannot be scheduled: it is sent to each respondent when their response "
-                "is recorded (notifier responses import, or the API)"))
+            problems.append(
+                Problem.at(
+                    consultation.where.path,
+                    consultation.line("events", EVENT),
+                    f"events: {EVENT!r} cannot be scheduled: it is sent to each respondent when their response "
+                    "is recorded (notifier responses import, or the API)",
+                )
+            )
         event = timeline.event(consultation, EVENT, config.tz)
         name = renderer.find(consultation.id, EVENT, "email.j2")
         if name is None:
@@ -148,7 +173,9 @@ def check(config: Config, renderer: Renderer) -> list[Problem]:
         unknown = {f"undefined: {n!r} is undefined" for n in renderer.unknown_names(name, NAMES)}
         context = {**renderer.context(consultation, event, at=_SAMPLE_AT), "response": SAMPLE}
         try:
-            renderer.email(event, _SAMPLE_RECIPIENT, context=context, unsubscribe_url="https://notifier.example/u/sample")
+            renderer.email(
+                event, _SAMPLE_RECIPIENT, context=context, unsubscribe_url="https://notifier.example/u/sample"
+            )
         except ConfigError as exc:  # less what check_names said already
             problems += [p for p in exc.problems if p.message not in unknown]
     return problems

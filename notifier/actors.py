@@ -80,8 +80,16 @@ class Warmup(dramatiq.Middleware):
                     for channel in [c for c in event.channels if registry.per_recipient(c)]:
                         context = renderer.context(consultation, event)
                         with contextlib.suppress(ConfigError):  # the probe lacks a key the template uses
-                            compose(renderer, config, consultation, event, channel, probe, context=context,
-                                    unsubscribe_url="https://example.invalid/u")
+                            compose(
+                                renderer,
+                                config,
+                                consultation,
+                                event,
+                                channel,
+                                probe,
+                                context=context,
+                                unsubscribe_url="https://example.invalid/u",
+                            )
         except Exception as exc:  # a message that needs the config reports the problem itself
             log.warning("could not load the config and templates at start: %s", exc)
 
@@ -170,8 +178,9 @@ class Sweeper(dramatiq.Middleware):
                 channel, _, recipient = field.partition("|")
                 by_channel.setdefault(channel, []).append(recipient)
             for channel, recipients in by_channel.items():
-                log.warning("re-sent %d %s deliveries of %s left with no message", len(recipients), channel,
-                            occurrence.id)
+                log.warning(
+                    "re-sent %d %s deliveries of %s left with no message", len(recipients), channel, occurrence.id
+                )
                 for start in range(0, len(recipients), delivery.BATCH):
                     self.actors.deliver.send(occurrence.id, channel, recipients[start : start + delivery.BATCH])
                     sent += 1
@@ -209,9 +218,11 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
         if retry_in is not None:
             raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
 
-    fire_actor = dramatiq.Actor(fire, broker=broker, actor_name="fire", queue_name=QUEUE, priority=0,
-                                options=dict(options))
-    deliver_actor = dramatiq.Actor(deliver, broker=broker, actor_name="deliver", queue_name=QUEUE,
-                                   priority=10, options=dict(options))
+    fire_actor = dramatiq.Actor(
+        fire, broker=broker, actor_name="fire", queue_name=QUEUE, priority=0, options=dict(options)
+    )
+    deliver_actor = dramatiq.Actor(
+        deliver, broker=broker, actor_name="deliver", queue_name=QUEUE, priority=10, options=dict(options)
+    )
     sweeper.actors = Actors(fire=fire_actor, deliver=deliver_actor)
     return sweeper.actors

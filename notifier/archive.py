@@ -125,8 +125,13 @@ class Archiver:
 
     def _keys(self, occurrence_id: str) -> tuple[str, ...]:
         ns = self.ledger.ns
-        return (f"{ns}:arc:{occurrence_id}", f"{ns}:dl:{occurrence_id}", f"{ns}:out:{occurrence_id}",
-                f"{ns}:arclock:{occurrence_id}", f"{ns}:arcq")
+        return (
+            f"{ns}:arc:{occurrence_id}",
+            f"{ns}:dl:{occurrence_id}",
+            f"{ns}:out:{occurrence_id}",
+            f"{ns}:arclock:{occurrence_id}",
+            f"{ns}:arcq",
+        )
 
     def waiting(self) -> list[str]:
         """The occurrences with outcomes waiting to be archived."""
@@ -197,19 +202,36 @@ class Archiver:
                 domain = domain or self.domain()
                 message_id = email_message_id(Delivery(occurrence_id, values["channel"], values["recipient"]), domain)
             yield Settled(
-                occurrence_id, values["channel"], values["recipient"], values["status"],
-                _time(values["created"]) or datetime.now(UTC), name=values["name"],
-                lists=tuple(values["lists"] or ()), attempts=values["attempts"], last_error=values["error"],
-                provider_id=values["provider_id"], message_id=message_id, url=values["url"],
-                updated=_time(values["updated"]), sent_at=_time(values["sent_at"]),
+                occurrence_id,
+                values["channel"],
+                values["recipient"],
+                values["status"],
+                _time(values["created"]) or datetime.now(UTC),
+                name=values["name"],
+                lists=tuple(values["lists"] or ()),
+                attempts=values["attempts"],
+                last_error=values["error"],
+                provider_id=values["provider_id"],
+                message_id=message_id,
+                url=values["url"],
+                updated=_time(values["updated"]),
+                sent_at=_time(values["sent_at"]),
             )
 
 
 def occurrence_record(occurrence: Occurrence) -> OccurrenceRecord:
     """The database's form of a ledger occurrence."""
-    return OccurrenceRecord(occurrence.id, occurrence.consultation, occurrence.event, occurrence.number,
-                            occurrence.at, occurrence.fired_at, occurrence.late, occurrence.state,
-                            occurrence.rehearsal)
+    return OccurrenceRecord(
+        occurrence.id,
+        occurrence.consultation,
+        occurrence.event,
+        occurrence.number,
+        occurrence.at,
+        occurrence.fired_at,
+        occurrence.late,
+        occurrence.state,
+        occurrence.rehearsal,
+    )
 
 
 class ArchiveMiddleware(dramatiq.Middleware):
@@ -265,8 +287,9 @@ def restore(ledger: Ledger, store: Store, consultation: str, events: Iterable[st
             latest[found.event] = found
     restored = []
     for found in latest.values():
-        occurrence = Occurrence(found.id, found.consultation, found.event, found.number, found.at, found.fired_at,
-                                found.late, found.state)
+        occurrence = Occurrence(
+            found.id, found.consultation, found.event, found.number, found.at, found.fired_at, found.late, found.state
+        )
         if ledger.restore(occurrence):
             log.warning("%s is recorded in the database but not in Redis: known as fired again", found.id)
             restored.append(found.id)
@@ -277,12 +300,15 @@ def fired(store: Store, config: Config, ledger: Ledger, occurrence_id: str, *, a
     """Record a new occurrence: the consultation and lists as configured, the ``subscribed:
     false`` members, the occurrence, and who fired it."""
     record_config(store, config)
-    store.sync_config_suppressions(m.email for lst in config.lists.values() for m in lst.members
-                                   if not m.subscribed)
+    store.sync_config_suppressions(m.email for lst in config.lists.values() for m in lst.members if not m.subscribed)
     occurrence = ledger.occurrence(occurrence_id)
     store.record_occurrence(occurrence_record(occurrence))
-    store.audit(actor, f"send {occurrence.event}", consultation=occurrence.consultation,
-                detail=occurrence_id + (" (late)" if occurrence.late else ""))
+    store.audit(
+        actor,
+        f"send {occurrence.event}",
+        consultation=occurrence.consultation,
+        detail=occurrence_id + (" (late)" if occurrence.late else ""),
+    )
 
 
 def seed_suppressions(ledger: Ledger, store: Store) -> int:

@@ -83,8 +83,9 @@ class Breaker:
 
     def failed(self) -> float | None:
         """Report that the channel was unreachable; the pause in seconds if it is now paused."""
-        pause = self.client.eval(_FAILED, 1, self.key, THRESHOLD, repr(time.time()), repr(self.base), repr(CAP_S),
-                                 TTL_S)
+        pause = self.client.eval(
+            _FAILED, 1, self.key, THRESHOLD, repr(time.time()), repr(self.base), repr(CAP_S), TTL_S
+        )
         return float(pause) if pause is not None else None
 
     def succeeded(self) -> None:
@@ -113,8 +114,11 @@ class Gate:
         if left <= 0:
             return None
         wait = left * random.uniform(1.0, 1.2)  # not all back at the same moment
-        return ChannelPausedError(f"{self.breaker.channel} paused: it kept timing out or refusing connections; "
-                             f"trying it again in {wait:.0f} s", retry_after=wait)
+        return ChannelPausedError(
+            f"{self.breaker.channel} paused: it kept timing out or refusing connections; "
+            f"trying it again in {wait:.0f} s",
+            retry_after=wait,
+        )
 
     def report(self, results: Sequence[object]) -> None:
         """Tell the breaker how a round of sends went: any success closes it; unreachable

@@ -164,8 +164,13 @@ def plan(consultation: str | None) -> None:
             notes = [f"{len(audience.suppressed)} suppressed"] * bool(audience.suppressed)
             notes += [f"{len(left_out)} skipped: responded"] * bool(left_out)
             size = f"{len(audience) - len(left_out)}" + (f" ({', '.join(notes)})" if notes else "")
-            cells = [_local(event.at, config), event.name, ", ".join(event.channels), size,
-                     _describe_state(states[i], config) if states else "?"]
+            cells = [
+                _local(event.at, config),
+                event.name,
+                ", ".join(event.channels),
+                size,
+                _describe_state(states[i], config) if states else "?",
+            ]
             table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
     out.print(table)
 
@@ -267,8 +272,16 @@ def _pick(recipients: tuple[Recipient, ...], to: str | None, audience: Any) -> R
 def _print_email(data: bytes) -> None:
     message = message_from_bytes(data, policy=policy.default)
     out.rule("email")
-    for header in ("From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
-                   "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         if message[header]:
             out.print(f"{header}: {message[header]}", markup=False)
     for part in message.walk():
@@ -303,8 +316,9 @@ def send(consultation: str, event: str, wait: bool, dry_run: bool, again: bool, 
         occurrence_id = service.fire(consultation, event, again=again, early=early, warn=lambda p: _problems([p]))
         if occurrence_id is None:
             fired = service.ledger.fired(consultation, event)
-            out.print(f"{consultation} {event} already fired ({fired}); nothing sent. "
-                      "Use --again for a new occurrence.")
+            out.print(
+                f"{consultation} {event} already fired ({fired}); nothing sent. Use --again for a new occurrence."
+            )
             if not wait or fired is None:
                 return
             occurrence_id = fired  # only waited for: the process that fired it queued the fan-out
@@ -365,9 +379,11 @@ def _deliver(service: Any, occurrence_id: str, *, wait: bool) -> None:
     alive = service.workers_alive()
     if not wait:
         if not alive:
-            err.print("note: no worker is running; deliveries wait in the queue until "
-                      "`notifier worker` (or `notifier run`) starts. Use --wait to deliver now.",
-                      style="yellow")
+            err.print(
+                "note: no worker is running; deliveries wait in the queue until "
+                "`notifier worker` (or `notifier run`) starts. Use --wait to deliver now.",
+                style="yellow",
+            )
         return
     if alive:
         progress = _wait_with_bar(service, occurrence_id)
@@ -430,8 +446,10 @@ def _dry_run(settings: Settings, consultation: str, event: str) -> None:
             compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
             rendered += 1
     fired = ledger.fired(consultation, event) if ledger else None
-    out.print(f"dry run: {item.id} {event} would send {rendered} message(s) on {', '.join(ev.channels)} "
-              f"to {len(audience)} recipient(s) ({len(audience.suppressed)} suppressed); nothing sent.")
+    out.print(
+        f"dry run: {item.id} {event} would send {rendered} message(s) on {', '.join(ev.channels)} "
+        f"to {len(audience)} recipient(s) ({len(audience.suppressed)} suppressed); nothing sent."
+    )
     if fired:
         out.print(f"note: it already fired ({fired}); a real send needs --again.")
 
@@ -445,10 +463,8 @@ def _stop_on(signals: Iterable[signal.Signals], stop: threading.Event) -> None:
 
 
 @cli.command()
-@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes.")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Threads per process.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per process.")
 def worker(processes: int, threads: int) -> None:
     """Dramatiq workers that deliver. Stop cleanly on SIGTERM or Ctrl-C."""
     _service_logging()
@@ -485,8 +501,7 @@ def _supervise(processes: int, threads: int) -> None:
 
 @cli.command()
 @click.argument("consultation")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--event", "event", help="Only this event.")
 def report(consultation: str, fmt: str, event: str | None) -> None:
     """The delivery ledger: counts per event and channel, and a row per delivery."""
@@ -529,20 +544,37 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     statuses = [s for s in STATUSES if any(row.get(s) for row in summary)]
     for column in ("Occurrence", "Fired", "Channel", *statuses):
         # In 80 columns a long account id folds onto a second line; no header or count is cut.
-        table.add_column(column, justify="right" if column in statuses else "left", overflow="fold",
-                         no_wrap=column in ("Occurrence", "Fired"),
-                         min_width=len(column) if column in statuses else None)
+        table.add_column(
+            column,
+            justify="right" if column in statuses else "left",
+            overflow="fold",
+            no_wrap=column in ("Occurrence", "Fired"),
+            min_width=len(column) if column in statuses else None,
+        )
 
     def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
         return occurrence.removeprefix(f"{consultation}:")
 
     for s in summary:
-        table.add_row(short(s["occurrence"]), _when(s["fired_at"]) + (" late" if s["late"] else ""),
-                      s["channel"], *(str(s.get(k, 0)) for k in statuses))
+        table.add_row(
+            short(s["occurrence"]),
+            _when(s["fired_at"]) + (" late" if s["late"] else ""),
+            s["channel"],
+            *(str(s.get(k, 0)) for k in statuses),
+        )
     out.print(table)
     if wide:
-        columns = ["Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Sent", "Last error",
-                   "Provider id"]
+        columns = [
+            "Occurrence",
+            "Channel",
+            "Recipient",
+            "Lists",
+            "Status",
+            "Tries",
+            "Sent",
+            "Last error",
+            "Provider id",
+        ]
     else:
         # 80 columns: "To" is the address an e-mail went to, or the account a post went on.
         several = len({r["occurrence"] for r in rows}) > 1
@@ -550,8 +582,11 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     detail = Table(title="Deliveries", title_justify="left")
     # Rich shrinks the widest column first, so the error column is capped at what is left
     # once the address has 28 and the fixed ones theirs: the table then fits the terminal.
-    fixed = {"Occurrence": max([len("Occurrence")] + [len(short(r["occurrence"])) for r in rows]), "Status": 10,
-             "Sent": 17}
+    fixed = {
+        "Occurrence": max([len("Occurrence")] + [len(short(r["occurrence"])) for r in rows]),
+        "Status": 10,
+        "Sent": 17,
+    }
     left = out.width - 28 - sum(fixed.get(c, 0) for c in columns) - 3 * len(columns) - 1
     to = 28
     if not wide and left < 12:  # no room for the time on one line: the date over the time
@@ -559,17 +594,26 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
     if not wide and left < 12:  # still none (an Occurrence column too): the address folds sooner
         to, left = to - (12 - left), 12
     for column in columns:
-        detail.add_column(column, overflow="fold", no_wrap=column in fixed and column != "Sent",
-                          width=fixed["Sent"] if column == "Sent" and not wide else None,
-                          min_width=to if column in ("Recipient", "To") else None,
-                          max_width=max(left, 12) if column == "Last error" and not wide else None)
+        detail.add_column(
+            column,
+            overflow="fold",
+            no_wrap=column in fixed and column != "Sent",
+            width=fixed["Sent"] if column == "Sent" and not wide else None,
+            min_width=to if column in ("Recipient", "To") else None,
+            max_width=max(left, 12) if column == "Last error" and not wide else None,
+        )
     for r in rows:
         cells = {
-            "Occurrence": short(r["occurrence"]), "Channel": r["channel"], "Recipient": r["recipient"],
+            "Occurrence": short(r["occurrence"]),
+            "Channel": r["channel"],
+            "Recipient": r["recipient"],
             "To": r["channel"] if r["recipient"] == ACCOUNT else r["recipient"],
-            "Lists": r["lists"], "Status": r["status"], "Tries": str(r["attempts"]),
+            "Lists": r["lists"],
+            "Status": r["status"],
+            "Tries": str(r["attempts"]),
             "Sent": _when(r["sent_at"]),
-            "Last error": r["last_error"], "Provider id": r["provider_id"],
+            "Last error": r["last_error"],
+            "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
     out.print(detail)
@@ -613,11 +657,20 @@ def scheduler() -> None:
 
 
 @cli.command()
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Delivery threads of the in-process worker.")
-@click.option("--now", "now", metavar="'YYYY-MM-DD HH:MM'",
-              help="Start the clock at this local time (it then runs on in real time): replays a "
-                   "past timeline live. For trials only, never on a real ledger.")
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Delivery threads of the in-process worker.",
+)
+@click.option(
+    "--now",
+    "now",
+    metavar="'YYYY-MM-DD HH:MM'",
+    help="Start the clock at this local time (it then runs on in real time): replays a "
+    "past timeline live. For trials only, never on a real ledger.",
+)
 def run(threads: int, now: str | None) -> None:
     """Scheduler, worker and web together on one machine (embedded Redis unless NOTIFIER_REDIS_URL)."""
     _service_logging()
@@ -639,8 +692,10 @@ def run(threads: int, now: str | None) -> None:
         with service.worker(threads=threads):
             web_thread.start()
             where = "SMTP" if settings.smtp_url else f"the Maildir {settings.data_dir / 'outbox' / 'email'}"
-            err.print(f"notifier running: worker ({threads} threads), scheduler, web on http://{settings.web_bind}; "
-                      f"e-mail goes to {where}. Ctrl-C stops.")
+            err.print(
+                f"notifier running: worker ({threads} threads), scheduler, web on http://{settings.web_bind}; "
+                f"e-mail goes to {where}. Ctrl-C stops."
+            )
             if clock:
                 err.print(f"clock starts at {_local(clock(), config)} (--now)")
             serve(settings, stop=stop, clock=clock, service=service)
@@ -671,8 +726,10 @@ def rehearse(consultation: str) -> None:
     settings = _settings()
     config = _load(settings)
     result = run_rehearsal(settings, consultation)
-    out.print(f"Rehearsal of {result.consultation_id} ({result.title}): {len(result.events)} events fired "
-              f"into {result.folder} (nothing went live; the real ledger is untouched).")
+    out.print(
+        f"Rehearsal of {result.consultation_id} ({result.title}): {len(result.events)} events fired "
+        f"into {result.folder} (nothing went live; the real ledger is untouched)."
+    )
     out.print()
     timeline_table = Table(title="Timeline", title_justify="left")
     for column in ("When", "Event", "E-mails", "Suppressed", "Posts"):
@@ -681,8 +738,10 @@ def rehearse(consultation: str) -> None:
         mine = [r for r in result.received if r.event == event.name]
         emails = [r for r in mine if registry.per_recipient(r.channel)]
         timeline_table.add_row(
-            _local(event.at, config) if event.at else "on demand (rehearsed now)", event.name,
-            str(sum(r.status in SUCCEEDED for r in emails)), str(sum(r.status == "suppressed" for r in emails)),
+            _local(event.at, config) if event.at else "on demand (rehearsed now)",
+            event.name,
+            str(sum(r.status in SUCCEEDED for r in emails)),
+            str(sum(r.status == "suppressed" for r in emails)),
             ", ".join(r.channel for r in mine if not registry.per_recipient(r.channel)) or "-",
         )
     out.print(timeline_table)
@@ -697,8 +756,10 @@ def rehearse(consultation: str) -> None:
     for address, items in sorted(by_person.items(), key=lambda kv: (kv[1][0].name or kv[0]).lower()):
         first = items[0]
         who = f"{first.name} <{address}>" if first.name else address
-        lines = [f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status in SUCCEEDED else f"not sent ({r.what})")
-                 for r in items]
+        lines = [
+            f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status in SUCCEEDED else f"not sent ({r.what})")
+            for r in items
+        ]
         people.add_row(who, ", ".join(first.lists), "\n".join(lines))
     out.print(people)
 

@@ -66,8 +66,9 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
             continue
         suppressed = rt.suppressed()
         left_out = list(opted_out(rt.config.lists, event.audience))
-        skip = skipped_by_event(rt.settings, event.consultation_id, event.skip, prepared.recipients.values(),
-                                rt.config.tz)
+        skip = skipped_by_event(
+            rt.settings, event.consultation_id, event.skip, prepared.recipients.values(), rt.config.tz
+        )
         recipients: list[Recipient] = []
         skipped: list[Suppressed] = []  # left out by the event's skip (a response recorded), and why
         for key, recipient in prepared.recipients.items():
@@ -78,16 +79,28 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
             else:
                 recipients.append(recipient)
         final: tuple[tuple[Status, list[Suppressed]], ...] = (("suppressed", left_out), ("skipped", skipped))
-        rt.ledger.add(occurrence_id, [
-            Record(channel=channel, recipient=item.recipient.key, status=status, name=item.recipient.name,
-                   lists=item.recipient.lists, error=item.reason, created=created)
-            for status, items in final for item in items
-        ])
+        rt.ledger.add(
+            occurrence_id,
+            [
+                Record(
+                    channel=channel,
+                    recipient=item.recipient.key,
+                    status=status,
+                    name=item.recipient.name,
+                    lists=item.recipient.lists,
+                    error=item.reason,
+                    created=created,
+                )
+                for status, items in final
+                for item in items
+            ],
+        )
         for start in range(0, len(recipients), RECORD_CHUNK):
             chunk = recipients[start : start + RECORD_CHUNK]
-            rt.ledger.add(occurrence_id, [
-                Record(channel=channel, recipient=r.key, name=r.name, lists=r.lists, created=created) for r in chunk
-            ])
+            rt.ledger.add(
+                occurrence_id,
+                [Record(channel=channel, recipient=r.key, name=r.name, lists=r.lists, created=created) for r in chunk],
+            )
             for part in _chunks([r.key for r in chunk], BATCH):
                 yield Batch(occurrence_id, channel, tuple(part))
 
@@ -121,7 +134,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
         return retry
     suppressed = {}
     if registry.per_recipient(batch.channel):
-        suppressed = ledger.suppressions([c.field[len(prefix):] for c in mine])
+        suppressed = ledger.suppressions([c.field[len(prefix) :] for c in mine])
     sending = _Sending(rt, batch.occurrence_id, batch.channel)
     recorder = ledger.recorder(batch.occurrence_id, owner=owner)
     try:
@@ -252,8 +265,16 @@ def _payload(sending: _Sending, delivery: Delivery) -> Payload:
             raise PermanentDeliveryError("no longer in the audience's lists")
         url = unsubscribe_url(rt.settings.public_url, rt.secret_key, delivery.recipient)
     assert sending.config is not None  # lookup() set it
-    return compose(renderer, sending.config, prepared.consultation, prepared.event, delivery.channel, recipient,
-                   context=prepared.context, unsubscribe_url=url)
+    return compose(
+        renderer,
+        sending.config,
+        prepared.consultation,
+        prepared.event,
+        delivery.channel,
+        recipient,
+        context=prepared.context,
+        unsubscribe_url=url,
+    )
 
 
 def _send(

@@ -151,9 +151,7 @@ class DeliveryError(NotifierError):
 class TransientDeliveryError(DeliveryError):
     """Worth trying again later; ``retry_after`` (seconds) is the far side's hint, if it gave one."""
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, provider_reply: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, provider_reply: str | None = None) -> None:
         super().__init__(message, provider_reply=provider_reply)
         self.retry_after = retry_after
 

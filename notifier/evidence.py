@@ -57,9 +57,12 @@ class ChannelFacts:
 
     def as_json(self) -> dict[str, Any]:
         """The channel's object in evidence.json."""
-        return {"channel": self.channel, "first_sent": _iso(self.first_sent),
-                **{status: self.counts.get(status, 0) for status in STATUSES},
-                **{s: n for s, n in self.counts.items() if s not in STATUSES}}
+        return {
+            "channel": self.channel,
+            "first_sent": _iso(self.first_sent),
+            **{status: self.counts.get(status, 0) for status in STATUSES},
+            **{s: n for s, n in self.counts.items() if s not in STATUSES},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +100,29 @@ class Evidence:
         """evidence.json."""
         c = self.consultation
         return {
-            "consultation": c.id, "title": c.title, "url": c.url, "timezone": c.timezone,
-            "opens": _iso(c.opens), "closes": _iso(c.closes),
+            "consultation": c.id,
+            "title": c.title,
+            "url": c.url,
+            "timezone": c.timezone,
+            "opens": _iso(c.opens),
+            "closes": _iso(c.closes),
             "channels": [ch.as_json() for ch in self.channels],
             "lists": [{"id": lst.id, "name": lst.name, "told": lst.told} for lst in self.lists],
-            "told": self.told, "failed": self.total("failed"), "suppressed": self.total("suppressed"),
+            "told": self.told,
+            "failed": self.total("failed"),
+            "suppressed": self.total("suppressed"),
             "responses": {"received": len(self.responses), "acknowledged": self.acknowledged},
-            "summary": [{"occurrence": n.occurrence, "event": n.event, "fired_at": _iso(n.fired_at),
-                         "channel": n.channel, "status": n.status, "count": n.count} for n in self.counts],
+            "summary": [
+                {
+                    "occurrence": n.occurrence,
+                    "event": n.event,
+                    "fired_at": _iso(n.fired_at),
+                    "channel": n.channel,
+                    "status": n.status,
+                    "count": n.count,
+                }
+                for n in self.counts
+            ],
             "overview": overview(self),
             "deliveries": self.deliveries,
             "pruned": c.pruned_at is not None,
@@ -115,24 +133,39 @@ def build(store: Store, consultation_id: str) -> Evidence:
     """The evidence of ``consultation_id`` from ``store``; :class:`StoreError` if it holds no record of it."""
     consultation = store.consultation(consultation_id)
     if consultation is None:
-        raise StoreError(f"the database holds no record of consultation {consultation_id!r} "
-                         "(it is recorded when one of its events fires or its responses are imported)")
+        raise StoreError(
+            f"the database holds no record of consultation {consultation_id!r} "
+            "(it is recorded when one of its events fires or its responses are imported)"
+        )
     counts = store.counts(consultation_id)
-    rows: list[dict[str, Any]] = [dict(zip(REPORT_COLUMNS, row, strict=True))
-                                  for row in store.delivery_rows(consultation_id)]
+    rows: list[dict[str, Any]] = [
+        dict(zip(REPORT_COLUMNS, row, strict=True)) for row in store.delivery_rows(consultation_id)
+    ]
     if consultation.pruned_at is None:  # who was told, from the rows just read rather than again
-        told, per_list = told_in((r["recipient"], r["lists"]) for r in rows
-                                 if r["channel"] == EMAIL and r["status"] in TOLD)
+        told, per_list = told_in(
+            (r["recipient"], r["lists"]) for r in rows if r["channel"] == EMAIL and r["status"] in TOLD
+        )
     else:
         told, per_list = store.told(consultation_id)
     names = store.list_names()
-    responses = [{"email": r.email, "name": r.name or "", "organisation": r.organisation or "",
-                  "received": _iso(r.received), "reference": r.reference or "",
-                  "acknowledged": _iso(r.acknowledged_at)} for r in store.responses(consultation_id)]
+    responses = [
+        {
+            "email": r.email,
+            "name": r.name or "",
+            "organisation": r.organisation or "",
+            "received": _iso(r.received),
+            "reference": r.reference or "",
+            "acknowledged": _iso(r.acknowledged_at),
+        }
+        for r in store.responses(consultation_id)
+    ]
     return Evidence(
-        consultation=consultation, channels=_channels(counts),
+        consultation=consultation,
+        channels=_channels(counts),
         lists=sorted((ListFacts(k, names.get(k) or k, n) for k, n in per_list.items()), key=lambda x: x.name.lower()),
-        told=told, counts=counts, responses=responses,
+        told=told,
+        counts=counts,
+        responses=responses,
         acknowledged=sum(bool(r["acknowledged"]) for r in responses),
         deliveries=rows,
     )
@@ -175,10 +208,14 @@ def _period(evidence: Evidence) -> str:
         return f"The {c.title} consultation"
     days = (c.closes.astimezone(evidence.tz).date() - c.opens.astimezone(evidence.tz).date()).days
     weeks, rest = divmod(days, 7)
-    length = " and ".join(p for p in (_plural(weeks, "week") if weeks else "", _plural(rest, "day") if rest else "")
-                          if p) or "less than a day"
-    return (f"The {c.title} consultation was open from {day(c.opens, evidence.tz)} "
-            f"to {day(c.closes, evidence.tz)} ({length})")
+    length = (
+        " and ".join(p for p in (_plural(weeks, "week") if weeks else "", _plural(rest, "day") if rest else "") if p)
+        or "less than a day"
+    )
+    return (
+        f"The {c.title} consultation was open from {day(c.opens, evidence.tz)} "
+        f"to {day(c.closes, evidence.tz)} ({length})"
+    )
 
 
 def _plural(n: int, word: str, words: str | None = None) -> str:
@@ -211,11 +248,15 @@ def overview(evidence: Evidence) -> str:
         parts.append(f"E-mails went to {_plural(len(told), 'stakeholder list')}: {_series(told)}.")
     parts.append(f"{_plural(evidence.told, 'stakeholder')} {'was' if evidence.told == 1 else 'were'} told in all.")
     failed, suppressed = evidence.total("failed"), evidence.total("suppressed")
-    parts.append(f"{_plural(failed, 'delivery', 'deliveries')} failed and {suppressed:,} "
-                 f"{'was' if suppressed == 1 else 'were'} not sent to suppressed addresses.")
+    parts.append(
+        f"{_plural(failed, 'delivery', 'deliveries')} failed and {suppressed:,} "
+        f"{'was' if suppressed == 1 else 'were'} not sent to suppressed addresses."
+    )
     received = len(evidence.responses)
-    parts.append(f"{_plural(received, 'response')} {'was' if received == 1 else 'were'} received and "
-                 f"{_plural(evidence.acknowledged, 'acknowledgement')} sent.")
+    parts.append(
+        f"{_plural(received, 'response')} {'was' if received == 1 else 'were'} received and "
+        f"{_plural(evidence.acknowledged, 'acknowledgement')} sent."
+    )
     return " ".join(parts)
 
 
@@ -331,9 +372,16 @@ def write(evidence: Evidence, folder: Path, *, generated: datetime) -> list[Path
         f.write(',\n "deliveries": [\n  ' if rows else ',\n "deliveries": [')
         f.write(",\n  ".join(map(encode, rows)))
         f.write("\n ]\n}\n" if rows else "]\n}\n")
-    html_path.write_text(_HTML.render(
-        c=evidence.consultation, e=evidence, overview=overview(evidence), statuses=STATUSES,
-        failed=[d for d in evidence.deliveries if d["status"] == "failed"],
-        generated=day(generated, evidence.tz), day=lambda m: day(m, evidence.tz),
-    ), encoding="utf-8")
+    html_path.write_text(
+        _HTML.render(
+            c=evidence.consultation,
+            e=evidence,
+            overview=overview(evidence),
+            statuses=STATUSES,
+            failed=[d for d in evidence.deliveries if d["status"] == "failed"],
+            generated=day(generated, evidence.tz),
+            day=lambda m: day(m, evidence.tz),
+        ),
+        encoding="utf-8",
+    )
     return [csv_path, json_path, html_path]

@@ -133,9 +133,17 @@ class Outcome:
 
     def to_json(self) -> str:
         """Compact JSON for Redis."""
-        return _encode({"status": self.status, "attempts": self.attempts, "error": self.error,
-                        "provider_id": self.provider_id, "url": self.url, "updated": self.updated,
-                        "sent_at": self.sent_at})
+        return _encode(
+            {
+                "status": self.status,
+                "attempts": self.attempts,
+                "error": self.error,
+                "provider_id": self.provider_id,
+                "url": self.url,
+                "updated": self.updated,
+                "sent_at": self.sent_at,
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Outcome:
@@ -206,7 +214,9 @@ end
 # An owner is "<worker id>|<message id>": the same message (a Dramatiq retry) may take its own
 # claims back, another message of the same worker may not; a claim whose holder is dead is free.
 # A claim's age is its lease less what is left of it.
-_CLAIM = _DEAD + """
+_CLAIM = (
+    _DEAD
+    + """
 local now, lease, dead_after = tonumber(ARGV[3]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local out = {}
 for i = 6, #ARGV do
@@ -236,11 +246,14 @@ for i = 6, #ARGV do
 end
 return out
 """
+)
 
 # KEYS: occ, workers.  ARGV: owner, now_ms, dead_after_ms.  Take the fan-out of an occurrence:
 # 1 when the caller is to fan out, 0 when it is done or a live owner is at it, false if unknown.
 # A redelivery of the same message (same message id, any worker) takes it back.
-_TAKE_FAN_OUT = _DEAD + """
+_TAKE_FAN_OUT = (
+    _DEAD
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 if state == 'fanned-out' then return 0 end
@@ -252,6 +265,7 @@ end
 redis.call('HSET', KEYS[1], 'fanner', ARGV[1], 'fanner_at', ARGV[2])
 return 1
 """
+)
 
 # KEYS: occ.  ARGV: owner.  Only the owner gives a fan-out up.
 _RELEASE_FAN_OUT = """
@@ -422,8 +436,14 @@ class Ledger:
                 self._k("missed", consultation, event),
             ],
             args=[
-                "1" if again else "0", consultation, event, at.isoformat(), fired_at.isoformat(),
-                "1" if late else "0", "1" if rehearsal else "0", fired_at.timestamp(),
+                "1" if again else "0",
+                consultation,
+                event,
+                at.isoformat(),
+                fired_at.isoformat(),
+                "1" if late else "0",
+                "1" if rehearsal else "0",
+                fired_at.timestamp(),
             ],
         )
         return text(result) if result else None
@@ -433,14 +453,26 @@ class Ledger:
         a new empty Redis), as fanned out: the event is known as fired again, so it is not
         sent again, and ``send --again`` numbers its next occurrence after it. False (nothing
         changed) when Redis knows the event fired already."""
-        return bool(self._restore(
-            keys=[self._k("fired", occurrence.consultation, occurrence.event),
-                  self._k("seq", occurrence.consultation, occurrence.event), self._k("occ", occurrence.id),
-                  self._k("occs", occurrence.consultation)],
-            args=[occurrence.id, occurrence.number, occurrence.consultation, occurrence.event,
-                  occurrence.at.isoformat(), occurrence.fired_at.isoformat(), "1" if occurrence.late else "0",
-                  occurrence.fired_at.timestamp()],
-        ))
+        return bool(
+            self._restore(
+                keys=[
+                    self._k("fired", occurrence.consultation, occurrence.event),
+                    self._k("seq", occurrence.consultation, occurrence.event),
+                    self._k("occ", occurrence.id),
+                    self._k("occs", occurrence.consultation),
+                ],
+                args=[
+                    occurrence.id,
+                    occurrence.number,
+                    occurrence.consultation,
+                    occurrence.event,
+                    occurrence.at.isoformat(),
+                    occurrence.fired_at.isoformat(),
+                    "1" if occurrence.late else "0",
+                    occurrence.fired_at.timestamp(),
+                ],
+            )
+        )
 
     def fired(self, consultation: str, event: str) -> str | None:
         """The id of the latest occurrence of this event, if it fired."""
@@ -483,7 +515,13 @@ class Ledger:
         return [Occurrence.from_hash(i, d) for i, d in zip(ids, pipe.execute(), strict=True) if d]
 
     def claim_named_occurrence(  # noqa: PLR0913 - what names the occurrence, then keyword-only details
-        self, occurrence_id: str, consultation: str, event: str, *, number: int, at: datetime,
+        self,
+        occurrence_id: str,
+        consultation: str,
+        event: str,
+        *,
+        number: int,
+        at: datetime,
         extra: Mapping[str, str] | None = None,
     ) -> bool:
         """Atomically start the occurrence ``occurrence_id`` (chosen by the caller, so that the
@@ -491,8 +529,15 @@ class Ledger:
         its hash; False when it exists already. It does not become the event's latest
         (``fired``): an acknowledgement of one response is not "the" ``response_received``."""
         fired_at = datetime.now(UTC)
-        args: list[str | float] = [occurrence_id, consultation, event, str(number), at.isoformat(),
-                                   fired_at.isoformat(), fired_at.timestamp()]
+        args: list[str | float] = [
+            occurrence_id,
+            consultation,
+            event,
+            str(number),
+            at.isoformat(),
+            fired_at.isoformat(),
+            fired_at.timestamp(),
+        ]
         for key, value in (extra or {}).items():
             args += [key, value]
         return bool(self._fire_named(keys=[self._k("occ", occurrence_id), self._k("occs", consultation)], args=args))
@@ -515,8 +560,12 @@ class Ledger:
 
     def add(self, occurrence_id: str, records: Iterable[Record]) -> int:
         """Record deliveries not recorded yet (idempotent); how many were new."""
-        keys = [self._k("st", occurrence_id), self._k("dl", occurrence_id), self._k("cnt", occurrence_id),
-                *self._archive_keys(occurrence_id)]
+        keys = [
+            self._k("st", occurrence_id),
+            self._k("dl", occurrence_id),
+            self._k("cnt", occurrence_id),
+            *self._archive_keys(occurrence_id),
+        ]
         added = 0
         for chunk in _chunks(records, CHUNK):
             args: list[str] = [occurrence_id]
@@ -547,8 +596,12 @@ class Ledger:
         for field_, outcome in outcomes:
             args += [field_, outcome.status, outcome.to_json()]
         if len(args) > 3:
-            keys = [self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id),
-                    *self._archive_keys(occurrence_id)]
+            keys = [
+                self._k("st", occurrence_id),
+                self._k("out", occurrence_id),
+                self._k("cnt", occurrence_id),
+                *self._archive_keys(occurrence_id),
+            ]
             self._mark(keys=keys, args=args)
 
     def requeue_failed(self, occurrence_id: str) -> list[str]:
@@ -560,11 +613,16 @@ class Ledger:
 
     def recorder(self, occurrence_id: str, *, owner: str) -> Recorder:
         """A :class:`Recorder` of ``owner``'s outcomes for one occurrence."""
-        keys = (self._k("st", occurrence_id), self._k("out", occurrence_id), self._k("cnt", occurrence_id),
-                *self._archive_keys(occurrence_id))
+        keys = (
+            self._k("st", occurrence_id),
+            self._k("out", occurrence_id),
+            self._k("cnt", occurrence_id),
+            *self._archive_keys(occurrence_id),
+        )
         claim_prefix = self._k("claim", occurrence_id, "")
-        return Recorder(self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner,
-                        occurrence_id=occurrence_id)
+        return Recorder(
+            self.client, self._mark.sha, keys, claim_prefix=claim_prefix, owner=owner, occurrence_id=occurrence_id
+        )
 
     def _archive_keys(self, occurrence_id: str) -> tuple[str, str]:
         """The list of an occurrence's outcomes waiting for the database, and the set naming such lists."""
@@ -608,9 +666,7 @@ class Ledger:
 
     def suppressed(self) -> dict[str, str]:
         """Every suppressed address (lower-cased) and why."""
-        return {
-            text(k): json.loads(v)["reason"] for k, v in self.client.hgetall(self._k("suppressed")).items()
-        }
+        return {text(k): json.loads(v)["reason"] for k, v in self.client.hgetall(self._k("suppressed")).items()}
 
     def suppressions(self, emails: list[str]) -> dict[str, str]:
         """Which of ``emails`` are suppressed (compared lower-cased, as stored), and why. One round trip."""
@@ -666,9 +722,7 @@ class Ledger:
                     out.append(occurrence)
         return out
 
-    def unfinished(
-        self, consultations: Iterable[str], *, within: float
-    ) -> list[tuple[Occurrence, dict[str, int]]]:
+    def unfinished(self, consultations: Iterable[str], *, within: float) -> list[tuple[Occurrence, dict[str, int]]]:
         """Occurrences (not rehearsals) fired within ``within`` seconds that have not fanned
         out or still have pending deliveries, each with its counts by ``<channel>|<status>``."""
         since = time.time() - within
@@ -729,7 +783,13 @@ class Recorder:
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only: what the recorder writes to and as whom
-        self, client: redis.Redis, sha: str, keys: tuple[str, ...], *, claim_prefix: str, owner: str,
+        self,
+        client: redis.Redis,
+        sha: str,
+        keys: tuple[str, ...],
+        *,
+        claim_prefix: str,
+        owner: str,
         occurrence_id: str,
     ) -> None:
         self._pool = client.connection_pool

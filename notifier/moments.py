@@ -108,13 +108,14 @@ def clock_change_note(local: datetime, tz: ZoneInfo) -> str | None:
     used = first.astimezone(UTC).astimezone(tz)
     written = f"{naive:%Y-%m-%d %H:%M}"
     if used.replace(tzinfo=None) != naive:
-        return (f"{written} does not exist in {tz.key} (the clocks go forward then): "
-                f"it is read as {_with_offset(used)}")
+        return f"{written} does not exist in {tz.key} (the clocks go forward then): it is read as {_with_offset(used)}"
     second = naive.replace(tzinfo=tz, fold=1)
     if first.utcoffset() != second.utcoffset():
         later = second.astimezone(UTC).astimezone(tz)
-        return (f"{written} happens twice in {tz.key} (the clocks go back then): the first is used, "
-                f"{_with_offset(used)}; write {later.isoformat(timespec='minutes')} for the second")
+        return (
+            f"{written} happens twice in {tz.key} (the clocks go back then): the first is used, "
+            f"{_with_offset(used)}; write {later.isoformat(timespec='minutes')} for the second"
+        )
     return None
 
 

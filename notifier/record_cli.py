@@ -91,8 +91,10 @@ def db_prune() -> None:
     finally:
         store.close()
     which = ", ".join(pruned.consultations) or "none"
-    out.print(f"pruned {pruned.rows:,} delivery row(s) of consultations closed more than "
-              f"{settings.retention_days:g} days ago: {which} (their counts are kept)")
+    out.print(
+        f"pruned {pruned.rows:,} delivery row(s) of consultations closed more than "
+        f"{settings.retention_days:g} days ago: {which} (their counts are kept)"
+    )
 
 
 @click.group()
@@ -118,8 +120,13 @@ def responses_import(consultation: str, file: Path, no_acknowledge: bool) -> Non
     try:
         record_config(store, config)
         new = responses_file.import_file(store, consultation, file, config.tz)
-        store.audit("cli", "responses import", consultation=consultation, detail=f"{file}: {len(new)} new"
-                    + (", not acknowledged (--no-acknowledge)" if no_acknowledge and new else ""))
+        store.audit(
+            "cli",
+            "responses import",
+            consultation=consultation,
+            detail=f"{file}: {len(new)} new"
+            + (", not acknowledged (--no-acknowledge)" if no_acknowledge and new else ""),
+        )
     finally:
         store.close()
     out.print(f"{len(new)} new response(s) recorded for {consultation} from {file}")
@@ -149,8 +156,9 @@ def _acknowledge(settings: Settings, consultation: str, new: list[Response]) -> 
     out.print(f"{done} acknowledgement(s) sent" + (f" of {len(new)}" if done != len(new) else ""))
     for r in records:
         if r.status not in SUCCEEDED:
-            err.print(f"not acknowledged: {r.recipient}: {r.status}" + (f" ({r.error})" if r.error else ""),
-                      markup=False)
+            err.print(
+                f"not acknowledged: {r.recipient}: {r.status}" + (f" ({r.error})" if r.error else ""), markup=False
+            )
     if started and any(p.failed for p in progress):
         sys.exit(2)
 
@@ -188,15 +196,24 @@ _RESPONSE_FIELDS = ("email", "name", "organisation", "received", "reference", "a
 
 
 def _response_row(r: Response) -> dict[str, str | None]:
-    return {"email": r.email, "name": r.name, "organisation": r.organisation,
-            "received": r.received.isoformat() if r.received else None, "reference": r.reference,
-            "acknowledged": r.acknowledged_at.isoformat() if r.acknowledged_at else None}
+    return {
+        "email": r.email,
+        "name": r.name,
+        "organisation": r.organisation,
+        "received": r.received.isoformat() if r.received else None,
+        "reference": r.reference,
+        "acknowledged": r.acknowledged_at.isoformat() if r.acknowledged_at else None,
+    }
 
 
 @click.command()
 @click.argument("consultation")
-@click.option("--out", "folder", type=click.Path(path_type=Path, file_okay=False),
-              help="Where to write the pack (default ./evidence/CONSULTATION/).")
+@click.option(
+    "--out",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the pack (default ./evidence/CONSULTATION/).",
+)
 def evidence(consultation: str, folder: Path | None) -> None:
     """Write the evidence pack of CONSULTATION from the database alone, and print its overview."""
     from notifier import evidence as evidence_pack

@@ -33,9 +33,7 @@ _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 _PASSWORD_PARAM = re.compile(r"(?P<name>[?&;]password=)[^&#\s]*", re.IGNORECASE)
 _TOKEN_PATH = re.compile(r"/(unsubscribe|resubscribe)/[^/?#&\s\"']+", re.IGNORECASE)
 _SEGMENT = r"[A-Za-z0-9_.~%-]"
-_TOKEN_LIKE = re.compile(
-    rf"(?<=[/=])(?={_SEGMENT}*?[A-Z])(?={_SEGMENT}*?[a-z]){_SEGMENT}{{24,}}"
-)
+_TOKEN_LIKE = re.compile(rf"(?<=[/=])(?={_SEGMENT}*?[A-Z])(?={_SEGMENT}*?[a-z]){_SEGMENT}{{24,}}")
 
 
 def _char(char: str) -> str:

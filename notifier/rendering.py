@@ -37,9 +37,7 @@ from notifier.moments import normalise
 from notifier.sandbox import Sandbox
 from notifier.timeline import Event, days_left
 
-EMAIL_NAMES = frozenset(
-    {"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left"}
-)
+EMAIL_NAMES = frozenset({"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left"})
 SOCIAL_NAMES = frozenset({"consultation", "event", "organisation", "days_left"})
 
 
@@ -213,8 +211,9 @@ class Renderer:
             text = _render_block(plain, "text", shared).strip() + "\n"
             html = None if rich is None else _render_block(rich, "html", self._context(rich, variables)).strip() + "\n"
         except Exception as exc:  # any error a template causes, a filter's FilterError say, is the template's
-            raise RenderError([*self._undefined(sandbox.end(limits), name),
-                               template_problem(exc, self.templates, name)]) from None
+            raise RenderError(
+                [*self._undefined(sandbox.end(limits), name), template_problem(exc, self.templates, name)]
+            ) from None
         recorded = sandbox.end(limits)
         if recorded:
             raise RenderError(self._undefined(recorded, name))
@@ -234,8 +233,9 @@ class Renderer:
         try:
             text = _render(template, template.new_context(dict(context)))
         except Exception as exc:  # as in email()
-            raise RenderError([*self._undefined(sandbox.end(limits), name),
-                               template_problem(exc, self.templates, name)]) from None
+            raise RenderError(
+                [*self._undefined(sandbox.end(limits), name), template_problem(exc, self.templates, name)]
+            ) from None
         recorded = sandbox.end(limits)
         if recorded:
             raise RenderError(self._undefined(recorded, name))

@@ -21,8 +21,22 @@ if TYPE_CHECKING:  # the database's modules are imported by those who open one
     from notifier.store import OccurrenceRecord, Settled, Store
 
 #: The columns of a delivery row, in the order CSV writes them.
-FIELDS = ("occurrence", "event", "channel", "recipient", "name", "lists", "status", "attempts",
-          "last_error", "provider_id", "url", "created", "updated", "sent_at")
+FIELDS = (
+    "occurrence",
+    "event",
+    "channel",
+    "recipient",
+    "name",
+    "lists",
+    "status",
+    "attempts",
+    "last_error",
+    "provider_id",
+    "url",
+    "created",
+    "updated",
+    "sent_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,32 +66,56 @@ def local_iso(moment: datetime | str | None, tz: tzinfo) -> str:
     return found.astimezone(tz).isoformat(timespec="seconds")
 
 
-def build(ledger: Ledger, consultation: str, *, event: str | None = None, tz: tzinfo = UTC,
-          store: Store | None = None) -> Report:
+def build(
+    ledger: Ledger, consultation: str, *, event: str | None = None, tz: tzinfo = UTC, store: Store | None = None
+) -> Report:
     """The report of ``consultation`` (only ``event``'s occurrences when given), its times in
     ``tz``; with ``store``, also the occurrences only the database still holds."""
     report = Report(consultation)
     occurrences = [o for o in ledger.occurrences(consultation) if event is None or o.event == event]
     known = {o.id for o in occurrences}
-    lost = [] if store is None else [o for o in store.occurrences(consultation)
-                                     if o.id not in known and not o.rehearsal and (event is None or o.event == event)]
+    lost = (
+        []
+        if store is None
+        else [
+            o
+            for o in store.occurrences(consultation)
+            if o.id not in known and not o.rehearsal and (event is None or o.event == event)
+        ]
+    )
     if lost and store is not None:
         _from_store(report, store, lost, tz)
     for occurrence in occurrences:
         for channel, counts in sorted(ledger.counts(occurrence.id).items()):
-            report.summary.append({
-                "occurrence": occurrence.id, "event": occurrence.event, "channel": channel,
-                "fired_at": local_iso(occurrence.fired_at, tz), "late": occurrence.late, **counts,
-            })
+            report.summary.append(
+                {
+                    "occurrence": occurrence.id,
+                    "event": occurrence.event,
+                    "channel": channel,
+                    "fired_at": local_iso(occurrence.fired_at, tz),
+                    "late": occurrence.late,
+                    **counts,
+                }
+            )
         for record in sorted(ledger.records(occurrence.id), key=lambda r: (r.channel, r.recipient)):
-            report.deliveries.append({
-                "occurrence": occurrence.id, "event": occurrence.event, "channel": record.channel,
-                "recipient": record.recipient, "name": record.name or "", "lists": " ".join(record.lists),
-                "status": record.status, "attempts": record.attempts, "last_error": record.error or "",
-                "provider_id": record.provider_id or "", "url": record.url or "",
-                "created": local_iso(record.created, tz), "updated": local_iso(record.updated, tz),
-                "sent_at": local_iso(record.sent_at, tz),
-            })
+            report.deliveries.append(
+                {
+                    "occurrence": occurrence.id,
+                    "event": occurrence.event,
+                    "channel": record.channel,
+                    "recipient": record.recipient,
+                    "name": record.name or "",
+                    "lists": " ".join(record.lists),
+                    "status": record.status,
+                    "attempts": record.attempts,
+                    "last_error": record.error or "",
+                    "provider_id": record.provider_id or "",
+                    "url": record.url or "",
+                    "created": local_iso(record.created, tz),
+                    "updated": local_iso(record.updated, tz),
+                    "sent_at": local_iso(record.sent_at, tz),
+                }
+            )
     return report
 
 
@@ -90,10 +128,16 @@ def _from_store(report: Report, store: Store, lost: list[OccurrenceRecord], tz: 
             counts.setdefault((count.occurrence, count.channel), {})[count.status] = count.count
     for (occurrence_id, channel), by_status in counts.items():
         occurrence = ids[occurrence_id]
-        report.summary.append({
-            "occurrence": occurrence_id, "event": occurrence.event, "channel": channel,
-            "fired_at": local_iso(occurrence.fired_at, tz), "late": occurrence.late, **by_status,
-        })
+        report.summary.append(
+            {
+                "occurrence": occurrence_id,
+                "event": occurrence.event,
+                "channel": channel,
+                "fired_at": local_iso(occurrence.fired_at, tz),
+                "late": occurrence.late,
+                **by_status,
+            }
+        )
     for event, settled in store.deliveries(report.consultation):
         if settled.occurrence in ids:
             report.deliveries.append(_row(event, settled, tz))
@@ -101,8 +145,18 @@ def _from_store(report: Report, store: Store, lost: list[OccurrenceRecord], tz: 
 
 def _row(event: str, s: Settled, tz: tzinfo) -> dict[str, Any]:
     return {
-        "occurrence": s.occurrence, "event": event, "channel": s.channel, "recipient": s.recipient,
-        "name": s.name or "", "lists": " ".join(s.lists), "status": s.status, "attempts": s.attempts,
-        "last_error": s.last_error or "", "provider_id": s.provider_id or "", "url": s.url or "",
-        "created": local_iso(s.created, tz), "updated": local_iso(s.updated, tz), "sent_at": local_iso(s.sent_at, tz),
+        "occurrence": s.occurrence,
+        "event": event,
+        "channel": s.channel,
+        "recipient": s.recipient,
+        "name": s.name or "",
+        "lists": " ".join(s.lists),
+        "status": s.status,
+        "attempts": s.attempts,
+        "last_error": s.last_error or "",
+        "provider_id": s.provider_id or "",
+        "url": s.url or "",
+        "created": local_iso(s.created, tz),
+        "updated": local_iso(s.updated, tz),
+        "sent_at": local_iso(s.sent_at, tz),
     }

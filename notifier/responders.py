@@ -91,8 +91,9 @@ def skipped(skip: Iterable[str], reasons: Responders | None, recipients: Iterabl
     return out
 
 
-def skipped_by_event(settings: Settings, consultation: str, skip: Iterable[str], recipients: Iterable[Recipient],
-                     tz: tzinfo) -> dict[str, str]:
+def skipped_by_event(
+    settings: Settings, consultation: str, skip: Iterable[str], recipients: Iterable[Recipient], tz: tzinfo
+) -> dict[str, str]:
     """:func:`skipped` for an event about to fan out, reading the record only when its
     ``skip`` asks for it."""
     if RESPONDED not in skip:

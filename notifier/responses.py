@@ -85,8 +85,14 @@ def _rows(path: Path, text: str, tz: ZoneInfo, problems: list[Problem]) -> list[
         if response is None:
             continue
         if response.key in seen:
-            problems.append(Problem.at(path, line, f"duplicate of line {seen[response.key]} "
-                                       f"({'same reference' if response.reference else 'same address and received'})"))
+            problems.append(
+                Problem.at(
+                    path,
+                    line,
+                    f"duplicate of line {seen[response.key]} "
+                    f"({'same reference' if response.reference else 'same address and received'})",
+                )
+            )
             continue
         seen[response.key] = line
         rows.append(_Row(line, response))
@@ -111,8 +117,14 @@ def _response(
     if len(problems) > before:
         return None
     reference = raw.get("reference") or None
-    return NewResponse(key=response_key(email, received, reference), email=email, name=raw.get("name") or None,
-                       organisation=raw.get("organisation") or None, received=received, reference=reference)
+    return NewResponse(
+        key=response_key(email, received, reference),
+        email=email,
+        name=raw.get("name") or None,
+        organisation=raw.get("organisation") or None,
+        received=received,
+        reference=reference,
+    )
 
 
 def from_fields(raw: object, tz: ZoneInfo, where: str = "body") -> NewResponse:
@@ -123,8 +135,11 @@ def from_fields(raw: object, tz: ZoneInfo, where: str = "body") -> NewResponse:
     or date."""
     if not isinstance(raw, dict):
         raise BadResponseError([Problem.at(where, None, "must be a JSON object with at least 'email'")])
-    problems = [Problem.at(where, None, f"{key}: unknown field (known: {', '.join(COLUMNS)})")
-                for key in raw if key not in COLUMNS]
+    problems = [
+        Problem.at(where, None, f"{key}: unknown field (known: {', '.join(COLUMNS)})")
+        for key in raw
+        if key not in COLUMNS
+    ]
     text: dict[str, str] = {}
     for key in COLUMNS:
         value = raw.get(key)
@@ -168,6 +183,7 @@ def parse_received(value: str, tz: ZoneInfo) -> datetime:
             except ValueError:
                 continue
     if moment is None:
-        raise InvalidValueError(f"{value!r} is not a date (2019-08-01 or 01/08/2019, optionally with a time: "
-                                "2019-08-01 14:30)")
+        raise InvalidValueError(
+            f"{value!r} is not a date (2019-08-01 or 01/08/2019, optionally with a time: 2019-08-01 14:30)"
+        )
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)

@@ -111,8 +111,7 @@ class Runtime:
                 event = timeline.event(consultation, occurrence.event, config.tz)
                 context = self.renderer.context(consultation, event, at=occurrence.at)
                 if occurrence.event == acknowledgement.EVENT:  # the one respondent, and the response
-                    respondent, context["response"] = acknowledgement.respondent(self.ledger, occurrence_id,
-                                                                                 config.tz)
+                    respondent, context["response"] = acknowledgement.respondent(self.ledger, occurrence_id, config.tz)
                     recipients = {respondent.key: respondent}
                 else:
                     recipients = {r.key: r for r in resolve(config.lists, event.audience).recipients}

@@ -182,8 +182,9 @@ def _check_replace(text: str, old: str, new: str) -> None:
 
 
 def _check_join(separator: str, items: Any) -> None:
-    _afford(len(separator) * len(items) + _size(list(items) if not isinstance(items, list | tuple) else items),
-            "this join")
+    _afford(
+        len(separator) * len(items) + _size(list(items) if not isinstance(items, list | tuple) else items), "this join"
+    )
 
 
 def _filter_check(name: str, bound: inspect.BoundArguments) -> None:

@@ -77,7 +77,6 @@ Clock = Callable[[], datetime]
 State = Literal["scheduled", "due", "fired", "missed", "on demand"]
 
 
-
 def real_clock() -> datetime:
     """Now, UTC: the default clock."""
     return datetime.now(UTC)
@@ -341,8 +340,13 @@ class Scheduler:
                 continue
             moved = self._unplan(key)
             # One job id per instant: a moved event's old job, still running, never blocks the new one.
-            self._aps.add_job(self._on_time, DateTrigger(run_date=self._real(at)), args=(key, at),
-                              id=f"{key}@{at.isoformat()}", name=key)
+            self._aps.add_job(
+                self._on_time,
+                DateTrigger(run_date=self._real(at)),
+                args=(key, at),
+                id=f"{key}@{at.isoformat()}",
+                name=key,
+            )
             log.info("%s %s at %s", "rescheduled" if moved else "scheduled", key, at.astimezone(config.tz))
             self._planned[key] = at
         self._changed.notify_all()  # jobs waiting for a moved or removed instant give up
@@ -411,8 +415,12 @@ class Scheduler:
                     self._noted_missed.add((key, s.event.at))
                     if self.ledger.missed(s.event.consultation_id, s.event.name) is None:
                         self.ledger.mark_missed(s.event.consultation_id, s.event.name, s.event.at)
-                        log.warning("missed %s (due %s, more than %s ago); fire it with `notifier send`",
-                                    key, s.event.at.isoformat(), self.service.settings.grace)
+                        log.warning(
+                            "missed %s (due %s, more than %s ago); fire it with `notifier send`",
+                            key,
+                            s.event.at.isoformat(),
+                            self.service.settings.grace,
+                        )
 
     def _fire(self, event: timeline.Event, now: datetime) -> str | None:
         """Fire one due event through Service.fire, if this scheduler leads. Holds ``_lock``."""
@@ -420,8 +428,9 @@ class Scheduler:
             return None
         late = now - event.at > LATE_AFTER
         # Due by this scheduler's clock (which `run --now` may set): never "early".
-        occurrence_id = self.service.fire(event.consultation_id, event.name, late=late, early=True,
-                                          config=self._config, actor="scheduler")
+        occurrence_id = self.service.fire(
+            event.consultation_id, event.name, late=late, early=True, config=self._config, actor="scheduler"
+        )
         if occurrence_id is not None:
             log.info("fired %s%s", occurrence_id, f" late, {now - event.at} after its time" if late else "")
         return occurrence_id
@@ -441,8 +450,11 @@ class Scheduler:
                 continue
             self._requeued[occurrence.id] = now
             self.service.actors.fire.send(occurrence.id)
-            log.warning("re-sent fire for %s: claimed at %s and never fanned out", occurrence.id,
-                        occurrence.fired_at.isoformat())
+            log.warning(
+                "re-sent fire for %s: claimed at %s and never fanned out",
+                occurrence.id,
+                occurrence.fired_at.isoformat(),
+            )
 
 
 def serve(

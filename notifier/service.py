@@ -106,8 +106,10 @@ class Service:
         the command line by default, ``scheduler``) goes into the audit log.
         """
         if event_name == timeline.RESPONSE_RECEIVED:
-            raise UsageError(f"{event_name} is sent to each respondent when their response is recorded "
-                             "(notifier responses import, or POST /api/consultations/<id>/responses), not fired")
+            raise UsageError(
+                f"{event_name} is sent to each respondent when their response is recorded "
+                "(notifier responses import, or POST /api/consultations/<id>/responses), not fired"
+            )
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
@@ -158,8 +160,12 @@ class Service:
             for start in range(0, len(recipients), BATCH):
                 self.actors.deliver.send(occurrence_id, channel, recipients[start : start + BATCH])
         count = sum(map(len, by_channel.values()))
-        store.audit(actor or archive.actor(), f"retry {event_name}", consultation=consultation_id,
-                    detail=f"{occurrence_id}: {count} failed")
+        store.audit(
+            actor or archive.actor(),
+            f"retry {event_name}",
+            consultation=consultation_id,
+            detail=f"{occurrence_id}: {count} failed",
+        )
         log.info("retrying %d failed deliveries of %s", count, occurrence_id)
         return occurrence_id, count
 

@@ -70,9 +70,23 @@ ROLES: tuple[str, ...] = ("viewer", "sender", "admin")
 #: The statuses that count as told: the message reached the recipient's server.
 TOLD: tuple[str, ...] = ("sent",)
 #: The columns of :meth:`Store.delivery_rows`: those of ``report`` (notifier.report.FIELDS), then the Message-ID.
-REPORT_COLUMNS: tuple[str, ...] = ("occurrence", "event", "channel", "recipient", "name", "lists", "status",
-                                   "attempts", "last_error", "provider_id", "url", "created", "updated", "sent_at",
-                                   "message_id")
+REPORT_COLUMNS: tuple[str, ...] = (
+    "occurrence",
+    "event",
+    "channel",
+    "recipient",
+    "name",
+    "lists",
+    "status",
+    "attempts",
+    "last_error",
+    "provider_id",
+    "url",
+    "created",
+    "updated",
+    "sent_at",
+    "message_id",
+)
 #: Rows per INSERT when archiving: bounded memory, and well under SQLite's 32,766 parameters.
 BATCH = 2_000
 
@@ -99,16 +113,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 consultations = Table(
-    "consultations", metadata,
+    "consultations",
+    metadata,
     Column("id", String(200), primary_key=True),
     Column("title", Text, nullable=False),
     Column("url", Text, nullable=True),
@@ -121,13 +138,15 @@ consultations = Table(
 )
 
 lists = Table(
-    "lists", metadata,
+    "lists",
+    metadata,
     Column("id", String(200), primary_key=True),
     Column("name", Text, nullable=True),
 )
 
 occurrences = Table(
-    "occurrences", metadata,
+    "occurrences",
+    metadata,
     Column("id", String(500), primary_key=True),
     Column("consultation", String(200), nullable=False),
     Column("event", String(200), nullable=False),
@@ -141,7 +160,8 @@ occurrences = Table(
 )
 
 deliveries = Table(
-    "deliveries", metadata,
+    "deliveries",
+    metadata,
     Column("occurrence", String(500), ForeignKey("occurrences.id", ondelete="CASCADE"), primary_key=True),
     Column("channel", String(200), primary_key=True),
     Column("recipient", String(320), primary_key=True),
@@ -159,7 +179,8 @@ deliveries = Table(
 )
 
 delivery_counts = Table(
-    "delivery_counts", metadata,
+    "delivery_counts",
+    metadata,
     Column("occurrence", String(500), ForeignKey("occurrences.id", ondelete="CASCADE"), primary_key=True),
     Column("channel", String(200), primary_key=True),
     Column("status", String(20), primary_key=True),
@@ -168,14 +189,16 @@ delivery_counts = Table(
 )
 
 list_counts = Table(
-    "list_counts", metadata,
+    "list_counts",
+    metadata,
     Column("consultation", String(200), primary_key=True),
     Column("list_id", String(200), primary_key=True),
     Column("told", Integer, nullable=False),
 )
 
 suppressions = Table(
-    "suppressions", metadata,
+    "suppressions",
+    metadata,
     Column("email", String(320), primary_key=True),  # lower case
     Column("source", String(20), nullable=False),
     Column("detail", Text, nullable=True),
@@ -184,7 +207,8 @@ suppressions = Table(
 )
 
 responses = Table(
-    "responses", metadata,
+    "responses",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("consultation", String(200), nullable=False),
     Column("key", String(700), nullable=False),  # what makes it the same response on a re-import
@@ -199,7 +223,8 @@ responses = Table(
 )
 
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(320), nullable=False),  # "cli" or a console user's e-mail
@@ -210,7 +235,8 @@ audit_log = Table(
 )
 
 users = Table(
-    "users", metadata,
+    "users",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("email", String(320), nullable=False, unique=True),  # lower case
     Column("role", String(10), nullable=False),
@@ -281,10 +307,20 @@ class Settled:
     def from_record(cls, occurrence: str, record: Any, *, message_id: str | None = None) -> Settled:
         """The settled form of a :class:`notifier.ledger.Record` (ISO text times become datetimes)."""
         return cls(
-            occurrence=occurrence, channel=record.channel, recipient=record.recipient, status=record.status,
-            created=_when(record.created) or datetime.now(UTC), name=record.name, lists=tuple(record.lists),
-            attempts=record.attempts, last_error=record.error, provider_id=record.provider_id,
-            message_id=message_id, url=record.url, updated=_when(record.updated), sent_at=_when(record.sent_at),
+            occurrence=occurrence,
+            channel=record.channel,
+            recipient=record.recipient,
+            status=record.status,
+            created=_when(record.created) or datetime.now(UTC),
+            name=record.name,
+            lists=tuple(record.lists),
+            attempts=record.attempts,
+            last_error=record.error,
+            provider_id=record.provider_id,
+            message_id=message_id,
+            url=record.url,
+            updated=_when(record.updated),
+            sent_at=_when(record.sent_at),
         )
 
     def row(self) -> dict[str, Any]:
@@ -488,8 +524,10 @@ def check_current(engine: Engine) -> None:
         where = engine.url.render_as_string(hide_password=True)
         unknown = at - {script.revision for script in _scripts().walk_revisions()}
         if unknown:
-            raise StoreError(f"the database {where} is at revision {', '.join(sorted(unknown))}, which this "
-                             "notifier does not know: a newer version migrated it; run that version")
+            raise StoreError(
+                f"the database {where} is at revision {', '.join(sorted(unknown))}, which this "
+                "notifier does not know: a newer version migrated it; run that version"
+            )
         state = f"at revision {', '.join(sorted(at))}" if at else "empty (no schema)"
         raise SchemaBehindError(
             f"the database {where} is {state}; this notifier needs {', '.join(sorted(needed))}: "
@@ -553,11 +591,19 @@ class Store:
 
     def record_consultation(self, record: ConsultationRecord) -> None:
         """Insert or update a consultation's title, link, zone and dates (not its pruned counts)."""
-        values = {"id": record.id, "title": record.title, "url": record.url, "timezone": record.timezone,
-                  "opens": record.opens, "closes": record.closes, "updated_at": datetime.now(UTC)}
+        values = {
+            "id": record.id,
+            "title": record.title,
+            "url": record.url,
+            "timezone": record.timezone,
+            "opens": record.opens,
+            "closes": record.closes,
+            "updated_at": datetime.now(UTC),
+        }
         stmt = self._insert(consultations).values(values)
-        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={k: stmt.excluded[k] for k in values
-                                                                        if k != "id"})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={k: stmt.excluded[k] for k in values if k != "id"}
+        )
         with self._tx() as connection:
             connection.execute(stmt)
 
@@ -567,8 +613,9 @@ class Store:
             row = connection.execute(select(consultations).where(consultations.c.id == consultation_id)).first()
         if row is None:
             return None
-        return ConsultationRecord(row.id, row.title, row.url, row.timezone, row.opens, row.closes, row.told,
-                                  row.pruned_at)
+        return ConsultationRecord(
+            row.id, row.title, row.url, row.timezone, row.opens, row.closes, row.told, row.pruned_at
+        )
 
     def record_lists(self, names: Mapping[str, str | None]) -> None:
         """Insert or update the names of stakeholder lists (list id -> name)."""
@@ -590,31 +637,39 @@ class Store:
         """Insert an occurrence, or update the state and lateness of one already recorded."""
         values = {f.name: getattr(occurrence, f.name) for f in fields(occurrence)}
         stmt = self._insert(occurrences).values(values)
-        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"state": stmt.excluded.state,
-                                                                         "late": stmt.excluded.late})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"state": stmt.excluded.state, "late": stmt.excluded.late}
+        )
         with self._tx() as connection:
             connection.execute(stmt)
 
     def set_occurrence_state(self, occurrence_id: str, state: str) -> None:
         """Record an occurrence's new state (``delivering``, ``done``…)."""
         with self._tx() as connection:
-            result = connection.execute(update(occurrences).where(occurrences.c.id == occurrence_id)
-                                        .values(state=state))
+            result = connection.execute(
+                update(occurrences).where(occurrences.c.id == occurrence_id).values(state=state)
+            )
         if result.rowcount == 0:
             raise StoreError(f"no occurrence {occurrence_id!r} in the record")
 
     def occurrences(self, consultation: str) -> list[OccurrenceRecord]:
         """The consultation's occurrences, in firing order."""
-        query = (select(occurrences).where(occurrences.c.consultation == consultation)
-                 .order_by(occurrences.c.fired_at, occurrences.c.id))
+        query = (
+            select(occurrences)
+            .where(occurrences.c.consultation == consultation)
+            .order_by(occurrences.c.fired_at, occurrences.c.id)
+        )
         with self._tx() as connection:
             return [OccurrenceRecord(**row._asdict()) for row in connection.execute(query)]
 
     def fired(self, consultation: str, event: str) -> str | None:
         """The id of the latest occurrence of ``event``, or None if it never fired."""
-        query = (select(occurrences.c.id)
-                 .where(occurrences.c.consultation == consultation, occurrences.c.event == event)
-                 .order_by(occurrences.c.number.desc()).limit(1))
+        query = (
+            select(occurrences.c.id)
+            .where(occurrences.c.consultation == consultation, occurrences.c.event == event)
+            .order_by(occurrences.c.number.desc())
+            .limit(1)
+        )
         with self._tx() as connection:
             return connection.execute(query).scalar()
 
@@ -624,11 +679,15 @@ class Store:
         """INSERT … ON CONFLICT (occurrence, channel, recipient) DO UPDATE, unless the row there
         is newer: archiving the same outcomes twice, or out of order, leaves the latest."""
         stmt = self._insert(deliveries)
-        newer = ((deliveries.c.updated.is_(None)) | (stmt.excluded.updated.is_(None))
-                 | (stmt.excluded.updated >= deliveries.c.updated))
+        newer = (
+            (deliveries.c.updated.is_(None))
+            | (stmt.excluded.updated.is_(None))
+            | (stmt.excluded.updated >= deliveries.c.updated)
+        )
         return stmt.on_conflict_do_update(
             index_elements=["occurrence", "channel", "recipient"],
-            set_={name: stmt.excluded[name] for name in _OUTCOME_COLUMNS}, where=newer,
+            set_={name: stmt.excluded[name] for name in _OUTCOME_COLUMNS},
+            where=newer,
         )
 
     def archive(self, settled: Iterable[Settled]) -> int:
@@ -659,8 +718,9 @@ class Store:
             value = row[name]
             if value is not None:
                 if value.tzinfo is None:
-                    raise StoreError(f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive "
-                                     "datetime: say its zone")
+                    raise StoreError(
+                        f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
+                    )
                 value = value.astimezone(UTC)
                 # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
                 row[name] = value.replace(tzinfo=None).isoformat(" ", "microseconds") if self._archive_order else value
@@ -668,11 +728,12 @@ class Store:
 
     def deliveries(self, consultation: str) -> Iterator[tuple[str, Settled]]:
         """(event, delivery) for each delivery row of the consultation, by occurrence, channel, recipient."""
-        query = (select(occurrences.c.event, *(deliveries.c[name] for name in _SETTLED_COLUMNS))
-                 .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
-                 .where(occurrences.c.consultation == consultation)
-                 .order_by(occurrences.c.fired_at, deliveries.c.occurrence, deliveries.c.channel,
-                           deliveries.c.recipient))
+        query = (
+            select(occurrences.c.event, *(deliveries.c[name] for name in _SETTLED_COLUMNS))
+            .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
+            .where(occurrences.c.consultation == consultation)
+            .order_by(occurrences.c.fired_at, deliveries.c.occurrence, deliveries.c.channel, deliveries.c.recipient)
+        )
         lists_at = _SETTLED_COLUMNS.index("lists") + 1
         with self._tx() as connection:
             for row in connection.execution_options(yield_per=5_000).execute(query).tuples():
@@ -686,23 +747,37 @@ class Store:
         ``report`` gives), formatted by the database rather than parsed and re-formatted here."""
         iso = self._iso_text
         d = deliveries.c
-        columns = {"occurrence": d.occurrence, "event": occurrences.c.event, "channel": d.channel,
-                   "recipient": d.recipient, "name": func.coalesce(d.name, ""), "lists": d.lists, "status": d.status,
-                   "attempts": d.attempts, "last_error": func.coalesce(d.last_error, ""),
-                   "provider_id": func.coalesce(d.provider_id, ""), "url": func.coalesce(d.url, ""),
-                   "created": iso(d.created), "updated": iso(d.updated), "sent_at": iso(d.sent_at),
-                   "message_id": func.coalesce(d.message_id, "")}
+        columns = {
+            "occurrence": d.occurrence,
+            "event": occurrences.c.event,
+            "channel": d.channel,
+            "recipient": d.recipient,
+            "name": func.coalesce(d.name, ""),
+            "lists": d.lists,
+            "status": d.status,
+            "attempts": d.attempts,
+            "last_error": func.coalesce(d.last_error, ""),
+            "provider_id": func.coalesce(d.provider_id, ""),
+            "url": func.coalesce(d.url, ""),
+            "created": iso(d.created),
+            "updated": iso(d.updated),
+            "sent_at": iso(d.sent_at),
+            "message_id": func.coalesce(d.message_id, ""),
+        }
         # One query per occurrence, in firing order: each reads the primary key's index in
         # order (channel, recipient) instead of sorting every row of the consultation.
-        query = (select(*(columns[name] for name in REPORT_COLUMNS))
-                 .join(occurrences, occurrences.c.id == d.occurrence)
-                 .where(d.occurrence == bindparam("occurrence"))
-                 .order_by(d.channel, d.recipient))
+        query = (
+            select(*(columns[name] for name in REPORT_COLUMNS))
+            .join(occurrences, occurrences.c.id == d.occurrence)
+            .where(d.occurrence == bindparam("occurrence"))
+            .order_by(d.channel, d.recipient)
+        )
         ids = [o.id for o in self.occurrences(consultation)]
         with self._tx() as connection:
             for occurrence_id in ids:
-                yield from connection.execution_options(yield_per=5_000).execute(
-                    query, {"occurrence": occurrence_id}).tuples()
+                yield from (
+                    connection.execution_options(yield_per=5_000).execute(query, {"occurrence": occurrence_id}).tuples()
+                )
 
     def _iso_text(self, column: Column[Any]) -> Any:
         """SQL for ``column`` as ``2019-07-09T08:00:00.000+00:00`` (``""`` when null)."""
@@ -727,15 +802,17 @@ class Store:
 
     # -- suppressions -----------------------------------------------------------
 
-    def suppress(self, email: str, source: SuppressionSource, *, detail: str | None = None,
-                 at: datetime | None = None) -> None:
+    def suppress(
+        self, email: str, source: SuppressionSource, *, detail: str | None = None, at: datetime | None = None
+    ) -> None:
         """Suppress an address (compared without case); a later suppression replaces the source."""
         if source not in SOURCES:
             raise StoreError(f"suppression source must be one of {', '.join(SOURCES)}, not {source!r}")
         values = {"email": email.strip().lower(), "source": source, "detail": detail, "at": at or datetime.now(UTC)}
         stmt = self._insert(suppressions).values(values)
-        stmt = stmt.on_conflict_do_update(index_elements=["email"], set_={k: stmt.excluded[k] for k in values
-                                                                           if k != "email"})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["email"], set_={k: stmt.excluded[k] for k in values if k != "email"}
+        )
         with self._tx() as connection:
             connection.execute(stmt)
 
@@ -750,8 +827,9 @@ class Store:
         leaving suppressions from other sources alone."""
         wanted = {e.strip().lower() for e in emails}
         with self._tx() as connection:
-            have = set(connection.execute(select(suppressions.c.email)
-                                          .where(suppressions.c.source == "config")).scalars())
+            have = set(
+                connection.execute(select(suppressions.c.email).where(suppressions.c.source == "config")).scalars()
+            )
             gone = have - wanted
             if gone:
                 connection.execute(delete(suppressions).where(suppressions.c.email.in_(gone)))
@@ -770,8 +848,7 @@ class Store:
     def suppression(self, email: str) -> Suppression | None:
         """Why an address is suppressed, or None."""
         with self._tx() as connection:
-            r = connection.execute(select(suppressions)
-                                   .where(suppressions.c.email == email.strip().lower())).first()
+            r = connection.execute(select(suppressions).where(suppressions.c.email == email.strip().lower())).first()
         return None if r is None else Suppression(r.email, r.source, r.at, r.detail)
 
     # -- responses --------------------------------------------------------------
@@ -779,8 +856,11 @@ class Store:
     def add_responses(self, consultation: str, items: Sequence[NewResponse]) -> list[Response]:
         """Record responses in one transaction; returns only the new ones (a ``key`` already
         recorded for the consultation adds nothing), in the order given."""
-        stmt = (self._insert(responses).on_conflict_do_nothing(index_elements=["consultation", "key"])
-                .returning(*responses.c))
+        stmt = (
+            self._insert(responses)
+            .on_conflict_do_nothing(index_elements=["consultation", "key"])
+            .returning(*responses.c)
+        )
         now = datetime.now(UTC)
         added: list[Response] = []
         with self._tx() as connection:
@@ -793,8 +873,11 @@ class Store:
 
     def responses(self, consultation: str) -> list[Response]:
         """The consultation's responses, in the order received (those without a date last)."""
-        query = (select(*(c for c in responses.c if c.name != "key")).where(responses.c.consultation == consultation)
-                 .order_by(responses.c.received.is_(None), responses.c.received, responses.c.id))
+        query = (
+            select(*(c for c in responses.c if c.name != "key"))
+            .where(responses.c.consultation == consultation)
+            .order_by(responses.c.received.is_(None), responses.c.received, responses.c.id)
+        )
         with self._tx() as connection:
             return [Response(**row._asdict()) for row in connection.execute(query)]
 
@@ -803,16 +886,20 @@ class Store:
         ids = list(response_ids)
         if ids:
             with self._tx() as connection:
-                connection.execute(update(responses).where(responses.c.id.in_(ids))
-                                   .values(acknowledged_at=at or datetime.now(UTC)))
+                connection.execute(
+                    update(responses).where(responses.c.id.in_(ids)).values(acknowledged_at=at or datetime.now(UTC))
+                )
 
     # -- audit log --------------------------------------------------------------
 
     def audit(self, actor: str, action: str, *, consultation: str | None = None, detail: str | None = None) -> None:
         """Record who (``cli`` or a console user's e-mail) did what (``send opened``, say), now."""
         with self._tx() as connection:
-            connection.execute(audit_log.insert().values(at=datetime.now(UTC), actor=actor, action=action,
-                                                         consultation=consultation, detail=detail))
+            connection.execute(
+                audit_log.insert().values(
+                    at=datetime.now(UTC), actor=actor, action=action, consultation=consultation, detail=detail
+                )
+            )
 
     def audit_entries(self, consultation: str | None = None, *, limit: int = 1_000) -> list[AuditEntry]:
         """The latest entries first (only the consultation's, when given)."""
@@ -829,9 +916,14 @@ class Store:
         if role not in ROLES:
             raise StoreError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         address = email.strip().lower()
-        stmt = (self._insert(users).on_conflict_do_nothing(index_elements=["email"])
-                .values(email=address, role=role, password_hash=password_hash, failed_signins=0,
-                        created_at=datetime.now(UTC)).returning(*users.c))
+        stmt = (
+            self._insert(users)
+            .on_conflict_do_nothing(index_elements=["email"])
+            .values(
+                email=address, role=role, password_hash=password_hash, failed_signins=0, created_at=datetime.now(UTC)
+            )
+            .returning(*users.c)
+        )
         with self._tx() as connection:
             row = connection.execute(stmt).first()
         if row is None:
@@ -876,8 +968,11 @@ class Store:
         keeping their counts (``delivery_counts``) and who was told (``list_counts``, ``told``)."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
         with self._tx() as connection:
-            due = list(connection.execute(select(consultations.c.id).where(consultations.c.closes < cutoff)
-                                          .order_by(consultations.c.id)).scalars())
+            due = list(
+                connection.execute(
+                    select(consultations.c.id).where(consultations.c.closes < cutoff).order_by(consultations.c.id)
+                ).scalars()
+            )
         pruned: list[str] = []
         rows = 0
         for consultation in due:
@@ -897,16 +992,31 @@ class Store:
         occurrence_ids = select(occurrences.c.id).where(occurrences.c.consultation == consultation)
         connection.execute(delete(delivery_counts).where(delivery_counts.c.occurrence.in_(occurrence_ids)))
         if counts:
-            connection.execute(delivery_counts.insert(), [
-                {"occurrence": c.occurrence, "channel": c.channel, "status": c.status, "count": c.count,
-                 "first_at": c.first_at} for c in counts])
+            connection.execute(
+                delivery_counts.insert(),
+                [
+                    {
+                        "occurrence": c.occurrence,
+                        "channel": c.channel,
+                        "status": c.status,
+                        "count": c.count,
+                        "first_at": c.first_at,
+                    }
+                    for c in counts
+                ],
+            )
         connection.execute(delete(list_counts).where(list_counts.c.consultation == consultation))
         if per_list:
-            connection.execute(list_counts.insert(), [
-                {"consultation": consultation, "list_id": k, "told": n} for k, n in per_list.items()])
+            connection.execute(
+                list_counts.insert(),
+                [{"consultation": consultation, "list_id": k, "told": n} for k, n in per_list.items()],
+            )
         gone = connection.execute(delete(deliveries).where(deliveries.c.occurrence.in_(occurrence_ids))).rowcount
-        connection.execute(update(consultations).where(consultations.c.id == consultation)
-                           .values(told=told, pruned_at=datetime.now(UTC)))
+        connection.execute(
+            update(consultations)
+            .where(consultations.c.id == consultation)
+            .values(told=told, pruned_at=datetime.now(UTC))
+        )
         return int(gone)
 
 
@@ -919,16 +1029,35 @@ def record_config(store: Store, config: Config) -> None:
 
 
 def _counts(connection: Connection, consultation: str) -> list[Count]:
-    kept = (select(occurrences.c.id, occurrences.c.event, occurrences.c.fired_at, delivery_counts.c.channel,
-                   delivery_counts.c.status, delivery_counts.c.count, delivery_counts.c.first_at)
-            .join(occurrences, occurrences.c.id == delivery_counts.c.occurrence)
-            .where(occurrences.c.consultation == consultation))
-    live = (select(occurrences.c.id, occurrences.c.event, occurrences.c.fired_at, deliveries.c.channel,
-                   deliveries.c.status, func.count().label("count"), func.min(deliveries.c.sent_at))
-            .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
-            .where(occurrences.c.consultation == consultation)
-            .group_by(occurrences.c.id, occurrences.c.event, occurrences.c.fired_at, deliveries.c.channel,
-                      deliveries.c.status))
+    kept = (
+        select(
+            occurrences.c.id,
+            occurrences.c.event,
+            occurrences.c.fired_at,
+            delivery_counts.c.channel,
+            delivery_counts.c.status,
+            delivery_counts.c.count,
+            delivery_counts.c.first_at,
+        )
+        .join(occurrences, occurrences.c.id == delivery_counts.c.occurrence)
+        .where(occurrences.c.consultation == consultation)
+    )
+    live = (
+        select(
+            occurrences.c.id,
+            occurrences.c.event,
+            occurrences.c.fired_at,
+            deliveries.c.channel,
+            deliveries.c.status,
+            func.count().label("count"),
+            func.min(deliveries.c.sent_at),
+        )
+        .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
+        .where(occurrences.c.consultation == consultation)
+        .group_by(
+            occurrences.c.id, occurrences.c.event, occurrences.c.fired_at, deliveries.c.channel, deliveries.c.status
+        )
+    )
     merged: dict[tuple[str, str, str], Count] = {}
     for query in (kept, live):
         for occ, event_name, fired_at, channel, status, n, first in connection.execute(query):
@@ -953,14 +1082,21 @@ def told_in(rows: Iterable[tuple[str, str]]) -> tuple[int, dict[str, int]]:
 
 
 def _told(connection: Connection, consultation: str) -> tuple[int, dict[str, int]]:
-    query = (select(deliveries.c.recipient, deliveries.c.lists)
-             .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
-             .where(occurrences.c.consultation == consultation, deliveries.c.channel == "email",
-                    deliveries.c.status.in_(TOLD)))
+    query = (
+        select(deliveries.c.recipient, deliveries.c.lists)
+        .join(occurrences, occurrences.c.id == deliveries.c.occurrence)
+        .where(
+            occurrences.c.consultation == consultation, deliveries.c.channel == "email", deliveries.c.status.in_(TOLD)
+        )
+    )
     total, counts = told_in(connection.execute(query).tuples().all())
     kept_total = connection.execute(select(consultations.c.told).where(consultations.c.id == consultation)).scalar()
-    kept = {list_id: n for list_id, n in connection.execute(
-        select(list_counts.c.list_id, list_counts.c.told).where(list_counts.c.consultation == consultation))}
+    kept = {
+        list_id: n
+        for list_id, n in connection.execute(
+            select(list_counts.c.list_id, list_counts.c.told).where(list_counts.c.consultation == consultation)
+        )
+    }
     for list_id, n in kept.items():
         counts[list_id] = max(n, counts.get(list_id, 0))
     return max(total, kept_total or 0), counts

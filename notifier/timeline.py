@@ -86,7 +86,9 @@ def check_timing(
         return []
     closes = normalise(consultation.closes, tz)
     if now < closes:
-        return [consultation.where.warning(
-            f"event {event.name!r} is sent before the consultation closes ({closes:%a %d %b %Y %H:%M %Z})"
-        )]
+        return [
+            consultation.where.warning(
+                f"event {event.name!r} is sent before the consultation closes ({closes:%a %d %b %Y %H:%M %Z})"
+            )
+        ]
     return []

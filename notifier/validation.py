@@ -25,6 +25,7 @@ from notifier.rendering import EMAIL_NAMES, SOCIAL_NAMES, Renderer
 
 SAMPLE_UNSUBSCRIBE = "https://notifier.example/unsubscribe/sample-token"
 
+
 def load_and_check(settings: Settings) -> tuple[Config, list[Problem]]:
     """``notifier validate``: load the config directory as far as it will load, check the
     templates of whatever did, and return every problem and warning at once.
@@ -51,14 +52,20 @@ def check(config: Config, settings: Settings) -> list[Problem]:
     for account in config.accounts.values():
         if registry.is_outbox(account, settings):
             why = "outbox: true" if account.outbox else f"{token_variable(account.id)} is not set"
-            found.append(account.where.warning(
-                f"account {account.id!r} is in outbox mode ({why}): posts go to "
-                f"{settings.data_dir}/outbox/social/{account.id}.jsonl"
-            ))
+            found.append(
+                account.where.warning(
+                    f"account {account.id!r} is in outbox mode ({why}): posts go to "
+                    f"{settings.data_dir}/outbox/social/{account.id}.jsonl"
+                )
+            )
     if not settings.public_url.startswith("https://"):
-        found.append(Problem.warn("NOTIFIER_PUBLIC_URL", None,
-                                  f"{settings.public_url} is not https: mail providers ignore http List-Unsubscribe "
-                                  "links"))
+        found.append(
+            Problem.warn(
+                "NOTIFIER_PUBLIC_URL",
+                None,
+                f"{settings.public_url} is not https: mail providers ignore http List-Unsubscribe links",
+            )
+        )
     return _in_order(found)
 
 
@@ -99,8 +106,16 @@ def check_event(  # noqa: PLR0913 - the event, what renders it, and keyword-only
                 name = renderer.email_template(event)
                 problems += _check_names(renderer, name, EMAIL_NAMES, checked)
                 for recipient in _samples(audience.recipients, ByIdentity() if samples is None else samples):
-                    compose(renderer, config, consultation, event, channel, recipient, context=context,
-                            unsubscribe_url=SAMPLE_UNSUBSCRIBE)
+                    compose(
+                        renderer,
+                        config,
+                        consultation,
+                        event,
+                        channel,
+                        recipient,
+                        context=context,
+                        unsubscribe_url=SAMPLE_UNSUBSCRIBE,
+                    )
                 continue
             platform = config.accounts[channel].platform
             name = renderer.social_template(event, platform)

@@ -118,7 +118,12 @@ class Project:
         """Run ``notifier ARGS`` in a subprocess on this project."""
         result = subprocess.run(
             [sys.executable, "-m", "notifier", *args],
-            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"notifier {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
@@ -143,14 +148,16 @@ def project(tmp_path: Path) -> Project:
     shutil.copytree(ROOT / "config", root / "config")
     shutil.copytree(ROOT / "templates", root / "templates")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    env.update({
-        "NOTIFIER_CONFIG": str(root / "config"),
-        "NOTIFIER_DATA_DIR": str(root / "var"),
-        "NOTIFIER_SECRET_KEY": "test-secret-key",
-        "NOTIFIER_PUBLIC_URL": "https://notify.pcc.example",
-        "NOTIFIER_RETRY_BASE_SECONDS": "0.2",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "NOTIFIER_CONFIG": str(root / "config"),
+            "NOTIFIER_DATA_DIR": str(root / "var"),
+            "NOTIFIER_SECRET_KEY": "test-secret-key",
+            "NOTIFIER_PUBLIC_URL": "https://notify.pcc.example",
+            "NOTIFIER_RETRY_BASE_SECONDS": "0.2",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return Project(root, env)
 
 
@@ -217,8 +224,11 @@ class ScriptedHandler:
     def to(self, address: str) -> list[EmailMessage]:
         """Messages accepted for ``address``."""
         with self.lock:
-            return [m for m, (_, rcpts) in zip(self.messages, self.envelopes, strict=True)
-                    if address.lower() in (r.lower() for r in rcpts)]
+            return [
+                m
+                for m, (_, rcpts) in zip(self.messages, self.envelopes, strict=True)
+                if address.lower() in (r.lower() for r in rcpts)
+            ]
 
 
 @dataclass

@@ -152,9 +152,7 @@ class Platforms:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.platforms = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -393,8 +391,7 @@ class Platforms:
                 {},
                 {
                     "error": {
-                        "message": f"Unsupported post request. Object with ID '{match.group(2)}' "
-                        "does not exist",
+                        "message": f"Unsupported post request. Object with ID '{match.group(2)}' does not exist",
                         "type": "GraphMethodException",
                         "code": 100,
                         "error_subcode": 33,
@@ -494,8 +491,7 @@ class Platforms:
                 {},
                 {
                     "error": "InvalidRequest",
-                    "message": "Invalid app.bsky.feed.post record: Record/text must not be longer "
-                    "than 300 graphemes",
+                    "message": "Invalid app.bsky.feed.post record: Record/text must not be longer than 300 graphemes",
                 },
             )
         try:

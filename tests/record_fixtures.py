@@ -127,28 +127,77 @@ CLOSES = datetime(2019, 8, 15, 22, 59, tzinfo=UTC)  # 23:59 BST
 def occurrence(store: Store, event: str, fired_at: datetime, *, consultation: str = SOC, number: int = 1) -> str:
     """Record an occurrence of ``event`` fired at ``fired_at``; its id."""
     occurrence_id = f"{consultation}:{event}:{number}"
-    store.record_occurrence(OccurrenceRecord(occurrence_id, consultation, event, number, fired_at, fired_at,
-                                             state="done"))
+    store.record_occurrence(
+        OccurrenceRecord(occurrence_id, consultation, event, number, fired_at, fired_at, state="done")
+    )
     return occurrence_id
 
 
 def seed(store: Store, *, consultation: str = SOC, closes: datetime = CLOSES) -> None:
     """A small consultation: e-mails to two lists over two events (one failure, one suppressed)
     and a post on pcc-x."""
-    store.record_consultation(ConsultationRecord(consultation, "Serious and Organised Crime Strategy",
-                                                 "https://www.pcc.example/soc", "Europe/London", OPENS, closes))
+    store.record_consultation(
+        ConsultationRecord(
+            consultation,
+            "Serious and Organised Crime Strategy",
+            "https://www.pcc.example/soc",
+            "Europe/London",
+            OPENS,
+            closes,
+        )
+    )
     store.record_lists({"csp": "Community Safety Partnerships", "nhs": "NHS"})
     opened = occurrence(store, "opened", OPENS, consultation=consultation)
     reminder = occurrence(store, "reminder", closes - timedelta(days=7), consultation=consultation)
     for occ, at in ((opened, OPENS), (reminder, closes - timedelta(days=7))):
-        store.archive([
-            Settled(occ, "email", "jane@csp.example", "sent", at, name="Jane", lists=("csp",), attempts=1,
-                    message_id=f"<{occ}.1@pcc.example>", updated=at, sent_at=at),
-            Settled(occ, "email", "both@nhs.example", "sent", at, lists=("csp", "nhs"), attempts=1, updated=at,
-                    sent_at=at + timedelta(minutes=1)),
-            Settled(occ, "email", "gone@nhs.example", "failed", at, lists=("nhs",), attempts=1,
-                    last_error="550 5.1.1 no such user", updated=at),
-            Settled(occ, "email", "quiet@csp.example", "suppressed", at, lists=("csp",), updated=at),
-            Settled(occ, "pcc-x", "pcc-x", "sent", at, attempts=1, provider_id="1234", updated=at,
-                    sent_at=at + timedelta(minutes=2)),
-        ])
+        store.archive(
+            [
+                Settled(
+                    occ,
+                    "email",
+                    "jane@csp.example",
+                    "sent",
+                    at,
+                    name="Jane",
+                    lists=("csp",),
+                    attempts=1,
+                    message_id=f"<{occ}.1@pcc.example>",
+                    updated=at,
+                    sent_at=at,
+                ),
+                Settled(
+                    occ,
+                    "email",
+                    "both@nhs.example",
+                    "sent",
+                    at,
+                    lists=("csp", "nhs"),
+                    attempts=1,
+                    updated=at,
+                    sent_at=at + timedelta(minutes=1),
+                ),
+                Settled(
+                    occ,
+                    "email",
+                    "gone@nhs.example",
+                    "failed",
+                    at,
+                    lists=("nhs",),
+                    attempts=1,
+                    last_error="550 5.1.1 no such user",
+                    updated=at,
+                ),
+                Settled(occ, "email", "quiet@csp.example", "suppressed", at, lists=("csp",), updated=at),
+                Settled(
+                    occ,
+                    "pcc-x",
+                    "pcc-x",
+                    "sent",
+                    at,
+                    attempts=1,
+                    provider_id="1234",
+                    updated=at,
+                    sent_at=at + timedelta(minutes=2),
+                ),
+            ]
+        )

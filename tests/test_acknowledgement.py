@@ -26,11 +26,17 @@ from tests.test_web import Servers
 
 JANE = "jane.smith@telford-wrekin-csp.example"  # on the csp and socjag lists, Telford & Wrekin CSP
 PAT = "pat.jones@example.org"  # on no list, answering for West Mercia Police
-POLICE = ("mark.ellery@westmercia-police.example", "priya.chauhan@westmercia-police.example",
-          "richard.hollis@westmercia-police.example", "sian.prys@westmercia-police.example")
-RESPONSES = ("email,name,organisation,received,reference\n"
-             f"{JANE},Jane Smith,Telford & Wrekin CSP,01/08/2019 14:30,R-1\n"
-             f"{PAT},Pat Jones,WEST MERCIA POLICE,02/08/2019,R-2\n")
+POLICE = (
+    "mark.ellery@westmercia-police.example",
+    "priya.chauhan@westmercia-police.example",
+    "richard.hollis@westmercia-police.example",
+    "sian.prys@westmercia-police.example",
+)
+RESPONSES = (
+    "email,name,organisation,received,reference\n"
+    f"{JANE},Jane Smith,Telford & Wrekin CSP,01/08/2019 14:30,R-1\n"
+    f"{PAT},Pat Jones,WEST MERCIA POLICE,02/08/2019,R-2\n"
+)
 THANKS = "Thank you for your response to the Serious and Organised Crime Strategy consultation"
 
 
@@ -117,9 +123,11 @@ def test_response_received_cannot_be_fired_by_send(example: Project, smtp_server
 
 
 def test_validate_renders_the_thank_you_template_with_a_sample_response(project: Project) -> None:
-    project.write("templates/response_received/email.j2",
-                  "{% block subject %}Thanks{% endblock %}{% block text %}{{ response.received | date }} "
-                  "{{ response.nmae }}{% endblock %}")
+    project.write(
+        "templates/response_received/email.j2",
+        "{% block subject %}Thanks{% endblock %}{% block text %}{{ response.received | date }} "
+        "{{ response.nmae }}{% endblock %}",
+    )
     result = project.run("validate")
     assert result.returncode == 1
     assert "templates/response_received/email.j2" in result.stderr and "nmae" in result.stderr
@@ -127,12 +135,19 @@ def test_validate_renders_the_thank_you_template_with_a_sample_response(project:
 
 def test_skip_compares_organisations_without_case_and_prefers_the_address() -> None:
     at = datetime(2019, 8, 1, 13, 30, tzinfo=UTC)
-    reasons = Responders.of([Response(1, SOC, "ccg@nhs.example", None, " Telford CCG ", at, None, at, None)],
-                            ZoneInfo("Europe/London"))
-    people = [Recipient("CCG@nhs.example", organisation="Other"), Recipient("a@x.example", organisation="telford ccg"),
-              Recipient("b@x.example", organisation="Telford"), Recipient("c@x.example")]
+    reasons = Responders.of(
+        [Response(1, SOC, "ccg@nhs.example", None, " Telford CCG ", at, None, at, None)], ZoneInfo("Europe/London")
+    )
+    people = [
+        Recipient("CCG@nhs.example", organisation="Other"),
+        Recipient("a@x.example", organisation="telford ccg"),
+        Recipient("b@x.example", organisation="Telford"),
+        Recipient("c@x.example"),
+    ]
     assert skipped(("responded",), reasons, people) == {
-        "ccg@nhs.example": "responded on 1 August 2019", "a@x.example": "Telford CCG responded"}
+        "ccg@nhs.example": "responded on 1 August 2019",
+        "a@x.example": "Telford CCG responded",
+    }
     assert skipped((), reasons, people) == {}
 
 
@@ -167,8 +182,13 @@ def test_the_api_records_a_response_once_and_an_import_of_it_too_thanks_nobody_t
     example.env["NOTIFIER_DATABASE_URL"] = database
     url = f"{servers.start(settings)}/api/consultations/{SOC}/responses"
     auth = {"Authorization": "Bearer admin-secret"}
-    pat = {"email": PAT, "name": "Pat Jones", "organisation": "West Mercia Police", "received": "2019-08-02",
-           "reference": "R-2"}
+    pat = {
+        "email": PAT,
+        "name": "Pat Jones",
+        "organisation": "West Mercia Police",
+        "received": "2019-08-02",
+        "reference": "R-2",
+    }
     service = Service(settings)
     with httpx.Client(timeout=30) as http, service.worker(threads=2):
         assert http.post(url, json=pat).status_code == 401
@@ -209,8 +229,11 @@ def test_the_responses_api_is_off_without_an_admin_token_and_records_nothing(
     )
     base = servers.start(settings)
     with httpx.Client(timeout=30) as http:
-        answer = http.post(f"{base}/api/consultations/{SOC}/responses", json={"email": PAT},
-                           headers={"Authorization": "Bearer anything"})
+        answer = http.post(
+            f"{base}/api/consultations/{SOC}/responses",
+            json={"email": PAT},
+            headers={"Authorization": "Bearer anything"},
+        )
     assert answer.status_code == 404 and "NOTIFIER_ADMIN_TOKEN" in answer.json()["error"]
     store = Store(make_engine(database))
     try:

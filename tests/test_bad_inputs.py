@@ -108,9 +108,7 @@ def load_case(folder: Path) -> Case:
         if match is None:
             raise ValueError(f"{folder.name}/expect.txt: cannot read {raw!r}")
         number = match["line"]
-        expected.append(
-            Expectation(_strip_dot(match["path"]), int(number) if number else None, match["text"])
-        )
+        expected.append(Expectation(_strip_dot(match["path"]), int(number) if number else None, match["text"]))
     xfail = folder / "xfail.txt"
     reason = " ".join(xfail.read_text(encoding="utf-8").split()) if xfail.exists() else None
     return Case(folder.name, folder, env, tuple(expected), reason)
@@ -145,9 +143,7 @@ def build(case: Case | None, target: Path) -> Path:
     return target
 
 
-def notifier(
-    project: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def notifier(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m notifier ARGS`` on ``project``, with no Redis configured."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     environ.update(
@@ -192,9 +188,7 @@ def _has_line(path: Path, line: int) -> bool:
 
 def assert_refused(result: subprocess.CompletedProcess[str], case: Case, project: Path, command: str) -> None:
     """Exit 1, no traceback, every expected problem printed, no line past a file's end, no outbox."""
-    output = (
-        f"notifier {command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
+    output = f"notifier {command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "Traceback" not in result.stderr, output
     assert result.returncode == 1, output
     problems = printed_problems(result.stderr, project)

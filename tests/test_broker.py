@@ -83,12 +83,15 @@ def test_the_configured_url_and_its_db_number_are_used(
     assert not (tmp_path / "var" / "redis").exists(), "no embedded server when a URL is set"
 
 
-@pytest.mark.parametrize("template", [
-    "redis://:s3cret-pw@127.0.0.1:{port}/0",
-    "redis://notifier:s3cret-pw@127.0.0.1:{port}/0",
-    "redis://127.0.0.1:{port}/0?password=s3cret-pw",
-    "redis://127.0.0.1:{port}/0?db=0&password=s3cret-pw&socket_timeout=5",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://:s3cret-pw@127.0.0.1:{port}/0",
+        "redis://notifier:s3cret-pw@127.0.0.1:{port}/0",
+        "redis://127.0.0.1:{port}/0?password=s3cret-pw",
+        "redis://127.0.0.1:{port}/0?db=0&password=s3cret-pw&socket_timeout=5",
+    ],
+)
 def test_an_unreachable_redis_is_named_without_its_password(template: str) -> None:
     port = free_port()
     settings = Settings(redis_url=template.format(port=port))

@@ -44,9 +44,7 @@ LIVE = ("x", "facebook", "mastodon", "bluesky", "webhook")
 def payload(text: str | None = None, *, link: str = LINK) -> PostPayload:
     """A rendered post for the opened event of the SOC strategy consultation."""
     return PostPayload(
-        text=text
-        if text is not None
-        else f"Have your say on our Serious and Organised Crime Strategy: {LINK}",
+        text=text if text is not None else f"Have your say on our Serious and Organised Crime Strategy: {LINK}",
         link=link,
         consultation_id="soc-strategy-2019",
         consultation_title="Serious and Organised Crime Strategy",
@@ -105,9 +103,7 @@ def make_channel(platform: str, server: Platforms, *, c: httpx.Client, wrong: bo
             client=c,
         )
     if platform == "bluesky":
-        account = Account(
-            id="pcc-bluesky", platform="bluesky", handle=server.bluesky_handle, api_base=server.url
-        )
+        account = Account(id="pcc-bluesky", platform="bluesky", handle=server.bluesky_handle, api_base=server.url)
         return BlueskyChannel(account, token=bad if wrong else server.bluesky_password, client=c)
     account = Account(id="website", platform="webhook", url=f"{server.url}/hooks/website")
     return WebhookChannel(account, secret=bad.encode() if wrong else server.webhook_key, client=c)
@@ -146,9 +142,7 @@ def secret_of(platform: str, server: Platforms) -> str:
 # ---------------------------------------------------------------------------
 
 
-def test_x_posts_once_with_bearer_token_and_link(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_x_posts_once_with_bearer_token_and_link(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     receipt = channel_for("x").send(delivery("pcc-x"), payload())
 
     [post] = platforms.accepted("x")
@@ -159,9 +153,7 @@ def test_x_posts_once_with_bearer_token_and_link(
     assert receipt.url == f"https://x.com/i/web/status/{receipt.provider_id}"
 
 
-def test_x_adds_the_link_when_the_template_left_it_out(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_x_adds_the_link_when_the_template_left_it_out(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     channel_for("x").send(delivery("pcc-x"), payload("The consultation is open."))
 
     [post] = platforms.accepted("x")
@@ -195,9 +187,7 @@ def test_facebook_uses_the_accounts_graph_version(platforms: Platforms) -> None:
         graph_version="v19.0",
     )
     with client() as c:
-        FacebookChannel(account, token=platforms.facebook_token, client=c).send(
-            delivery("pcc-facebook"), payload()
-        )
+        FacebookChannel(account, token=platforms.facebook_token, client=c).send(delivery("pcc-facebook"), payload())
 
     assert [p.path for p in platforms.accepted("facebook")] == [f"/v19.0/{platforms.page_id}/feed"]
 
@@ -215,9 +205,7 @@ def test_mastodon_posts_with_bearer_token_and_an_idempotency_key(
     assert receipt.url == f"{platforms.url}/@pcc/{receipt.provider_id}"
 
 
-def test_mastodon_idempotency_key_differs_per_occurrence(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_mastodon_idempotency_key_differs_per_occurrence(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     channel = channel_for("mastodon")
     first = channel.send(delivery("pcc-mastodon"), payload())
     again = channel.send(delivery("pcc-mastodon", occurrence="soc-strategy-2019/opened/2"), payload())
@@ -265,9 +253,7 @@ def test_bluesky_reuses_its_session(platforms: Platforms, channel_for: Callable[
     assert platforms.sessions_created == 1
 
 
-def test_bluesky_renews_an_expired_session_once(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_bluesky_renews_an_expired_session_once(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     channel = channel_for("bluesky")
     channel.send(delivery("pcc-bluesky"), payload("first"))
     platforms.expire_sessions()
@@ -311,9 +297,7 @@ def test_webhook_posts_a_signed_json_body(platforms: Platforms, channel_for: Cal
 
 
 @pytest.mark.parametrize("status", [201, 202, 204])
-def test_webhook_any_2xx_is_success(
-    platforms: Platforms, channel_for: Callable[..., Any], status: int
-) -> None:
+def test_webhook_any_2xx_is_success(platforms: Platforms, channel_for: Callable[..., Any], status: int) -> None:
     platforms.webhook_reply = (status, {}, b"")
     d = delivery("website")
 
@@ -366,9 +350,7 @@ def test_rate_limited_then_success_waits_as_told_and_posts_once(
     assert receipt.provider_id
 
 
-def test_bluesky_rate_limited_login_is_transient(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_bluesky_rate_limited_login_is_transient(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     platforms.rate_limit("bluesky-session", 60)
     channel = channel_for("bluesky")
     d = delivery("pcc-bluesky")
@@ -399,9 +381,7 @@ def test_server_error_then_success_posts_once(
     assert len(platforms.accepted(platform)) == 1
 
 
-def test_service_unavailable_honours_retry_after_date(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_service_unavailable_honours_retry_after_date(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     platforms.fail("webhook", 503, headers={"Retry-After": when})
 
@@ -449,9 +429,7 @@ def test_bluesky_taken_record_key_on_a_first_attempt_is_our_post(
     assert again == first
 
 
-def test_x_duplicate_on_a_first_attempt_is_permanent(
-    platforms: Platforms, channel_for: Callable[..., Any]
-) -> None:
+def test_x_duplicate_on_a_first_attempt_is_permanent(platforms: Platforms, channel_for: Callable[..., Any]) -> None:
     channel = channel_for("x")
     channel.send(delivery("pcc-x"), payload())
 
@@ -479,8 +457,7 @@ def test_connection_refused_is_transient(platforms: Platforms) -> None:
         ("x", "HTTP 401 Unauthorized: Unauthorized; check NOTIFIER_PCC_X_TOKEN"),
         (
             "facebook",
-            "Invalid OAuth access token - Cannot parse access token (code 190); "
-            "check NOTIFIER_PCC_FACEBOOK_TOKEN",
+            "Invalid OAuth access token - Cannot parse access token (code 190); check NOTIFIER_PCC_FACEBOOK_TOKEN",
         ),
         ("mastodon", "HTTP 401 Unauthorized: The access token is invalid; check NOTIFIER_PCC_MASTODON_TOKEN"),
         (
@@ -704,9 +681,7 @@ def test_is_outbox_follows_the_contract() -> None:
     assert not is_outbox(Account(id="pcc-x", platform="x"), settings)
     assert is_outbox(Account(id="pcc-mastodon", platform="mastodon", instance="https://m.example"), settings)
     assert not is_outbox(Account(id="website", platform="webhook", url="https://cms.example/h"), settings)
-    assert is_outbox(
-        Account(id="website", platform="webhook", url="https://cms.example/h", outbox=True), settings
-    )
+    assert is_outbox(Account(id="website", platform="webhook", url="https://cms.example/h", outbox=True), settings)
 
 
 def test_build_account_channel_picks_live_or_outbox(tmp_path: Path) -> None:
@@ -748,28 +723,40 @@ def test_send_posts_once_to_every_live_account_and_report_shows_each_post(
     platforms: Platforms, project: Any, redis_url: str, smtp_server: Any
 ) -> None:
     platforms.webhook_key = b"test-secret-key"  # the project's NOTIFIER_SECRET_KEY signs webhook bodies
-    project.write("config/notifier.yaml", (project.config / "notifier.yaml").read_text().split("accounts:")[0] + (
-        "accounts:\n"
-        f"  pcc-x: {{platform: x, api_base: '{platforms.url}'}}\n"
-        f"  pcc-facebook: {{platform: facebook, page_id: '{platforms.page_id}', api_base: '{platforms.url}'}}\n"
-        f"  pcc-mastodon: {{platform: mastodon, instance: '{platforms.url}'}}\n"
-        f"  pcc-bluesky: {{platform: bluesky, handle: {platforms.bluesky_handle}, api_base: '{platforms.url}'}}\n"
-        f"  pcc-website: {{platform: webhook, url: '{platforms.url}/hooks/website'}}\n"
-    ))
+    project.write(
+        "config/notifier.yaml",
+        (project.config / "notifier.yaml").read_text().split("accounts:")[0]
+        + (
+            "accounts:\n"
+            f"  pcc-x: {{platform: x, api_base: '{platforms.url}'}}\n"
+            f"  pcc-facebook: {{platform: facebook, page_id: '{platforms.page_id}', api_base: '{platforms.url}'}}\n"
+            f"  pcc-mastodon: {{platform: mastodon, instance: '{platforms.url}'}}\n"
+            f"  pcc-bluesky: {{platform: bluesky, handle: {platforms.bluesky_handle}, api_base: '{platforms.url}'}}\n"
+            f"  pcc-website: {{platform: webhook, url: '{platforms.url}/hooks/website'}}\n"
+        ),
+    )
     consultation = project.config / "consultations" / "soc-strategy-2019.yaml"
-    consultation.write_text(consultation.read_text().replace(
-        "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
-        "channels: [email, pcc-x, pcc-facebook, pcc-mastodon, pcc-bluesky, pcc-website]",
-    ).replace("channels: [email, pcc-x, pcc-facebook, pcc-website]", "channels: [email, pcc-x]"))
+    consultation.write_text(
+        consultation.read_text()
+        .replace(
+            "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
+            "channels: [email, pcc-x, pcc-facebook, pcc-mastodon, pcc-bluesky, pcc-website]",
+        )
+        .replace("channels: [email, pcc-x, pcc-facebook, pcc-website]", "channels: [email, pcc-x]")
+    )
     for event in ("opened", "reminder", "closed", "outcome"):  # the short X wording fits them all
         for platform in ("mastodon", "bluesky"):
             project.write(f"templates/{event}/{platform}.j2", (project.templates / event / "x.j2").read_text())
-    project.env.update({
-        "NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
-        "NOTIFIER_PCC_X_TOKEN": platforms.x_token, "NOTIFIER_PCC_FACEBOOK_TOKEN": platforms.facebook_token,
-        "NOTIFIER_PCC_MASTODON_TOKEN": platforms.mastodon_token,
-        "NOTIFIER_PCC_BLUESKY_TOKEN": platforms.bluesky_password,
-    })
+    project.env.update(
+        {
+            "NOTIFIER_REDIS_URL": redis_url,
+            "NOTIFIER_SMTP_URL": smtp_server.url,
+            "NOTIFIER_PCC_X_TOKEN": platforms.x_token,
+            "NOTIFIER_PCC_FACEBOOK_TOKEN": platforms.facebook_token,
+            "NOTIFIER_PCC_MASTODON_TOKEN": platforms.mastodon_token,
+            "NOTIFIER_PCC_BLUESKY_TOKEN": platforms.bluesky_password,
+        }
+    )
     assert project.run("validate").returncode == 0, project.run("validate").stderr
 
     project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)

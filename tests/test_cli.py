@@ -57,7 +57,7 @@ def test_preview_prints_the_whole_email_for_one_stakeholder(wide: Project) -> No
     assert "Subject: Consultation open: Serious and Organised Crime Strategy" in out
     assert "text/plain" in out and "text/html" in out
     assert "Dear Jane Smith" in out or "Dear Jane" in out
-    assert "<html lang=\"en-GB\">" in out and "<p style=" in out, "the HTML part is printed as HTML"
+    assert '<html lang="en-GB">' in out and "<p style=" in out, "the HTML part is printed as HTML"
 
 
 def test_preview_of_a_post_shows_its_length_against_the_limit(wide: Project) -> None:
@@ -68,10 +68,12 @@ def test_preview_of_a_post_shows_its_length_against_the_limit(wide: Project) -> 
 
 def test_preview_prints_emoji_codes_and_square_brackets_literally_as_they_are_sent(wide: Project) -> None:
     # Rich would turn :x: into an emoji and [red]/[bold] into styles (dropping the brackets).
-    wide.write("templates/outcome/email.j2",
-               "{% block subject %}Results :x: [red]now[/red]{% endblock %}\n"
-               "{% block text %}Tick :white_check_mark: or cross :x:, see [bold]here[/bold] [link=x]y[/link]"
-               "{% endblock %}\n")
+    wide.write(
+        "templates/outcome/email.j2",
+        "{% block subject %}Results :x: [red]now[/red]{% endblock %}\n"
+        "{% block text %}Tick :white_check_mark: or cross :x:, see [bold]here[/bold] [link=x]y[/link]"
+        "{% endblock %}\n",
+    )
     wide.write("templates/outcome/x.j2", "Post :x: [red]out[/red] {{ consultation.url }}")
     email = wide.run("preview", "soc-strategy-2019", "outcome", "--channel", "email", check=True).stdout
     assert "Subject: Results :x: [red]now[/red]" in email
@@ -156,17 +158,29 @@ def test_run_fires_an_event_when_it_comes_due_and_stops_cleanly(
     project: Project, redis_url: str, smtp_server: SmtpServer
 ) -> None:
     port = free_port()
-    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
-                        "NOTIFIER_WEB_BIND": f"127.0.0.1:{port}"})
+    project.env.update(
+        {
+            "NOTIFIER_REDIS_URL": redis_url,
+            "NOTIFIER_SMTP_URL": smtp_server.url,
+            "NOTIFIER_WEB_BIND": f"127.0.0.1:{port}",
+        }
+    )
     # the example opens at 09:00 on 9 July 2019: start the clock eight seconds before
     process = subprocess.Popen(
         [sys.executable, "-m", "notifier", "run", "--threads", "4", "--now", "2019-07-09 08:59:52"],
-        cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
-        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz?require=workers,scheduler"), 30,
-                   "run to serve /healthz with a worker and a leader")
+        wait_until(
+            lambda: _healthy(f"http://127.0.0.1:{port}/healthz?require=workers,scheduler"),
+            30,
+            "run to serve /healthz with a worker and a leader",
+        )
         assert smtp_server.handler.count() == 0, "nothing is sent before the event is due"
         wait_until(lambda: smtp_server.handler.count() >= 36, deadline - time.monotonic(), "the 36 e-mails")
         assert smtp_server.handler.count() == 36

@@ -32,10 +32,19 @@ DOCKERFILE = ROOT / "Dockerfile"
 NOTIFIER_SERVICES = ("scheduler", "worker", "web")
 #: The contract's settings, plus notifier's documented extensions.
 CONTRACT_SETTINGS = {
-    "NOTIFIER_CONFIG", "NOTIFIER_DATA_DIR", "NOTIFIER_REDIS_URL", "NOTIFIER_SMTP_URL",
-    "NOTIFIER_PUBLIC_URL", "NOTIFIER_WEB_BIND", "NOTIFIER_SECRET_KEY",
-    "NOTIFIER_GRACE_HOURS", "NOTIFIER_RETRY_BASE_SECONDS", "NOTIFIER_MAX_ATTEMPTS", "NOTIFIER_ADMIN_TOKEN",
-    "NOTIFIER_DATABASE_URL", "NOTIFIER_RETENTION_DAYS",
+    "NOTIFIER_CONFIG",
+    "NOTIFIER_DATA_DIR",
+    "NOTIFIER_REDIS_URL",
+    "NOTIFIER_SMTP_URL",
+    "NOTIFIER_PUBLIC_URL",
+    "NOTIFIER_WEB_BIND",
+    "NOTIFIER_SECRET_KEY",
+    "NOTIFIER_GRACE_HOURS",
+    "NOTIFIER_RETRY_BASE_SECONDS",
+    "NOTIFIER_MAX_ATTEMPTS",
+    "NOTIFIER_ADMIN_TOKEN",
+    "NOTIFIER_DATABASE_URL",
+    "NOTIFIER_RETENTION_DAYS",
 }
 TOKEN_PLATFORMS = ("x", "facebook", "mastodon", "bluesky")
 
@@ -153,9 +162,7 @@ def test_notifier_services_share_the_settings(name: str, services: dict[str, Any
 
 
 @pytest.mark.parametrize("name", NOTIFIER_SERVICES)
-def test_notifier_services_mount_config_read_only_and_wait_for_redis(
-    name: str, services: dict[str, Any]
-) -> None:
+def test_notifier_services_mount_config_read_only_and_wait_for_redis(name: str, services: dict[str, Any]) -> None:
     service = services[name]
     volumes = [str(v) for v in service["volumes"]]
     assert "./config:/app/config:ro" in volumes
@@ -275,12 +282,18 @@ def test_docker_compose_accepts_the_file_and_requires_the_secret_key() -> None:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(ROOT)}
     ok = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-        env={**env, "NOTIFIER_SECRET_KEY": "x"}, capture_output=True, text=True, timeout=60,
+        env={**env, "NOTIFIER_SECRET_KEY": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
     missing = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode != 0
     assert "NOTIFIER_SECRET_KEY" in missing.stderr
@@ -329,8 +342,11 @@ def test_dockerfile_installs_the_package_without_dev_extras_and_runs_notifier() 
 
 def test_everything_the_dockerfile_copies_exists_and_reaches_the_build() -> None:
     # `pip install` needs pyproject.toml, the package and the README that pyproject names.
-    ignore = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-              if p.strip() and not p.strip().startswith("#")]
+    ignore = [
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.strip().startswith("#")
+    ]
     assert ignore[0] == "*", ".dockerignore should allow-list, so no secrets or venvs reach the build"
     allowed = {p[1:].rstrip("/") for p in ignore if p.startswith("!")}
     for op, args in dockerfile():

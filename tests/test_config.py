@@ -24,18 +24,18 @@ def test_the_example_loads_into_typed_frozen_models(project: Project) -> None:
 
 
 def test_every_problem_is_reported_in_one_pass(project: Project) -> None:
-    project.write("config/stakeholders/extra.yaml", (
-        "lists:\n"
-        "  extra:\n"
-        "    members:\n"
-        "      - {email: not-an-address}\n"
-        "    colour: blue\n"
-    ))
-    project.write("config/consultations/second.yaml", (
-        "title: Second\nurl: https://x.example\nsummary: S\n"
-        "opens: 2020-01-10 09:00\ncloses: 2020-01-01 09:00\n"
-        "audience: [extra]\nchannels: [email]\n"
-    ))
+    project.write(
+        "config/stakeholders/extra.yaml",
+        ("lists:\n  extra:\n    members:\n      - {email: not-an-address}\n    colour: blue\n"),
+    )
+    project.write(
+        "config/consultations/second.yaml",
+        (
+            "title: Second\nurl: https://x.example\nsummary: S\n"
+            "opens: 2020-01-10 09:00\ncloses: 2020-01-01 09:00\n"
+            "audience: [extra]\nchannels: [email]\n"
+        ),
+    )
     with pytest.raises(ConfigError) as caught:
         load_config(project.config)
     messages = [str(p) for p in caught.value.problems]
@@ -61,8 +61,14 @@ def test_settings_come_from_the_environment_with_the_contract_defaults(tmp_path:
 
 
 def test_only_upper_case_non_empty_variables_are_settings() -> None:
-    settings = Settings.from_env({"notifier_redis_url": "redis://h:1/3", "NOTIFIER_DATA_DIR": "",
-                                  "NOTIFIER_WEB_BIND": "0.0.0.0:80", "NOTIFIER_ENV": "{}"})
+    settings = Settings.from_env(
+        {
+            "notifier_redis_url": "redis://h:1/3",
+            "NOTIFIER_DATA_DIR": "",
+            "NOTIFIER_WEB_BIND": "0.0.0.0:80",
+            "NOTIFIER_ENV": "{}",
+        }
+    )
     assert (settings.redis_url, settings.data_dir, settings.web_bind) == (None, Path("var"), "0.0.0.0:80")
     assert Settings.from_env({"NOTIFIER_PUBLIC_URL": "https://notify.example/"}).public_url == "https://notify.example"
 
@@ -103,9 +109,13 @@ def test_a_list_that_fails_is_left_out_and_everything_else_is_still_checked(proj
     police = project.config / "stakeholders" / "police.yaml"
     police.write_text(police.read_text().replace("mark.ellery@westmercia-police.example", "mark.ellery@"))
     consultation = project.config / "consultations" / "soc-strategy-2019.yaml"
-    consultation.write_text(consultation.read_text().replace(
-        "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
-        "channels: [email, pcc-x, pcc-facebok, pcc-website, police-website]", 1))
+    consultation.write_text(
+        consultation.read_text().replace(
+            "channels: [email, pcc-x, pcc-facebook, pcc-website, police-website]",
+            "channels: [email, pcc-x, pcc-facebok, pcc-website, police-website]",
+            1,
+        )
+    )
 
     config, problems = load_partial(project.config)
 
@@ -124,15 +134,15 @@ def test_a_list_that_fails_is_left_out_and_everything_else_is_still_checked(proj
 
 
 @pytest.mark.parametrize(
-    "relative", ["notifier.yaml", "stakeholders/police.yaml", "stakeholders/media.csv",
-                 "consultations/soc-strategy-2019.yaml"],
+    "relative",
+    ["notifier.yaml", "stakeholders/police.yaml", "stakeholders/media.csv", "consultations/soc-strategy-2019.yaml"],
 )
 def test_an_empty_file_is_an_error_not_nothing(project: Project, relative: str) -> None:
     (project.config / relative).write_text("# to do\n" if relative.endswith(".yaml") else "")
     _, problems = load_partial(project.config)
-    assert any(p.path == str(project.config / relative) and p.message.startswith("empty file") for p in problems), (
-        [str(p) for p in problems]
-    )
+    assert any(p.path == str(project.config / relative) and p.message.startswith("empty file") for p in problems), [
+        str(p) for p in problems
+    ]
 
 
 def test_a_csv_row_is_reported_where_it_starts(project: Project) -> None:
@@ -175,22 +185,80 @@ def test_account_addresses_must_be_http_urls(project: Project, account: str, key
 # The fast path for plain ASCII addresses must agree with email_validator on everything
 # it accepts, and leave everything else (to be accepted or rejected) to it.
 TRICKY_ADDRESSES = [
-    "jane.smith@org1.example", "Tom.Baxter.12@ORG12.Example", "a@b.co", "A@X.Example",
-    "o'connor+tag@sub.domain.co.uk", "a!#$%&'*+/=?^`{|}~-@x.org", "x_y-z@xn--bcher-kva.example",
-    "Info@x.example", "POSTMASTER@x.example", "webmaster@x.example",  # RFC 2142: lower-cased
-    "a@localhost", "a@x.local", "a@x.onion", "a@x.test", "a@x.invalid", "a@x.arpa", "a@example",
-    "a@x.123", "a@1.2.3.4", "a@[1.2.3.4]", "a@[IPv6:::1]", "a@ab--cd.example", "a@xn--a.example",
-    "a@-a.example", "a@a-.example", "a@x..example", "a@x.example.", "a@.x.example", "a@x-.example",
-    ".a@x.example", "a.@x.example", "a..b@x.example", '"a b"@x.example', '"a"@x.example',
-    "a@@x.example", "a@b@x.example", "@x.example", "a@", "a", "", " a@x.example", "a @x.example",
-    "Jane <a@x.example>", "<a@x.example>", "a(b)@x.example", "a,b@x.example", "a;b@x.example",
-    "a\\b@x.example", "a[b]@x.example", "a:b@x.example", "a\t@x.example", "a\n@x.example",
-    "siân@x.example", "a@bücher.example", "a@BÜCHER.example", "a@ｘ.example", "a＠x.example",
-    "a\u200b@x.example", "a@x\u200b.example", "a\u0338@x.example", "a@x.exampl\u0338e", "İ@x.example",
-    "a@x_y.example", "a@x.ex_ample", "a@" + "b" * 63 + ".example", "a@" + "b" * 64 + ".example",
-    "a" * 64 + "@x.example", "a" * 65 + "@x.example", "a" * 240 + "@" + "b" * 9 + ".com",
-    "a" * 241 + "@" + "b" * 9 + ".com", "x@" + ("a" * 63 + ".") * 3 + "a" * 61,
-    "x@" + ("a" * 63 + ".") * 3 + "a" * 62, "a@xn--bcher-kva.XN--P1AI", "a@xn--p1ai.example",
+    "jane.smith@org1.example",
+    "Tom.Baxter.12@ORG12.Example",
+    "a@b.co",
+    "A@X.Example",
+    "o'connor+tag@sub.domain.co.uk",
+    "a!#$%&'*+/=?^`{|}~-@x.org",
+    "x_y-z@xn--bcher-kva.example",
+    "Info@x.example",
+    "POSTMASTER@x.example",
+    "webmaster@x.example",  # RFC 2142: lower-cased
+    "a@localhost",
+    "a@x.local",
+    "a@x.onion",
+    "a@x.test",
+    "a@x.invalid",
+    "a@x.arpa",
+    "a@example",
+    "a@x.123",
+    "a@1.2.3.4",
+    "a@[1.2.3.4]",
+    "a@[IPv6:::1]",
+    "a@ab--cd.example",
+    "a@xn--a.example",
+    "a@-a.example",
+    "a@a-.example",
+    "a@x..example",
+    "a@x.example.",
+    "a@.x.example",
+    "a@x-.example",
+    ".a@x.example",
+    "a.@x.example",
+    "a..b@x.example",
+    '"a b"@x.example',
+    '"a"@x.example',
+    "a@@x.example",
+    "a@b@x.example",
+    "@x.example",
+    "a@",
+    "a",
+    "",
+    " a@x.example",
+    "a @x.example",
+    "Jane <a@x.example>",
+    "<a@x.example>",
+    "a(b)@x.example",
+    "a,b@x.example",
+    "a;b@x.example",
+    "a\\b@x.example",
+    "a[b]@x.example",
+    "a:b@x.example",
+    "a\t@x.example",
+    "a\n@x.example",
+    "siân@x.example",
+    "a@bücher.example",
+    "a@BÜCHER.example",
+    "a@ｘ.example",
+    "a＠x.example",
+    "a\u200b@x.example",
+    "a@x\u200b.example",
+    "a\u0338@x.example",
+    "a@x.exampl\u0338e",
+    "İ@x.example",
+    "a@x_y.example",
+    "a@x.ex_ample",
+    "a@" + "b" * 63 + ".example",
+    "a@" + "b" * 64 + ".example",
+    "a" * 64 + "@x.example",
+    "a" * 65 + "@x.example",
+    "a" * 240 + "@" + "b" * 9 + ".com",
+    "a" * 241 + "@" + "b" * 9 + ".com",
+    "x@" + ("a" * 63 + ".") * 3 + "a" * 61,
+    "x@" + ("a" * 63 + ".") * 3 + "a" * 62,
+    "a@xn--bcher-kva.XN--P1AI",
+    "a@xn--p1ai.example",
 ]
 
 
@@ -199,10 +267,34 @@ def _mutations(count: int) -> list[str]:
     import random
 
     rng = random.Random(2019)
-    bases = ["jane.smith@org1.example", "o'connor+tag@sub.domain.co.uk", "a@b.co", "Tom.B@ORG12.Example",
-             "x_y-z@xn--bcher-kva.example", "a!#$%&'*+/=?^`{|}~-@x.org"]
-    risky = [*"aZ9.-_+@!#$%&'*/=?^`{|}~\"(),:;<>[]\\ \t", "é", "\u0338", "Ａ", "\u200b", "ß", "İ", "\u212a",
-             "\u00a0", "xn--", "--", "postmaster", "localhost", ".test", ".local", "123", "a" * 70, "ab--"]
+    bases = [
+        "jane.smith@org1.example",
+        "o'connor+tag@sub.domain.co.uk",
+        "a@b.co",
+        "Tom.B@ORG12.Example",
+        "x_y-z@xn--bcher-kva.example",
+        "a!#$%&'*+/=?^`{|}~-@x.org",
+    ]
+    risky = [
+        *"aZ9.-_+@!#$%&'*/=?^`{|}~\"(),:;<>[]\\ \t",
+        "é",
+        "\u0338",
+        "Ａ",
+        "\u200b",
+        "ß",
+        "İ",
+        "\u212a",
+        "\u00a0",
+        "xn--",
+        "--",
+        "postmaster",
+        "localhost",
+        ".test",
+        ".local",
+        "123",
+        "a" * 70,
+        "ab--",
+    ]
     found = []
     for _ in range(count):
         text = rng.choice(bases)
@@ -275,21 +367,26 @@ def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> 
         "dan@gazette.example\n"
     )
     (project.config / "stakeholders" / "media.csv").write_text(
-        good +
-        "josé@gazette.example,José,,,\n"
+        good + "josé@gazette.example,José,,,\n"
         ",Nameless,,,\n"
         "eve@gazette.example,Eve,,maybe,\n"
         "fay@gazette.example,Fay,,,,extra\n"
     )
     _, problems = load_partial(project.config)
     assert [(p.line, p.message.split(":")[0]) for p in problems if p.path.endswith("media.csv")] == [
-        (7, "email"), (8, "email"), (9, "subscribed must be true or false, not 'maybe'"),
+        (7, "email"),
+        (8, "email"),
+        (9, "subscribed must be true or false, not 'maybe'"),
         (10, "row has more cells than the header (5)"),
     ]
     (project.config / "stakeholders" / "media.csv").write_text(good)
     ann, bob, carl, dan = load_config(project.config).lists["media"].members
     assert (ann.email, ann.name, ann.organisation, ann.subscribed, ann.extra) == (
-        "Ann.Lee@gazette.example", "Ann Lee", None, True, {"role": "Editor"}
+        "Ann.Lee@gazette.example",
+        "Ann Lee",
+        None,
+        True,
+        {"role": "Editor"},
     )
     assert (bob.name, bob.organisation, bob.subscribed, bob.extra) == (None, "Gazette", True, {"role": ""})
     assert carl.subscribed is False and dan.extra == {"role": ""}
@@ -335,11 +432,14 @@ def test_validate_warns_of_local_times_the_clocks_skip_or_repeat_and_says_which_
     result = project.run("validate")
     assert result.returncode == 0, result.stderr  # warnings: the times are usable, just surprising
     file = str(path)
-    assert (f"{file}:19: warning: opens: 2027-03-28 01:30 does not exist in Europe/London (the clocks go forward "
-            "then): it is read as 2027-03-28 02:30 BST (+01:00)") in result.stderr, result.stderr
-    assert (f"{file}:20: warning: closes: 2027-10-31 01:30 happens twice in Europe/London (the clocks go back "
-            "then): the first is used, 2027-10-31 01:30 BST (+01:00); write 2027-10-31T01:30+00:00 for the second"
-            ) in result.stderr, result.stderr
+    assert (
+        f"{file}:19: warning: opens: 2027-03-28 01:30 does not exist in Europe/London (the clocks go forward "
+        "then): it is read as 2027-03-28 02:30 BST (+01:00)"
+    ) in result.stderr, result.stderr
+    assert (
+        f"{file}:20: warning: closes: 2027-10-31 01:30 happens twice in Europe/London (the clocks go back "
+        "then): the first is used, 2027-10-31 01:30 BST (+01:00); write 2027-10-31T01:30+00:00 for the second"
+    ) in result.stderr, result.stderr
     assert f"{file}:66: warning: at: 2028-03-26 01:15 does not exist" in result.stderr
     assert "2028-03-26 02:15 BST (+01:00)" in result.stderr
 
@@ -353,8 +453,9 @@ def test_a_day_offset_that_lands_on_a_repeated_hour_is_a_warning_at_the_event(pr
     path.write_text(text)
     result = project.run("validate")
     assert result.returncode == 0, result.stderr
-    assert (f"{path}:56: warning: at: closes - 7d is 2027-10-31 01:30, which happens twice in Europe/London"
-            ) in result.stderr, result.stderr
+    assert (
+        f"{path}:56: warning: at: closes - 7d is 2027-10-31 01:30, which happens twice in Europe/London"
+    ) in result.stderr, result.stderr
     assert "2027-11-07" not in result.stderr.replace("closes - 7d", ""), "closes itself is an ordinary time"
 
 

@@ -86,9 +86,7 @@ def test_everyone_in_the_audience_gets_exactly_one_email(
     assert set(record.lists) == {"csp", "socjag"}, "the report must show every list that brought her in"
 
 
-def test_subscribed_false_and_unsubscribed_people_are_not_emailed(
-    service: Service, smtp_server: SmtpServer
-) -> None:
+def test_subscribed_false_and_unsubscribed_people_are_not_emailed(service: Service, smtp_server: SmtpServer) -> None:
     service.ledger.suppress(ZOE, "unsubscribed")
 
     occurrence = fire_and_deliver(service)
@@ -102,9 +100,7 @@ def test_subscribed_false_and_unsubscribed_people_are_not_emailed(
     assert JANE in received
 
 
-def test_firing_the_same_event_twice_sends_one_email_per_person(
-    service: Service, smtp_server: SmtpServer
-) -> None:
+def test_firing_the_same_event_twice_sends_one_email_per_person(service: Service, smtp_server: SmtpServer) -> None:
     fire_and_deliver(service)
     first = smtp_server.handler.count()
 
@@ -135,8 +131,9 @@ def test_duplicate_delivery_messages_in_one_worker_send_each_email_once(
     assert max(received.values()) == 1
 
 
-def test_send_twice_on_the_command_line_says_already_fired(env: dict[str, str], project: Project,
-                                                            smtp_server: SmtpServer) -> None:
+def test_send_twice_on_the_command_line_says_already_fired(
+    env: dict[str, str], project: Project, smtp_server: SmtpServer
+) -> None:
     first = project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
     assert "fired soc-strategy-2019:opened:1" in first.stdout
     count = smtp_server.handler.count()
@@ -157,9 +154,7 @@ CONCURRENT_SENDS = 6
 CONCURRENT_ROUNDS = 3
 
 
-def test_sends_started_together_on_one_data_dir_email_everyone_once(
-    project: Project, smtp_server: SmtpServer
-) -> None:
+def test_sends_started_together_on_one_data_dir_email_everyone_once(project: Project, smtp_server: SmtpServer) -> None:
     """Several ``send --wait`` at once on a fresh embedded data dir: one fires, the others find
     it fired and only wait; with no worker alive each delivers in-process, and still every
     address gets one message. (Before the fix each "already fired" process queued the fan-out
@@ -170,8 +165,12 @@ def test_sends_started_together_on_one_data_dir_email_everyone_once(
     for round_ in range(CONCURRENT_ROUNDS):
         env = {**project.env, "NOTIFIER_DATA_DIR": str(project.root / f"var-{round_}")}  # fresh each round
         before = len(smtp_server.handler.recipients())
-        sends = [subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(CONCURRENT_SENDS)]
+        sends = [
+            subprocess.Popen(
+                command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(CONCURRENT_SENDS)
+        ]
         outputs = [p.communicate(timeout=180) for p in sends]
         assert [p.returncode for p in sends] == [0] * CONCURRENT_SENDS, outputs
         assert sum("fired soc-strategy-2019:opened:1" in out for out, _ in outputs) == 1, "one fired it"
@@ -186,9 +185,7 @@ def test_sends_started_together_on_one_data_dir_email_everyone_once(
 # ---------------------------------------------------------------------------
 
 
-def test_a_451_is_retried_and_then_sent_with_the_same_message_id(
-    service: Service, smtp_server: SmtpServer
-) -> None:
+def test_a_451_is_retried_and_then_sent_with_the_same_message_id(service: Service, smtp_server: SmtpServer) -> None:
     smtp_server.handler.data_script[ZOE] = ["451 4.3.0 mailbox busy, try later"]
 
     occurrence = fire_and_deliver(service)
@@ -244,8 +241,11 @@ def test_smtp_server_down_then_up_delivers_everything(
     occurrence = service.fire("soc-strategy-2019", "opened")
     assert occurrence is not None
     with service.worker(threads=4):
-        wait_until(lambda: any(r.attempts >= 1 and r.error for r in service.ledger.records(occurrence)),
-                   30, "a failed attempt while the server is down")
+        wait_until(
+            lambda: any(r.attempts >= 1 and r.error for r in service.ledger.records(occurrence)),
+            30,
+            "a failed attempt while the server is down",
+        )
         assert smtp_server.handler.count() == 0
         smtp_server.start()
         progress = service.wait(occurrence, timeout=60)
@@ -261,9 +261,7 @@ def test_smtp_server_down_then_up_delivers_everything(
 # ---------------------------------------------------------------------------
 
 
-def test_headers_name_the_recipient_and_offer_one_click_unsubscribe(
-    service: Service, smtp_server: SmtpServer
-) -> None:
+def test_headers_name_the_recipient_and_offer_one_click_unsubscribe(service: Service, smtp_server: SmtpServer) -> None:
     fire_and_deliver(service)
 
     [message] = smtp_server.handler.to(ZOE)
@@ -312,7 +310,10 @@ def _bulk_project(project: Project) -> None:
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "notifier", "worker", "--threads", str(THREADS)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

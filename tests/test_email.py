@@ -20,15 +20,19 @@ from notifier.rendering import EmailContent
 from tests.conftest import free_port
 
 SENDER = Sender.parse("PCC Policy Team <policy@pcc.example>", "policy@pcc.example")
-HTML = "<p>Dear Siân,</p>\n<p>Read the <a href=\"https://pcc.example/c\">draft strategy</a>.</p>\n" * 20
+HTML = '<p>Dear Siân,</p>\n<p>Read the <a href="https://pcc.example/c">draft strategy</a>.</p>\n' * 20
 TEXT = "Dear Siân Prys,\n\n.A line that starts with a dot\n" + "Long line " * 40 + "\n=Equals= and tabs\t\n"
 
 
 def payload(
     name: str | None = "Siân Prys", html: str | None = HTML, subject: str = "Consultation: draft strategy"
 ) -> EmailPayload:
-    return EmailPayload("sian.prys@nhs.example", name, EmailContent(subject, TEXT, html),
-                        "https://notify.pcc.example/unsubscribe/abc.def")
+    return EmailPayload(
+        "sian.prys@nhs.example",
+        name,
+        EmailContent(subject, TEXT, html),
+        "https://notify.pcc.example/unsubscribe/abc.def",
+    )
 
 
 def reference(p: EmailPayload, msgid: str, date: str) -> EmailMessage:
@@ -48,14 +52,17 @@ def reference(p: EmailPayload, msgid: str, date: str) -> EmailMessage:
     return msg
 
 
-@pytest.mark.parametrize("case", [
-    payload(),
-    payload(html=None),
-    payload(name="Łukasz Wójcik", subject="Zoë’s consultation — closes 15 August"),
-    payload(name="王小明", subject=" ".join(["関係者への通知"] * 12)),
-    payload(name="Smith, Jane (CSP)"),
-    payload(name=None),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        payload(),
+        payload(html=None),
+        payload(name="Łukasz Wójcik", subject="Zoë’s consultation — closes 15 August"),
+        payload(name="王小明", subject=" ".join(["関係者への通知"] * 12)),
+        payload(name="Smith, Jane (CSP)"),
+        payload(name=None),
+    ],
+)
 def test_fast_path_parses_back_to_the_same_headers_and_parts(case: EmailPayload) -> None:
     assert_parses_back_the_same(case)
 
@@ -67,12 +74,21 @@ def assert_parses_back_the_same(case: EmailPayload) -> tuple[bytes, EmailMessage
     data = build_message(SENDER, case, msgid=msgid, date=date)
     fast = message_from_bytes(data, policy=policy.default)
     slow = message_from_bytes(reference(case, msgid, date).as_bytes(), policy=policy.default)
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Unsubscribe",
-                   "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         assert str(fast[header]) == str(slow[header]), header
     # On the wire every line ends in CRLF; the parser keeps them, so compare lines, not bytes.
-    fast_parts = [(p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in fast.walk()
-                  if not p.is_multipart()]
+    fast_parts = [
+        (p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in fast.walk() if not p.is_multipart()
+    ]
     slow_parts = [(p.get_content_type(), p.get_content()) for p in slow.walk() if not p.is_multipart()]
     assert fast_parts == slow_parts
     assert fast.get_content_type() == slow.get_content_type()
@@ -82,25 +98,33 @@ def assert_parses_back_the_same(case: EmailPayload) -> tuple[bytes, EmailMessage
 
 
 ASCII_TEXT = "Dear Jane Smith,\n\n.A line that starts with a dot\n" + "Long line " * 40 + "\n=Equals= and tabs\t\n"
-ASCII_HTML = "<p>Dear Jane,</p>\n<p>Read the <a href=\"https://pcc.example/c?a=1&amp;b=2\">draft</a>.</p>\n" * 20
+ASCII_HTML = '<p>Dear Jane,</p>\n<p>Read the <a href="https://pcc.example/c?a=1&amp;b=2">draft</a>.</p>\n' * 20
 
 
 def ascii_payload(text: str = ASCII_TEXT, html: str | None = ASCII_HTML) -> EmailPayload:
-    return EmailPayload("jane.smith@csp.example", "Jane Smith", EmailContent("Consultation open", text, html),
-                        "https://notify.pcc.example/unsubscribe/abc.def")
+    return EmailPayload(
+        "jane.smith@csp.example",
+        "Jane Smith",
+        EmailContent("Consultation open", text, html),
+        "https://notify.pcc.example/unsubscribe/abc.def",
+    )
 
 
 def encodings(message: EmailMessage) -> dict[str, str]:
     return {p.get_content_type(): str(p["Content-Transfer-Encoding"]) for p in message.walk() if not p.is_multipart()}
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    (ascii_payload(), {"text/plain": "7bit", "text/html": "7bit"}),
-    (ascii_payload(html=None), {"text/plain": "7bit"}),
-    (payload(), {"text/plain": "quoted-printable", "text/html": "quoted-printable"}),
-    (ascii_payload(html="<p>Dear Siân,</p>\n"), {"text/plain": "7bit", "text/html": "quoted-printable"}),
-    (ascii_payload(text="x" * 1_200 + "\n"), {"text/plain": "quoted-printable", "text/html": "7bit"}),
-], ids=["ascii", "ascii-text-only", "non-ascii", "non-ascii-html", "ascii-line-over-998"])
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (ascii_payload(), {"text/plain": "7bit", "text/html": "7bit"}),
+        (ascii_payload(html=None), {"text/plain": "7bit"}),
+        (payload(), {"text/plain": "quoted-printable", "text/html": "quoted-printable"}),
+        (ascii_payload(html="<p>Dear Siân,</p>\n"), {"text/plain": "7bit", "text/html": "quoted-printable"}),
+        (ascii_payload(text="x" * 1_200 + "\n"), {"text/plain": "quoted-printable", "text/html": "7bit"}),
+    ],
+    ids=["ascii", "ascii-text-only", "non-ascii", "non-ascii-html", "ascii-line-over-998"],
+)
 def test_plain_ascii_parts_go_7bit_as_written_and_others_quoted_printable(
     case: EmailPayload, expected: dict[str, str]
 ) -> None:
@@ -125,8 +149,12 @@ def test_message_id_is_the_same_on_every_attempt_of_a_delivery() -> None:
 
 
 def test_no_value_can_add_a_header() -> None:
-    evil = EmailPayload("a@x.example", "Eve\r\nBcc: all@x.example", EmailContent("Hi\nBcc: b@x.example", "t", None),
-                        "https://x.example/u\r\nBcc: c@x.example")
+    evil = EmailPayload(
+        "a@x.example",
+        "Eve\r\nBcc: all@x.example",
+        EmailContent("Hi\nBcc: b@x.example", "t", None),
+        "https://x.example/u\r\nBcc: c@x.example",
+    )
     parsed = message_from_bytes(build_message(SENDER, evil, msgid="<k@x>"), policy=policy.default)
     assert parsed["Bcc"] is None
     assert parsed.get_all("To") is not None and len(parsed.get_all("To") or []) == 1
@@ -135,7 +163,12 @@ def test_no_value_can_add_a_header() -> None:
 def test_smtp_urls() -> None:
     target = SmtpTarget.parse("smtp://user%40x:p%2Fss@mail.example:587?starttls=1")
     assert (target.host, target.port, target.starttls, target.username, target.password) == (
-        "mail.example", 587, True, "user@x", "p/ss")
+        "mail.example",
+        587,
+        True,
+        "user@x",
+        "p/ss",
+    )
     assert SmtpTarget.parse("smtps://mail.example").port == 465
     with pytest.raises(ConfigError, match="NOTIFIER_SMTP_URL"):
         SmtpTarget.parse("http://mail.example")
@@ -153,10 +186,20 @@ def test_smtp_replies_are_translated_at_the_boundary() -> None:
     assert isinstance(translate(ConnectionRefusedError()), TransientDeliveryError)
 
 
-@pytest.mark.parametrize("address", [
-    "a@b.example", "José@b.example", "o'connor@b.example", "a b@x.example", "a<b@x.example", "a>@x.example",
-    "a\tb@x.example", "a\r\nRCPT TO:<evil@x.example>", '"q u"@x.example',
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@b.example",
+        "José@b.example",
+        "o'connor@b.example",
+        "a b@x.example",
+        "a<b@x.example",
+        "a>@x.example",
+        "a\tb@x.example",
+        "a\r\nRCPT TO:<evil@x.example>",
+        '"q u"@x.example',
+    ],
+)
 def test_envelope_paths_are_what_smtplib_would_send_and_one_line(address: str) -> None:
     import smtplib
 
@@ -219,10 +262,15 @@ def hostile_message(field: str, value: str) -> bytes:
 
 
 # Addresses and Message-IDs are ASCII (the config's checks and message_id() see to it).
-@pytest.mark.parametrize(("kind", "field"), [
-    (kind, field) for kind in HOSTILE for field in FIELDS
-    if not (kind == "non-ascii" and field in ("to_email", "msgid"))
-])
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        (kind, field)
+        for kind in HOSTILE
+        for field in FIELDS
+        if not (kind == "non-ascii" and field in ("to_email", "msgid"))
+    ],
+)
 def test_no_input_puts_a_bare_cr_or_lf_or_a_nul_on_the_wire(
     raw_smtp: tuple[KeepRaw, int], field: str, kind: str
 ) -> None:

@@ -29,8 +29,9 @@ SENDER = Sender.parse("Office of the PCC <noreply@pcc.example>", None)
 class PipeliningHandler(ScriptedHandler):
     """The scripted handler, with PIPELINING added to the EHLO reply."""
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
@@ -51,9 +52,15 @@ def address(n: int) -> str:
 def items(count: int) -> list[tuple[Delivery, EmailPayload]]:
     content = EmailContent(subject="Consultation open", text="Have your say.\n.leading dot\n", html=None)
     return [
-        (Delivery("soc:opened:1", "email", address(n)),
-         EmailPayload(to_email=address(n), to_name=f"Person {n}", content=content,
-                      unsubscribe_url="https://notify.pcc.example/u/x"))
+        (
+            Delivery("soc:opened:1", "email", address(n)),
+            EmailPayload(
+                to_email=address(n),
+                to_name=f"Person {n}",
+                content=content,
+                unsubscribe_url="https://notify.pcc.example/u/x",
+            ),
+        )
         for n in range(count)
     ]
 

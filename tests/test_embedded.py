@@ -62,17 +62,39 @@ def _old_notifier_on_redis_7(project: Project) -> None:
     folder.mkdir(parents=True)
     socket = folder / "redis.sock"
     subprocess.run(
-        [str(SYSTEM_REDIS), "--port", "0", "--unixsocket", str(socket), "--dir", str(folder),
-         "--appendonly", "yes", "--save", "", "--daemonize", "yes",
-         "--pidfile", str(folder / "redis.pid"), "--logfile", str(folder / "redis.log")],
+        [
+            str(SYSTEM_REDIS),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(folder / "redis.pid"),
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
         check=True,
     )
     client = redis.Redis(unix_socket_path=str(socket))
     try:
         wait_until(lambda: _pings(client), 10, "Redis 7 to start")
         env = {**project.env, "NOTIFIER_REDIS_URL": f"unix://{socket}"}
-        sent = subprocess.run([sys.executable, "-m", "notifier", "send", "soc-strategy-2019", "opened", "--wait"],
-                              cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
+        sent = subprocess.run(
+            [sys.executable, "-m", "notifier", "send", "soc-strategy-2019", "opened", "--wait"],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sent.returncode == 0, sent.stderr
     finally:
         client.shutdown()
@@ -156,7 +178,7 @@ def test_a_corrupted_append_only_file_stops_notifier_with_the_server_s_reason(pr
     project.run("send", "soc-strategy-2019", "opened", "--wait", check=True)
     aof = project.data / "redis" / "appendonly.aof"
     data = aof.read_bytes()
-    aof.write_bytes(data[: len(data) // 2] + b"\n!garbage that is no Redis command\r\n" + data[len(data) // 2:])
+    aof.write_bytes(data[: len(data) // 2] + b"\n!garbage that is no Redis command\r\n" + data[len(data) // 2 :])
 
     result = project.run("send", "soc-strategy-2019", "opened", "--wait")
 
@@ -205,9 +227,12 @@ class Running:
     def __init__(self, project: Project, *args: str) -> None:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "notifier", *args], cwd=project.root,
+            [sys.executable, "-m", "notifier", *args],
+            cwd=project.root,
             env={**project.env, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -264,8 +289,11 @@ def test_long_running_commands_on_the_embedded_redis_stop_it_on_sigterm(
 ) -> None:
     project.env["NOTIFIER_WEB_BIND"] = f"127.0.0.1:{free_port()}"
     running = Running(project, *command)
-    wait_until(lambda: running.said(started) and _servers_on(project.data), 60,
-               f"notifier {command[0]} to start on the embedded redis-server")
+    wait_until(
+        lambda: running.said(started) and _servers_on(project.data),
+        60,
+        f"notifier {command[0]} to start on the embedded redis-server",
+    )
 
     code = running.stop(signal.SIGTERM)
 

@@ -60,11 +60,15 @@ ALLOWED_AT: dict[tuple[str, str], str] = {
     ("state", "TypeError"): "a Starlette app not made by create_app",
     ("as_post", "TypeError"): "a social or web channel handed an e-mail (delivery picks the payload)",
     # A library's protocol: the library expects its own exception there.
-    ("_Loader._count_alias", "yaml.composer.ComposerError"):
-        "raised inside PyYAML's composer, which reports it at its line as its own errors",
+    (
+        "_Loader._count_alias",
+        "yaml.composer.ComposerError",
+    ): "raised inside PyYAML's composer, which reports it at its line as its own errors",
     ("declare.deliver", "dramatiq.Retry"): "how an actor asks Dramatiq to run its message again later",
-    ("Recorder.flush", "errors[0]"):
-        "what Redis answered a pipelined command, re-raised once every reply is read, as redis-py raises it",
+    (
+        "Recorder.flush",
+        "errors[0]",
+    ): "what Redis answered a pipelined command, re-raised once every reply is read, as redis-py raises it",
     ("transaction", "smtplib.SMTPDataError"): _SMTP_LAYER,
     ("transaction", "_refused"): _SMTP_LAYER,
     ("transactions", "smtplib.SMTPDataError"): _SMTP_LAYER,
@@ -222,8 +226,11 @@ def test_no_exception_class_is_defined_outside_notifier_errors() -> None:
         if not classes:
             continue
         module = importlib.import_module(_module_name(path))
-        outside += [f"{path.name}: {name}" for name in classes
-                    if isinstance(getattr(module, name), type) and issubclass(getattr(module, name), BaseException)]
+        outside += [
+            f"{path.name}: {name}"
+            for name in classes
+            if isinstance(getattr(module, name), type) and issubclass(getattr(module, name), BaseException)
+        ]
     assert not outside
 
 
@@ -244,8 +251,11 @@ def _tree() -> dict[str, str | None]:
 
 
 def _classes() -> dict[str, type[BaseException]]:
-    return {name: value for name, value in vars(notifier.errors).items()
-            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == "notifier.errors"}
+    return {
+        name: value
+        for name, value in vars(notifier.errors).items()
+        if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == "notifier.errors"
+    }
 
 
 def test_the_docstring_draws_every_error_class_under_its_parent_and_nothing_else() -> None:
@@ -263,11 +273,14 @@ def test_a_template_that_fails_for_one_recipient_fails_that_delivery_once_and_th
     delivery permanently, as ``cannot render: PATH:LINE: message``, and is not retried."""
     template = project.templates / "opened" / "email.j2"
     source = template.read_text(encoding="utf-8")
-    template.write_text(source.replace(
-        "{% block text %}",
-        "{% block text %}{% if recipient.email == '" + ZOE + "' %}{{ recipient.name | date }}{% endif %}",
-        1,
-    ), encoding="utf-8")
+    template.write_text(
+        source.replace(
+            "{% block text %}",
+            "{% block text %}{% if recipient.email == '" + ZOE + "' %}{{ recipient.name | date }}{% endif %}",
+            1,
+        ),
+        encoding="utf-8",
+    )
     project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url})
     service = Service(Settings.from_env(project.env))
     try:
@@ -280,8 +293,9 @@ def test_a_template_that_fails_for_one_recipient_fails_that_delivery_once_and_th
     finally:
         service.close()
     assert record is not None and (record.status, record.attempts) == ("failed", 1)
-    assert record.error == (f"cannot render: {template}:9: template error: the date filter needs a date and time, "
-                            "not str")
+    assert record.error == (
+        f"cannot render: {template}:9: template error: the date filter needs a date and time, not str"
+    )
     assert not smtp_server.handler.to(ZOE) and smtp_server.handler.count() > 1
     assert progress.failed == 1
 

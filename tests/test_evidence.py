@@ -23,8 +23,19 @@ OVERVIEW = (
 
 
 def _with_response(store: Store) -> None:
-    [new] = store.add_responses(SOC, [NewResponse("ref:R-1", "ccg@telford.example", "Jo", "Telford & Wrekin CCG",
-                                                  datetime(2019, 8, 1, 13, 30, tzinfo=UTC), "R-1")])
+    [new] = store.add_responses(
+        SOC,
+        [
+            NewResponse(
+                "ref:R-1",
+                "ccg@telford.example",
+                "Jo",
+                "Telford & Wrekin CCG",
+                datetime(2019, 8, 1, 13, 30, tzinfo=UTC),
+                "R-1",
+            )
+        ],
+    )
     store.mark_acknowledged([new.id])
 
 
@@ -40,21 +51,37 @@ def test_evidence_json_has_the_facts_and_every_delivery_as_report_gives_it(store
     evidence.write(evidence.build(store, SOC), tmp_path, generated=datetime(2019, 9, 10, tzinfo=UTC))
     doc = json.loads((tmp_path / "evidence.json").read_text())
     assert (doc["consultation"], doc["opens"], doc["closes"]) == (
-        SOC, "2019-07-09T08:00:00.000+00:00", "2019-08-15T22:59:00.000+00:00")
+        SOC,
+        "2019-07-09T08:00:00.000+00:00",
+        "2019-08-15T22:59:00.000+00:00",
+    )
     email = next(c for c in doc["channels"] if c["channel"] == "email")
     assert (email["first_sent"], email["sent"], email["failed"], email["suppressed"]) == (
-        "2019-07-09T08:00:00.000+00:00", 4, 2, 2)
-    assert doc["lists"] == [{"id": "csp", "name": "Community Safety Partnerships", "told": 2},
-                            {"id": "nhs", "name": "NHS", "told": 1}]
+        "2019-07-09T08:00:00.000+00:00",
+        4,
+        2,
+        2,
+    )
+    assert doc["lists"] == [
+        {"id": "csp", "name": "Community Safety Partnerships", "told": 2},
+        {"id": "nhs", "name": "NHS", "told": 1},
+    ]
     assert doc["responses"] == {"received": 1, "acknowledged": 1}
     assert len(doc["deliveries"]) == 10
     first = doc["deliveries"][0]
     assert list(first)[: len(evidence.FIELDS)] == list(evidence.FIELDS)  # report's fields, in its order
     assert (first["created"], first["updated"], first["sent_at"]) == (
-        "2019-07-09T08:00:00.000+00:00", "2019-07-09T08:00:00.000+00:00", "2019-07-09T08:01:00.000+00:00")
+        "2019-07-09T08:00:00.000+00:00",
+        "2019-07-09T08:00:00.000+00:00",
+        "2019-07-09T08:01:00.000+00:00",
+    )
     assert doc["deliveries"][1]["sent_at"] == "" and doc["deliveries"][1]["last_error"] == "550 5.1.1 no such user"
     assert (first["event"], first["channel"], first["recipient"], first["lists"]) == (
-        "opened", "email", "both@nhs.example", "csp nhs")
+        "opened",
+        "email",
+        "both@nhs.example",
+        "csp nhs",
+    )
     rows = list(csv.DictReader((tmp_path / "deliveries.csv").open(encoding="utf-8")))
     assert len(rows) == 10 and rows[2]["message_id"] == f"<{SOC}:opened:1.1@pcc.example>"
 
@@ -90,8 +117,9 @@ def test_overview_html_is_self_contained_printable_and_accessible(store: Store, 
     outline = _Outline()
     outline.feed(page)
     assert outline.lang == "en"
-    assert outline.headings[0] == 1 and all(b - a <= 1 for a, b in zip(outline.headings, outline.headings[1:],
-                                                                       strict=False))
+    assert outline.headings[0] == 1 and all(
+        b - a <= 1 for a, b in zip(outline.headings, outline.headings[1:], strict=False)
+    )
     assert outline.tables == outline.captions >= 4 and outline.th_without_scope == 0
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "src=" not in page and "<link" not in page  # nothing fetched: it prints offline

@@ -120,8 +120,9 @@ def test_notifier_modules_import_one_another_without_a_circle() -> None:
         cycle: list[str] = exc.args[1]
         if not all(b in edges.get(a, {}) for a, b in pairwise(cycle)):
             cycle.reverse()  # graphlib may give it against the arrows
-        steps = "\n".join(f"  {edges[a][b]}" + (f" (so {b})" if edges[a][b].target != b else "")
-                          for a, b in pairwise(cycle))
+        steps = "\n".join(
+            f"  {edges[a][b]}" + (f" (so {b})" if edges[a][b].target != b else "") for a, b in pairwise(cycle)
+        )
         raise AssertionError(f"import circle {' -> '.join(cycle)}:\n{steps}") from None
 
 
@@ -150,8 +151,9 @@ for name in sys.argv[1:]:
 print("\\n".join(failed))
 sys.exit(1 if failed else 0)
 """
-    result = subprocess.run([sys.executable, "-c", script, *names], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

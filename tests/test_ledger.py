@@ -163,8 +163,9 @@ def test_one_fire_message_at_a_time_fans_an_occurrence_out(ledger: Ledger, redis
         ledger.take_fan_out("soc:nothing:1", owner="w1|m1")
 
 
-def test_a_fan_out_left_by_a_dead_or_failed_fire_is_taken_by_the_next(ledger: Ledger,
-                                                                      redis_client: redis.Redis) -> None:
+def test_a_fan_out_left_by_a_dead_or_failed_fire_is_taken_by_the_next(
+    ledger: Ledger, redis_client: redis.Redis
+) -> None:
     occurrence = fired(ledger)
     beat(redis_client, "w1")
     beat(redis_client, "w2")
@@ -193,8 +194,10 @@ def test_adding_the_same_deliveries_twice_records_them_once(ledger: Ledger) -> N
     occurrence = fired(ledger)
 
     assert ledger.add(occurrence, emails(JANE, ZOE)) == 2
-    assert ledger.add(occurrence, [*emails(JANE, ZOE, SAM),
-                                   Record(channel="email", recipient=JANE, status="suppressed")]) == 1
+    assert (
+        ledger.add(occurrence, [*emails(JANE, ZOE, SAM), Record(channel="email", recipient=JANE, status="suppressed")])
+        == 1
+    )
 
     assert ledger.counts(occurrence) == {"email": {"pending": 3}}
     assert sorted(r.recipient for r in ledger.records(occurrence)) == sorted([JANE, ZOE, SAM])
@@ -211,8 +214,7 @@ def test_adding_more_than_a_round_trips_worth_counts_each_once(ledger: Ledger) -
     assert ledger.counts(occurrence) == {"email": {"pending": 2_500}}
 
 
-def test_a_delivery_is_claimed_by_one_owner_while_its_worker_lives(ledger: Ledger,
-                                                                     redis_client: redis.Redis) -> None:
+def test_a_delivery_is_claimed_by_one_owner_while_its_worker_lives(ledger: Ledger, redis_client: redis.Redis) -> None:
     occurrence = fired(ledger)
     ledger.add(occurrence, emails(JANE))
     beat(redis_client, "w1")
@@ -265,16 +267,23 @@ def test_mark_stores_each_outcome_and_keeps_counts(ledger: Ledger, redis_client:
     ledger.claim(occurrence, fields(JANE, ZOE, SAM), owner="w1|m1")
     jane, zoe, sam = fields(JANE, ZOE, SAM)
 
-    ledger.mark(occurrence, [
-        (jane, Outcome("sent", 1, provider_id="<soc:opened:1.jane@pcc.example>", sent_at="now")),
-        (zoe, Outcome("failed", 1, error="550 5.1.1 no such user")),
-        (sam, Outcome("pending", 1, error="451 4.3.0 try later")),
-    ], owner="w1|m1")
+    ledger.mark(
+        occurrence,
+        [
+            (jane, Outcome("sent", 1, provider_id="<soc:opened:1.jane@pcc.example>", sent_at="now")),
+            (zoe, Outcome("failed", 1, error="550 5.1.1 no such user")),
+            (sam, Outcome("pending", 1, error="451 4.3.0 try later")),
+        ],
+        owner="w1|m1",
+    )
 
     assert ledger.counts(occurrence) == {"email": {"sent": 1, "failed": 1, "pending": 1}}
     stored = {r.recipient: r for r in ledger.records(occurrence)}
     assert (stored[JANE].status, stored[JANE].attempts, stored[JANE].provider_id) == (
-        "sent", 1, "<soc:opened:1.jane@pcc.example>")
+        "sent",
+        1,
+        "<soc:opened:1.jane@pcc.example>",
+    )
     assert (stored[ZOE].status, stored[ZOE].error) == ("failed", "550 5.1.1 no such user")
     assert (stored[SAM].status, stored[SAM].attempts, stored[SAM].error) == ("pending", 1, "451 4.3.0 try later")
     assert (stored[JANE].lists, stored[JANE].name) == (("csp",), "jane.smith"), "what fan-out recorded is kept"

@@ -48,16 +48,27 @@ def test_the_email_channel_gets_the_recipients_email_and_an_account_its_post(pro
 
 
 def test_an_extra_context_name_reaches_the_email_template(project: Project) -> None:
-    project.write("templates/response_received/email.j2",
-                  "{% block subject %}Thank you, {{ recipient.name }}{% endblock %}"
-                  "{% block text %}We received: {{ response.summary }}{% endblock %}")
+    project.write(
+        "templates/response_received/email.j2",
+        "{% block subject %}Thank you, {{ recipient.name }}{% endblock %}"
+        "{% block text %}We received: {{ response.summary }}{% endblock %}",
+    )
     config = load_config(project.config)
     renderer = Renderer(config)
     consultation = config.consultations[SOC]
     event = timeline.event(consultation, "response_received", config.tz)
     context = renderer.context(consultation, event)
-    payload = compose(renderer, config, consultation, event, "email", Recipient("a@x.example", "Ann"),
-                      context=context, unsubscribe_url=URL, extra={"response": {"summary": "our views on X"}})
+    payload = compose(
+        renderer,
+        config,
+        consultation,
+        event,
+        "email",
+        Recipient("a@x.example", "Ann"),
+        context=context,
+        unsubscribe_url=URL,
+        extra={"response": {"summary": "our views on X"}},
+    )
     assert isinstance(payload, EmailPayload)
     assert payload.content.subject == "Thank you, Ann"
     assert payload.content.text == "We received: our views on X\n"

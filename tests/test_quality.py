@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT
 
 MAX_FUNCTION_LINES = 60
@@ -41,7 +39,6 @@ def test_mypy_strict_finds_nothing(tmp_path: Path) -> None:
 
 
 # The lead formats the merged tree in one go, then removes this mark (strict: a pass fails until then).
-@pytest.mark.xfail(strict=True, reason="the lead formats the tree after merging")
 def test_ruff_format_leaves_the_tree_as_it_is(tmp_path: Path) -> None:
     result = _run("ruff", "format", "--check", "--cache-dir", str(tmp_path), "notifier", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr

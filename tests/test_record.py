@@ -31,8 +31,20 @@ from tests.record_fixtures import CLOSES, OPENS, SOC, occurrence, seed
 
 
 def _settled(occ: str, n: int, *, status: str = "sent", updated: datetime = OPENS) -> list[Settled]:
-    return [Settled(occ, "email", f"person{i}@example.org", status, OPENS, lists=("csp",), attempts=1,
-                    updated=updated, sent_at=updated if status == "sent" else None) for i in range(n)]
+    return [
+        Settled(
+            occ,
+            "email",
+            f"person{i}@example.org",
+            status,
+            OPENS,
+            lists=("csp",),
+            attempts=1,
+            updated=updated,
+            sent_at=updated if status == "sent" else None,
+        )
+        for i in range(n)
+    ]
 
 
 def test_migrations_build_exactly_the_schema_the_code_uses(blank_database: str) -> None:
@@ -146,7 +158,10 @@ def test_suppressions_keep_their_source_and_time_and_can_be_lifted(store: Store)
     store.suppress("gone@nhs.example", "bounce", detail="550 5.1.1 no such user")
     store.sync_config_suppressions(["off@list.example", "JANE@csp.example"])
     assert {s.email: s.source for s in store.suppressions()} == {
-        "jane@csp.example": "unsubscribe", "gone@nhs.example": "bounce", "off@list.example": "config"}
+        "jane@csp.example": "unsubscribe",
+        "gone@nhs.example": "bounce",
+        "off@list.example": "config",
+    }
     jane = store.suppression("jane@csp.example")
     assert jane is not None and jane.at == at
     store.sync_config_suppressions([])  # the member is subscribed again in config
@@ -217,14 +232,28 @@ def test_several_openers_of_a_new_embedded_database_at_once_all_succeed(tmp_path
 
 def test_a_ledger_record_is_archived_with_its_times_lists_and_message_id(store: Store) -> None:
     occ = occurrence(store, "opened", OPENS)
-    record = Record("email", "jane@csp.example", "sent", name="Jane", lists=("csp", "nhs"), attempts=2,
-                    error="451 try later", provider_id="250 ok", created="2019-07-09T08:00:00.000+00:00",
-                    updated="2019-07-09T08:00:05.120+00:00", sent_at="2019-07-09T08:00:05.120+00:00")
+    record = Record(
+        "email",
+        "jane@csp.example",
+        "sent",
+        name="Jane",
+        lists=("csp", "nhs"),
+        attempts=2,
+        error="451 try later",
+        provider_id="250 ok",
+        created="2019-07-09T08:00:00.000+00:00",
+        updated="2019-07-09T08:00:05.120+00:00",
+        sent_at="2019-07-09T08:00:05.120+00:00",
+    )
     store.archive([Settled.from_record(occ, record, message_id="<abc@pcc.example>")])
     [(event, delivery)] = list(store.deliveries(SOC))
     assert event == "opened"
     assert (delivery.lists, delivery.attempts, delivery.last_error, delivery.message_id) == (
-        ("csp", "nhs"), 2, "451 try later", "<abc@pcc.example>")
+        ("csp", "nhs"),
+        2,
+        "451 try later",
+        "<abc@pcc.example>",
+    )
     assert delivery.sent_at == datetime(2019, 7, 9, 8, 0, 5, 120000, tzinfo=UTC)
 
 

@@ -32,8 +32,14 @@ JANE = "jane.smith@telford-wrekin-csp.example"
 def production(project: Project, redis_url: str, smtp_server: SmtpServer, database: str) -> Project:
     """The example as production runs it: NOTIFIER_REDIS_URL, NOTIFIER_SMTP_URL and
     NOTIFIER_DATABASE_URL (a migrated SQLite file, or PostgreSQL)."""
-    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
-                        "NOTIFIER_DATABASE_URL": database, "COLUMNS": "300"})
+    project.env.update(
+        {
+            "NOTIFIER_REDIS_URL": redis_url,
+            "NOTIFIER_SMTP_URL": smtp_server.url,
+            "NOTIFIER_DATABASE_URL": database,
+            "COLUMNS": "300",
+        }
+    )
     return project
 
 
@@ -51,7 +57,9 @@ def _flush(redis_url: str) -> None:
 
 
 def test_after_redis_is_flushed_report_and_evidence_show_every_delivery_and_the_event_is_not_sent_again(
-    production: Project, redis_url: str, smtp_server: SmtpServer,
+    production: Project,
+    redis_url: str,
+    smtp_server: SmtpServer,
 ) -> None:
     production.run("send", SOC, "opened", "--wait", check=True)
     sent = smtp_server.handler.count()
@@ -84,7 +92,9 @@ def test_after_redis_is_flushed_report_and_evidence_show_every_delivery_and_the_
 
 
 def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
-    production: Project, redis_url: str, smtp_server: SmtpServer,
+    production: Project,
+    redis_url: str,
+    smtp_server: SmtpServer,
 ) -> None:
     production.run("send", SOC, "opened", "--wait", check=True)
     link = str(smtp_server.handler.to(JANE)[0]["List-Unsubscribe"]).strip("<>")
@@ -98,7 +108,9 @@ def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
     assert len(smtp_server.handler.to(JANE)) == 1, "the reminder went to someone who had unsubscribed"
     jane = [r for r in _report(production)["deliveries"] if r["recipient"] == JANE]
     assert [(r["occurrence"], r["status"], r["last_error"]) for r in jane] == [
-        (f"{SOC}:opened:1", "sent", ""), (f"{SOC}:reminder:1", "suppressed", "unsubscribed")]
+        (f"{SOC}:opened:1", "sent", ""),
+        (f"{SOC}:reminder:1", "suppressed", "unsubscribed"),
+    ]
     store = Store(make_engine(production.env["NOTIFIER_DATABASE_URL"]))
     try:
         suppression = store.suppression(JANE)
@@ -111,7 +123,9 @@ def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
 
 
 def test_a_bounced_address_stays_suppressed_after_redis_is_flushed(
-    production: Project, redis_url: str, smtp_server: SmtpServer,
+    production: Project,
+    redis_url: str,
+    smtp_server: SmtpServer,
 ) -> None:
     smtp_server.handler.always[JANE] = "550 5.1.1 no such user"
     assert production.run("send", SOC, "opened", "--wait").returncode == 2  # a delivery failed for good
@@ -140,8 +154,12 @@ def crowd(project: Project, redis_url: str, smtp_server: SmtpServer, database: s
         writer = csv.writer(f)
         for i in range(600):
             writer.writerow([f"reader{i}@papers.example", f"Reader {i}", "Papers", "Reader"])
-    env = {**project.settings_env(), "NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
-           "NOTIFIER_DATABASE_URL": database}
+    env = {
+        **project.settings_env(),
+        "NOTIFIER_REDIS_URL": redis_url,
+        "NOTIFIER_SMTP_URL": smtp_server.url,
+        "NOTIFIER_DATABASE_URL": database,
+    }
     service = Service(Settings.from_env(env))
     try:
         yield service
@@ -150,16 +168,20 @@ def crowd(project: Project, redis_url: str, smtp_server: SmtpServer, database: s
 
 
 def test_outcomes_reach_the_database_in_a_few_batches_not_one_commit_per_email(
-    crowd: Service, smtp_server: SmtpServer,
+    crowd: Service,
+    smtp_server: SmtpServer,
 ) -> None:
     store = crowd.store
     commits: list[int] = []
     rows: list[int] = []
     event.listen(store.engine, "commit", lambda conn: commits.append(1))
-    event.listen(store.engine, "before_cursor_execute",
-                 lambda conn, cursor, statement, params, context, executemany:
-                 rows.append((len(params) if executemany else 1) if statement.startswith("INSERT INTO deliveries")
-                             else 0))
+    event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, params, context, executemany: rows.append(
+            (len(params) if executemany else 1) if statement.startswith("INSERT INTO deliveries") else 0
+        ),
+    )
 
     occurrence_id = crowd.fire(SOC, "opened", actor="test")
     assert occurrence_id is not None
@@ -180,7 +202,9 @@ def test_outcomes_reach_the_database_in_a_few_batches_not_one_commit_per_email(
 
 
 def test_the_scheduler_does_not_fire_again_what_the_record_says_fired_after_redis_is_flushed(
-    crowd: Service, smtp_server: SmtpServer, redis_url: str,
+    crowd: Service,
+    smtp_server: SmtpServer,
+    redis_url: str,
 ) -> None:
     occurrence_id = crowd.fire(SOC, "opened", actor="test")
     assert occurrence_id is not None
@@ -192,8 +216,7 @@ def test_the_scheduler_does_not_fire_again_what_the_record_says_fired_after_redi
     assert opened is not None
 
     _flush(redis_url)
-    scheduler = Scheduler(crowd, clock=offset_clock(opened + timedelta(minutes=1)), reload_every=0.1,
-                          renew_every=0.2)
+    scheduler = Scheduler(crowd, clock=offset_clock(opened + timedelta(minutes=1)), reload_every=0.1, renew_every=0.2)
     scheduler.start()
     try:
         states = {s.event.name: s for s in scheduler.status()}

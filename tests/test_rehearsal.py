@@ -17,15 +17,25 @@ def test_rehearse_prints_the_campaign_and_sends_nothing_live(
     project: Project, redis_url: str, redis_client: redis.Redis, smtp_server: SmtpServer
 ) -> None:
     # Live settings are present: a real SMTP server and an X token. A rehearsal ignores both.
-    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp_server.url,
-                        "NOTIFIER_PCC_X_TOKEN": "live-token-must-not-be-used", "COLUMNS": "400"})
+    project.env.update(
+        {
+            "NOTIFIER_REDIS_URL": redis_url,
+            "NOTIFIER_SMTP_URL": smtp_server.url,
+            "NOTIFIER_PCC_X_TOKEN": "live-token-must-not-be-used",
+            "COLUMNS": "400",
+        }
+    )
     Ledger(redis_client).suppress("zoe.olafsdottir@shropshire-csp.example", "unsubscribed")
 
     result = project.run("rehearse", "soc-strategy-2019", check=True)
 
     out = result.stdout
-    for line in ("Tue 09 Jul 2019 09:00 BST", "Thu 08 Aug 2019 23:59 BST", "Thu 15 Aug 2019 23:59 BST",
-                 "Thu 12 Sep 2019 10:00 BST"):
+    for line in (
+        "Tue 09 Jul 2019 09:00 BST",
+        "Thu 08 Aug 2019 23:59 BST",
+        "Thu 15 Aug 2019 23:59 BST",
+        "Thu 12 Sep 2019 10:00 BST",
+    ):
         assert line in out
     assert "Consultation open: Serious and Organised Crime Strategy" in out
     assert "Now published: the final Serious and Organised Crime Strategy" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,13 +12,13 @@ from notifier.audience import Recipient
 from notifier.config import load_config
 from notifier.errors import ConfigError, Problem
 from notifier.rendering import Renderer, format_date
-from notifier.timeline import event
+from notifier.timeline import Event, event
 from tests.conftest import Project
 
 URL = "https://notify.pcc.example/unsubscribe/t"
 
 
-def setup(project: Project, name: str = "opened") -> tuple[Renderer, object, dict[str, object]]:
+def setup(project: Project, name: str = "opened") -> tuple[Renderer, Event, dict[str, Any]]:
     config = load_config(project.config)
     renderer = Renderer(config)
     consultation = config.consultations["soc-strategy-2019"]
@@ -27,27 +28,35 @@ def setup(project: Project, name: str = "opened") -> tuple[Renderer, object, dic
 
 def test_the_example_email_is_personal_and_has_text_and_html(project: Project) -> None:
     renderer, ev, ctx = setup(project)
-    message = renderer.email(ev, Recipient("zoe@x.example", "Zoë Ólafsdóttir"), context=ctx,  # type: ignore[arg-type]
-                             unsubscribe_url=URL)
+    message = renderer.email(
+        ev,
+        Recipient("zoe@x.example", "Zoë Ólafsdóttir"),
+        context=ctx,
+        unsubscribe_url=URL,
+    )
     assert "Serious and Organised Crime Strategy" in message.subject
     assert "Zoë Ólafsdóttir" in message.text and "15 August 2019" in message.text
     assert message.html and URL in message.html and URL in message.text
 
 
 def test_consultation_templates_override_the_generic_ones(project: Project) -> None:
-    project.write("templates/soc-strategy-2019/opened/email.j2",
-                  "{% block subject %}Special{% endblock %}{% block text %}Hi{% endblock %}")
+    project.write(
+        "templates/soc-strategy-2019/opened/email.j2",
+        "{% block subject %}Special{% endblock %}{% block text %}Hi{% endblock %}",
+    )
     renderer, ev, ctx = setup(project)
-    assert renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL).subject == "Special"  # type: ignore[arg-type]
+    assert renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL).subject == "Special"
 
 
 def test_html_is_escaped_and_text_is_not(project: Project) -> None:
-    project.write("templates/opened/email.j2",
-                  "{% block subject %}{{ recipient.name }}{% endblock %}"
-                  "{% block text %}{{ recipient.name }}{% endblock %}"
-                  "{% block html %}<p>{{ recipient.name }}</p>{% endblock %}")
+    project.write(
+        "templates/opened/email.j2",
+        "{% block subject %}{{ recipient.name }}{% endblock %}"
+        "{% block text %}{{ recipient.name }}{% endblock %}"
+        "{% block html %}<p>{{ recipient.name }}</p>{% endblock %}",
+    )
     renderer, ev, ctx = setup(project)
-    message = renderer.email(ev, Recipient("a@x.example", "Tom & <Jerry>"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+    message = renderer.email(ev, Recipient("a@x.example", "Tom & <Jerry>"), context=ctx, unsubscribe_url=URL)
     assert message.text.strip() == "Tom & <Jerry>"
     assert message.html is not None and "<p>Tom &amp; &lt;Jerry&gt;</p>" in message.html
 
@@ -56,29 +65,35 @@ def test_sandbox_blocks_attribute_escapes(project: Project) -> None:
     project.write("templates/opened/x.j2", "{{ ''.__class__.__mro__ }}")
     renderer, ev, ctx = setup(project)
     with pytest.raises(ConfigError, match="unsafe"):
-        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+        renderer.social(ev, "x", context=ctx)
 
 
 def test_undefined_names_are_errors_with_the_template_line(project: Project) -> None:
     project.write("templates/opened/x.j2", "line one\n{{ consultation.nope }}")
     renderer, ev, ctx = setup(project)
     with pytest.raises(ConfigError) as caught:
-        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+        renderer.social(ev, "x", context=ctx)
     assert str(caught.value).startswith(f"{project.templates}/opened/x.j2:2:")
 
 
 def test_a_subject_with_a_line_break_is_an_error_not_a_header(project: Project) -> None:
-    project.write("templates/opened/email.j2",
-                  "{% block subject %}Hi{{ recipient.name }}{% endblock %}{% block text %}x{% endblock %}")
+    project.write(
+        "templates/opened/email.j2",
+        "{% block subject %}Hi{{ recipient.name }}{% endblock %}{% block text %}x{% endblock %}",
+    )
     renderer, ev, ctx = setup(project)
     with pytest.raises(ConfigError, match="one line"):
-        renderer.email(ev, Recipient("a@x.example", "A\r\nBcc: victim@x.example"), context=ctx,  # type: ignore[arg-type]
-                       unsubscribe_url=URL)
+        renderer.email(
+            ev,
+            Recipient("a@x.example", "A\r\nBcc: victim@x.example"),
+            context=ctx,
+            unsubscribe_url=URL,
+        )
 
 
 def test_the_date_filter_reads_like_a_letter(project: Project) -> None:
     _, _, ctx = setup(project)
-    assert format_date(ctx["consultation"]["closes"]) == "15 August 2019"  # type: ignore[index]
+    assert format_date(ctx["consultation"]["closes"]) == "15 August 2019"
 
 
 EMAIL = (
@@ -97,7 +112,7 @@ def _email_problem(project: Project, text: str = "", html: str = "") -> Problem:
     project.write("templates/opened/email.j2", EMAIL.replace("{{ TEXT }}", text).replace("{{ HTML }}", html))
     renderer, ev, ctx = setup(project)
     with pytest.raises(ConfigError) as caught:
-        renderer.email(ev, Recipient("a@x.example", "A"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+        renderer.email(ev, Recipient("a@x.example", "A"), context=ctx, unsubscribe_url=URL)
     (problem,) = caught.value.problems
     return problem
 
@@ -133,7 +148,7 @@ def test_a_filter_error_in_a_post_is_a_template_error(project: Project) -> None:
     project.write("templates/opened/x.j2", "Closes\n{{ consultation.summary | date }}\n")
     renderer, ev, ctx = setup(project)
     with pytest.raises(ConfigError) as caught:
-        renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+        renderer.social(ev, "x", context=ctx)
     assert str(caught.value) == (
         f"{project.templates}/opened/x.j2:2: template error: the date filter needs a date and time, not str"
     )
@@ -157,16 +172,45 @@ def test_unknown_names_are_the_names_outside_the_context(project: Project) -> No
 # The sandbox's shortcut for ``dict.key`` must answer exactly as Jinja2's own immutable
 # sandbox does: values, undefined errors, unsafe attributes, dict methods, dunders.
 SANDBOX_EXPRESSIONS = [
-    "{{ d.title }}", "{{ d.nested.key }}", "{{ d.nope }}", "{{ d.nope is defined }}", "{{ d.items }}",
-    "{{ d['items'] }}", "{{ d.items() | list }}", "{{ d.keys() | list }}", "{{ d.get('title') }}",
-    "{{ d.pop('title') }}", "{{ d.update({}) }}", "{{ d.clear() }}", "{{ d.setdefault('x', 1) }}",
-    "{{ d.__class__ }}", "{{ d.__class__.__mro__ }}", "{{ d.__init__ }}", "{{ d.__dict__ }}",
-    "{{ d.__getitem__('title') }}", "{{ d.mro }}", "{{ d.__name__ }}", "{{ d.__subclasses__ }}",
-    "{{ d._private }}", "{{ d.__dunder__ }}", "{{ d.fmt.format }}", "{{ d.title.__class__ }}",
-    "{{ d.markup }}", "{{ d.html }}", "{{ d.when | date }}", "{{ d.when | date('%d/%m %H:%M %Z') }}",
-    "{{ d.when | time }}", "{{ d.other_when | date }}", "{{ d.title | date }}", "{{ d.nope | date }}",
-    "{{ d.self.title }}", "{{ (d | attr('title')) }}", "{{ d | map(attribute='x') | list }}",
-    "{{ [d.nested] | map(attribute='key') | join }}", "{{ d.proxy.key }}", "{{ d.proxy.__class__ }}",
+    "{{ d.title }}",
+    "{{ d.nested.key }}",
+    "{{ d.nope }}",
+    "{{ d.nope is defined }}",
+    "{{ d.items }}",
+    "{{ d['items'] }}",
+    "{{ d.items() | list }}",
+    "{{ d.keys() | list }}",
+    "{{ d.get('title') }}",
+    "{{ d.pop('title') }}",
+    "{{ d.update({}) }}",
+    "{{ d.clear() }}",
+    "{{ d.setdefault('x', 1) }}",
+    "{{ d.__class__ }}",
+    "{{ d.__class__.__mro__ }}",
+    "{{ d.__init__ }}",
+    "{{ d.__dict__ }}",
+    "{{ d.__getitem__('title') }}",
+    "{{ d.mro }}",
+    "{{ d.__name__ }}",
+    "{{ d.__subclasses__ }}",
+    "{{ d._private }}",
+    "{{ d.__dunder__ }}",
+    "{{ d.fmt.format }}",
+    "{{ d.title.__class__ }}",
+    "{{ d.markup }}",
+    "{{ d.html }}",
+    "{{ d.when | date }}",
+    "{{ d.when | date('%d/%m %H:%M %Z') }}",
+    "{{ d.when | time }}",
+    "{{ d.other_when | date }}",
+    "{{ d.title | date }}",
+    "{{ d.nope | date }}",
+    "{{ d.self.title }}",
+    "{{ (d | attr('title')) }}",
+    "{{ d | map(attribute='x') | list }}",
+    "{{ [d.nested] | map(attribute='key') | join }}",
+    "{{ d.proxy.key }}",
+    "{{ d.proxy.__class__ }}",
 ]
 
 
@@ -192,9 +236,17 @@ def test_the_sandbox_shortcut_answers_as_jinja_sandbox_does(tmp_path: Path) -> N
 
     london = datetime(2019, 8, 15, 23, 59, tzinfo=ZoneInfo("Europe/London"))
     d: dict[str, object] = {
-        "title": "Tom & <Jerry>", "nested": {"key": "v"}, "items": "an item called items", "_private": 1,
-        "__dunder__": 2, "fmt": "{0.__class__}", "markup": Markup("<b>ok</b>"), "html": "<i>", "when": london,
-        "other_when": london.astimezone(UTC), "proxy": MappingProxyType({"key": "p"}),
+        "title": "Tom & <Jerry>",
+        "nested": {"key": "v"},
+        "items": "an item called items",
+        "_private": 1,
+        "__dunder__": 2,
+        "fmt": "{0.__class__}",
+        "markup": Markup("<b>ok</b>"),
+        "html": "<i>",
+        "when": london,
+        "other_when": london.astimezone(UTC),
+        "proxy": MappingProxyType({"key": "p"}),
     }
     d["self"] = d
     for autoescape in (False, True):
@@ -209,13 +261,15 @@ def test_the_sandbox_shortcut_answers_as_jinja_sandbox_does(tmp_path: Path) -> N
 
 
 def test_email_blocks_see_jinja_globals_and_keep_their_own_assignments(project: Project) -> None:
-    project.write("templates/opened/email.j2",
-                  "{% block subject %}{% set n = 3 %}{% for i in range(n) %}{{ i }}{% endfor %}{% endblock %}"
-                  "{% block text %}{% set ns = namespace(x=1) %}{{ ns.x }}{{ n is defined }}{% endblock %}"
-                  "{% block html %}{{ lipsum is defined }}{{ n is defined }}{% endblock %}")
+    project.write(
+        "templates/opened/email.j2",
+        "{% block subject %}{% set n = 3 %}{% for i in range(n) %}{{ i }}{% endfor %}{% endblock %}"
+        "{% block text %}{% set ns = namespace(x=1) %}{{ ns.x }}{{ n is defined }}{% endblock %}"
+        "{% block html %}{{ lipsum is defined }}{{ n is defined }}{% endblock %}",
+    )
     renderer, ev, ctx = setup(project)
     for _ in range(2):  # the second time with the template's globals already copied
-        message = renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+        message = renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)
         assert (message.subject, message.text, message.html) == ("012", "1False\n", "TrueFalse\n")
 
 
@@ -235,33 +289,41 @@ def _refused(project: Project, template: str, *, channel: str = "x") -> tuple[Pr
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
         if channel == "email":
-            renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)  # type: ignore[arg-type]
+            renderer.email(ev, Recipient("a@x.example"), context=ctx, unsubscribe_url=URL)
         else:
-            renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+            renderer.social(ev, "x", context=ctx)
     took = time.monotonic() - started
     grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
     [problem] = caught.value.problems
     return problem, took, grew
 
 
-@pytest.mark.parametrize(("template", "message"), [
-    ("{{ 'x' * 10**10 }}", "str * 10,000,000,000 would make 10,000,000,000 characters"),
-    ("{{ 'x'|center(10**9) }}", "center(1,000,000,000) would make"),
-    ("{{ 'x'.ljust(10**9) }}", "ljust(1,000,000,000) would make"),
-    ("{{ '{:>1000000000}'.format('x') }}", "this format would make 1,000,000,000"),
-    ("{{ '%1000000000d' % 1 }}", "this format would make 1,000,000,000"),
-    ("{{ '%*d' % (1000000000, 1) }}", "this format would make 1,000,000,000"),
-    ("{{ ('x' * 5000000)|replace('x', 'xxxxx') }}", "this replace would make 25,000,000"),
-    ("{{ ('x' * 9000)|join('y' * 5000) }}", "this join would make"),
-    ("{{ [[1] * 9000] * 9000 }}", "list * 9,000 would make"),
-    ("{{ [1]|batch(10**9, 'x')|list }}", "batch(1,000,000,000) would make"),
-    ("{{ lipsum(10**6) }}", "lipsum would make"),
-    ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-     "this step would make"),
-    ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}"
-     "{% endfor %}", "this step would make"),
-    ("{{ range(100000)|map('center', 100000)|join }}", "center(100,000) would make"),
-])
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ 'x' * 10**10 }}", "str * 10,000,000,000 would make 10,000,000,000 characters"),
+        ("{{ 'x'|center(10**9) }}", "center(1,000,000,000) would make"),
+        ("{{ 'x'.ljust(10**9) }}", "ljust(1,000,000,000) would make"),
+        ("{{ '{:>1000000000}'.format('x') }}", "this format would make 1,000,000,000"),
+        ("{{ '%1000000000d' % 1 }}", "this format would make 1,000,000,000"),
+        ("{{ '%*d' % (1000000000, 1) }}", "this format would make 1,000,000,000"),
+        ("{{ ('x' * 5000000)|replace('x', 'xxxxx') }}", "this replace would make 25,000,000"),
+        ("{{ ('x' * 9000)|join('y' * 5000) }}", "this join would make"),
+        ("{{ [[1] * 9000] * 9000 }}", "list * 9,000 would make"),
+        ("{{ [1]|batch(10**9, 'x')|list }}", "batch(1,000,000,000) would make"),
+        ("{{ lipsum(10**6) }}", "lipsum would make"),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "this step would make",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}"
+            "{% endfor %}",
+            "this step would make",
+        ),
+        ("{{ range(100000)|map('center', 100000)|join }}", "center(100,000) would make"),
+    ],
+)
 def test_a_template_cannot_make_a_value_too_big_for_the_machine(project: Project, template: str, message: str) -> None:
     problem, took, grew = _refused(project, template)
     assert problem.path.endswith("templates/opened/x.j2") and problem.line == 2, problem
@@ -274,7 +336,8 @@ def test_nested_loops_stop_at_the_time_budget_with_the_line(project: Project) ->
     from notifier.sandbox import TIME_BUDGET
 
     problem, took, _ = _refused(
-        project, "{% for i in range(100000) %}\n{% for j in range(100000) %}{% endfor %}\n{% endfor %}",
+        project,
+        "{% for i in range(100000) %}\n{% for j in range(100000) %}{% endfor %}\n{% endfor %}",
         channel="email",
     )
     assert problem.path.endswith("templates/opened/email.j2") and problem.line in (4, 5), problem
@@ -284,7 +347,8 @@ def test_nested_loops_stop_at_the_time_budget_with_the_line(project: Project) ->
 
 def test_output_too_long_is_stopped_as_it_streams_at_the_line_that_made_it(project: Project) -> None:
     problem, took, grew = _refused(
-        project, "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+        project,
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
         channel="email",
     )
     assert problem.path.endswith("templates/opened/email.j2") and problem.line == 4, problem
@@ -293,10 +357,12 @@ def test_output_too_long_is_stopped_as_it_streams_at_the_line_that_made_it(proje
 
 
 def test_ordinary_templates_render_the_same_within_the_limits(project: Project) -> None:
-    project.write("templates/opened/x.j2",
-                  "{% for w in ['a', 'b'] * 40 %}{{ w ~ loop.index }}{% endfor %} {{ '-' * 10 }} {{ '%05d' % 42 }} "
-                  "{{ '{:>6}'.format('r') }} {{ 'ab'|center(6) }}|{{ range(3)|join(',') }} {{ 2 ** 10 }}")
+    project.write(
+        "templates/opened/x.j2",
+        "{% for w in ['a', 'b'] * 40 %}{{ w ~ loop.index }}{% endfor %} {{ '-' * 10 }} {{ '%05d' % 42 }} "
+        "{{ '{:>6}'.format('r') }} {{ 'ab'|center(6) }}|{{ range(3)|join(',') }} {{ 2 ** 10 }}",
+    )
     renderer, ev, ctx = setup(project)
-    text = renderer.social(ev, "x", context=ctx)  # type: ignore[arg-type]
+    text = renderer.social(ev, "x", context=ctx)
     expected = "".join(f"{w}{i}" for i, w in enumerate(["a", "b"] * 40, 1))
     assert text == f"{expected} ---------- 00042      r   ab  |0,1,2 1024"

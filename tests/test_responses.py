@@ -52,26 +52,35 @@ def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     path.write_bytes("\ufeffEmail,Name,Organisation\nccg@telford.example,Zoë,Telford & Wrekin CCG\n".encode())
     [response] = responses.read(path, LONDON)
     assert (response.email, response.name, response.organisation) == (
-        "ccg@telford.example", "Zoë", "Telford & Wrekin CCG")
+        "ccg@telford.example",
+        "Zoë",
+        "Telford & Wrekin CCG",
+    )
 
 
-@pytest.mark.parametrize(("cell", "utc"), [
-    ("01/08/2019 14:30", datetime(2019, 8, 1, 13, 30, tzinfo=UTC)),
-    ("2019-08-01 14:30", datetime(2019, 8, 1, 13, 30, tzinfo=UTC)),
-    ("2019-08-01", datetime(2019, 7, 31, 23, 0, tzinfo=UTC)),
-    ("01/12/2019", datetime(2019, 12, 1, 0, 0, tzinfo=UTC)),
-    ("2019-08-01T14:30:00+00:00", datetime(2019, 8, 1, 14, 30, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("cell", "utc"),
+    [
+        ("01/08/2019 14:30", datetime(2019, 8, 1, 13, 30, tzinfo=UTC)),
+        ("2019-08-01 14:30", datetime(2019, 8, 1, 13, 30, tzinfo=UTC)),
+        ("2019-08-01", datetime(2019, 7, 31, 23, 0, tzinfo=UTC)),
+        ("01/12/2019", datetime(2019, 12, 1, 0, 0, tzinfo=UTC)),
+        ("2019-08-01T14:30:00+00:00", datetime(2019, 8, 1, 14, 30, tzinfo=UTC)),
+    ],
+)
 def test_received_is_read_as_local_time_unless_it_has_an_offset(cell: str, utc: datetime) -> None:
     assert responses.parse_received(cell, LONDON) == utc
 
 
 def test_importing_the_same_file_twice_adds_nothing(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "responses.csv"
-    path.write_text("email,name,received,reference\n"
-                    "ccg@telford.example,Telford CCG,01/08/2019 14:30,\n"
-                    "anon@example.org,,,R-2\n"
-                    "ccg@telford.example,Telford CCG,02/08/2019 09:00,\n", encoding="utf-8")
+    path.write_text(
+        "email,name,received,reference\n"
+        "ccg@telford.example,Telford CCG,01/08/2019 14:30,\n"
+        "anon@example.org,,,R-2\n"
+        "ccg@telford.example,Telford CCG,02/08/2019 09:00,\n",
+        encoding="utf-8",
+    )
     first = responses.import_file(store, SOC, path, LONDON)
     assert [r.email for r in first] == ["ccg@telford.example", "anon@example.org", "ccg@telford.example"]
     assert responses.import_file(store, SOC, path, LONDON) == []
@@ -92,21 +101,30 @@ def _use(project: Project, database: str) -> None:
         project.env["NOTIFIER_DATABASE_URL"] = database  # the sqlite case uses the embedded default
 
 
-def test_responses_import_records_new_ones_and_list_shows_them_in_each_format(project: Project,
-                                                                           database: str) -> None:
+def test_responses_import_records_new_ones_and_list_shows_them_in_each_format(project: Project, database: str) -> None:
     _use(project, database)
-    path = project.write("responses.csv", "\ufeffEmail,Name,Organisation,Received,Reference,Answer 1\n"
-                         "ccg@telford.example,Jo Bloggs,Telford & Wrekin CCG,01/08/2019 14:30,R-1,Sensible\n")
+    path = project.write(
+        "responses.csv",
+        "\ufeffEmail,Name,Organisation,Received,Reference,Answer 1\n"
+        "ccg@telford.example,Jo Bloggs,Telford & Wrekin CCG,01/08/2019 14:30,R-1,Sensible\n",
+    )
     assert project.run("responses", "import", SOC, str(path), check=True).stdout.startswith("1 new response")
     assert project.run("responses", "import", SOC, str(path), check=True).stdout.startswith("0 new response")
     listed = json.loads(project.run("responses", "list", SOC, "--format", "json", check=True).stdout)
     acknowledged = listed["responses"][0].pop("acknowledged")  # the thank-you went (to the Maildir outbox)
     assert datetime.fromisoformat(acknowledged) <= datetime.now(UTC)
-    assert listed["responses"] == [{"email": "ccg@telford.example", "name": "Jo Bloggs",
-                                    "organisation": "Telford & Wrekin CCG", "received": "2019-08-01T13:30:00+00:00",
-                                    "reference": "R-1"}]
-    rows = list(csv.DictReader(io.StringIO(project.run("responses", "list", SOC, "--format", "csv",
-                                                       check=True).stdout)))
+    assert listed["responses"] == [
+        {
+            "email": "ccg@telford.example",
+            "name": "Jo Bloggs",
+            "organisation": "Telford & Wrekin CCG",
+            "received": "2019-08-01T13:30:00+00:00",
+            "reference": "R-1",
+        }
+    ]
+    rows = list(
+        csv.DictReader(io.StringIO(project.run("responses", "list", SOC, "--format", "csv", check=True).stdout))
+    )
     assert [r["organisation"] for r in rows] == ["Telford & Wrekin CCG"]
     assert "Jo Bloggs" in project.run("responses", "list", SOC, check=True).stdout
 

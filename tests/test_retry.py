@@ -40,7 +40,8 @@ def test_a_transient_failure_on_the_last_attempt_gives_up() -> None:
 
 def test_the_settings_set_the_base_the_attempts_and_the_breakers_first_pause() -> None:
     policy = RetryPolicy.from_settings(
-        Settings.from_env({"NOTIFIER_RETRY_BASE_SECONDS": "2", "NOTIFIER_MAX_ATTEMPTS": "3"}))
+        Settings.from_env({"NOTIFIER_RETRY_BASE_SECONDS": "2", "NOTIFIER_MAX_ATTEMPTS": "3"})
+    )
     assert (policy.base_s, policy.max_attempts, policy.breaker_base_s) == (2.0, 3, 6.0)
 
 
@@ -63,7 +64,12 @@ def test_every_actor_retries_its_messages_by_the_one_policy(broker: dramatiq.Bro
     actors = declare(broker, no_runtime)
     [retries] = [m for m in broker.middleware if isinstance(m, Retries)]
     for actor in (actors.fire, actors.deliver):
-        effective = {name: actor.options.get(name, getattr(retries, name))
-                     for name in ("max_retries", "min_backoff", "max_backoff")}
-        assert effective == {"max_retries": MESSAGE_RETRIES, "min_backoff": MESSAGE_MIN_BACKOFF_MS,
-                             "max_backoff": int(CAP_S * 1000)}, actor.actor_name
+        effective = {
+            name: actor.options.get(name, getattr(retries, name))
+            for name in ("max_retries", "min_backoff", "max_backoff")
+        }
+        assert effective == {
+            "max_retries": MESSAGE_RETRIES,
+            "min_backoff": MESSAGE_MIN_BACKOFF_MS,
+            "max_backoff": int(CAP_S * 1000),
+        }, actor.actor_name

@@ -216,7 +216,10 @@ def test_a_killed_leader_is_replaced_and_the_event_fires_once(
     clock = HeldClock(OPENED - timedelta(seconds=1))
     process = subprocess.Popen(
         [sys.executable, "-c", _LEADER, clock().isoformat()],
-        env=project.env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env=project.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -386,9 +389,7 @@ def test_events_without_at_are_never_scheduled(
     assert service.ledger.fired(SOC, "outcome") is None
 
 
-def test_sighup_reloads_the_config_in_serve(
-    project: Project, settings: Settings, service: Service
-) -> None:
+def test_sighup_reloads_the_config_in_serve(project: Project, settings: Settings, service: Service) -> None:
     clock = offset_clock(OPENED - timedelta(seconds=30))
     stop = threading.Event()
     failures: list[str] = []
@@ -497,8 +498,9 @@ def test_an_occurrence_claimed_but_never_enqueued_is_swept_and_delivered(
     assert occurrence_id is not None
     with service.worker(threads=4):
         start(offset_clock(datetime(2019, 1, 1, tzinfo=UTC)), sweep_after=0.3)
-        wait_until(lambda: service.ledger.occurrence(occurrence_id).state == "fanned-out", 5,
-                   "the sweep to re-send fire")
+        wait_until(
+            lambda: service.ledger.occurrence(occurrence_id).state == "fanned-out", 5, "the sweep to re-send fire"
+        )
         progress = service.wait(occurrence_id, timeout=30)
     assert progress.finished
     assert len(occurrences(service.ledger)) == 1

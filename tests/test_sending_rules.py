@@ -38,10 +38,17 @@ def add_consultation(project: Project, cid: str, opens: str, closes: str, *, aud
 
 def test_a_warning_is_printed_and_an_outcome_is_still_sent(wide: Project) -> None:
     # Jane is "Jane Smith" on the partners' lists and "J. Smith" on another: a warning in validate.
-    wide.write("config/stakeholders/extra.yaml",
-               f"lists:\n  extra:\n    name: Extra\n    members:\n      - {{name: J. Smith, email: {JANE}}}\n")
-    add_consultation(wide, "past-2025", "2025-01-06 09:00", "2025-02-14 23:59",
-                     audience="[key-partners, media, police-crime-panel, extra]")
+    wide.write(
+        "config/stakeholders/extra.yaml",
+        f"lists:\n  extra:\n    name: Extra\n    members:\n      - {{name: J. Smith, email: {JANE}}}\n",
+    )
+    add_consultation(
+        wide,
+        "past-2025",
+        "2025-01-06 09:00",
+        "2025-02-14 23:59",
+        audience="[key-partners, media, police-crime-panel, extra]",
+    )
     result = wide.run("send", "past-2025", "outcome", "--wait")
     assert result.returncode == 0, result.stderr
     assert "'J. Smith'" in result.stderr, "the warning is printed"
@@ -69,8 +76,9 @@ def test_an_outcome_before_the_consultation_closes_is_sent_with_a_warning(wide: 
     add_consultation(wide, "violence-reduction-2099", "2099-01-05 09:00", "2099-02-13 23:59")
     result = wide.run("send", "violence-reduction-2099", "outcome", "--wait")
     assert result.returncode == 0, result.stderr
-    assert "warning: event 'outcome' is sent before the consultation closes (Fri 13 Feb 2099 23:59 GMT)" \
-        in result.stderr
+    assert (
+        "warning: event 'outcome' is sent before the consultation closes (Fri 13 Feb 2099 23:59 GMT)" in result.stderr
+    )
     assert "fired violence-reduction-2099:outcome:1" in result.stdout
 
 
@@ -155,11 +163,15 @@ def test_requeue_puts_only_failed_deliveries_back_to_pending_and_an_outbox_one_s
     ledger.add(occurrence, [Record(channel="email", recipient=r) for r in (JANE, ZOE, sam)])
     claims = ledger.claim(occurrence, [f"email|{r}" for r in (JANE, ZOE, sam)], owner="w1|m1")
     assert [c.state for c in claims] == ["claimed"] * 3
-    ledger.mark(occurrence, [
-        (f"email|{JANE}", Outcome("outbox", 1, provider_id="<a@pcc.example>")),
-        (f"email|{ZOE}", Outcome("failed", 8, error="gave up after 8 attempts: 451 try later")),
-        (f"email|{sam}", Outcome("failed", 1, error="554 refused")),
-    ], owner="w1|m1")
+    ledger.mark(
+        occurrence,
+        [
+            (f"email|{JANE}", Outcome("outbox", 1, provider_id="<a@pcc.example>")),
+            (f"email|{ZOE}", Outcome("failed", 8, error="gave up after 8 attempts: 451 try later")),
+            (f"email|{sam}", Outcome("failed", 1, error="554 refused")),
+        ],
+        owner="w1|m1",
+    )
 
     assert sorted(ledger.requeue_failed(occurrence)) == [f"email|{sam}", f"email|{ZOE}"]
     assert ledger.counts(occurrence) == {"email": {"outbox": 1, "pending": 2}}

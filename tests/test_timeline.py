@@ -16,11 +16,18 @@ LONDON = ZoneInfo("Europe/London")
 
 def consultation(**changes: object) -> Consultation:
     base: dict[str, object] = {
-        "id": "c", "title": "T", "url": "https://x.example", "summary": "S",
-        "opens": datetime(2019, 7, 9, 9, 0, tzinfo=LONDON), "closes": datetime(2019, 8, 15, 23, 59, tzinfo=LONDON),
-        "audience": ("a",), "channels": ("email", "pcc-x"),
-        "events": {n: EventSpec(name=n, at=a) for n, a in
-                   (("opened", "opens"), ("reminder", "closes - 7d"), ("closed", "closes"))},
+        "id": "c",
+        "title": "T",
+        "url": "https://x.example",
+        "summary": "S",
+        "opens": datetime(2019, 7, 9, 9, 0, tzinfo=LONDON),
+        "closes": datetime(2019, 8, 15, 23, 59, tzinfo=LONDON),
+        "audience": ("a",),
+        "channels": ("email", "pcc-x"),
+        "events": {
+            n: EventSpec(name=n, at=a)
+            for n, a in (("opened", "opens"), ("reminder", "closes - 7d"), ("closed", "closes"))
+        },
     }
     base.update(changes)
     return Consultation(**base)
@@ -40,13 +47,16 @@ def test_default_events_fire_at_opens_a_week_before_close_and_at_close_in_bst() 
     ]
 
 
-@pytest.mark.parametrize(("expression", "expected"), [
-    ("opens + 2h", "2019-07-09T11:00:00+01:00"),
-    ("opens+1d 30m", "2019-07-10T09:30:00+01:00"),
-    ("closes - 1d", "2019-08-14T23:59:00+01:00"),
-    ("2019-09-12 10:00", "2019-09-12T10:00:00+01:00"),
-    ("2019-09-12T09:00:00+00:00", "2019-09-12T10:00:00+01:00"),
-])
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("opens + 2h", "2019-07-09T11:00:00+01:00"),
+        ("opens+1d 30m", "2019-07-10T09:30:00+01:00"),
+        ("closes - 1d", "2019-08-14T23:59:00+01:00"),
+        ("2019-09-12 10:00", "2019-09-12T10:00:00+01:00"),
+        ("2019-09-12T09:00:00+00:00", "2019-09-12T10:00:00+01:00"),
+    ],
+)
 def test_at_expressions(expression: str, expected: str) -> None:
     assert parse_at(expression, LONDON).resolve(*dates(consultation()), LONDON).isoformat() == expected
 
@@ -58,8 +68,9 @@ def test_bad_at_expressions_say_what_would_be_right(expression: str) -> None:
 
 
 def test_day_offsets_keep_the_wall_clock_across_the_autumn_change() -> None:
-    item = consultation(opens=datetime(2019, 10, 1, 9, 0, tzinfo=LONDON),
-                        closes=datetime(2019, 10, 30, 23, 59, tzinfo=LONDON))
+    item = consultation(
+        opens=datetime(2019, 10, 1, 9, 0, tzinfo=LONDON), closes=datetime(2019, 10, 30, 23, 59, tzinfo=LONDON)
+    )
     reminder = parse_at("closes - 7d", LONDON).resolve(*dates(item), LONDON)
     assert reminder.isoformat() == "2019-10-23T23:59:00+01:00"  # BST, a week before a GMT close
 

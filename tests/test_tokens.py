@@ -54,15 +54,22 @@ def test_the_address_is_compared_without_case() -> None:
     assert verify(KEY, sign(KEY, "Zoe.Baxter@Gazette.example")) == ZOE
 
 
-@pytest.mark.parametrize("email", [ZOE, "a.very.long.name+consultations@telford-and-wrekin-council.gov.example",
-                                   "jo@x.example", "Zoë.Brontë@münchen.example"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        ZOE,
+        "a.very.long.name+consultations@telford-and-wrekin-council.gov.example",
+        "jo@x.example",
+        "Zoë.Brontë@münchen.example",
+    ],
+)
 def test_no_part_of_the_address_can_be_read_from_the_token_or_the_link(email: str) -> None:
     base = "https://notify.pcc.example"
     url = unsubscribe_url(base, KEY, email)
     assert url.startswith(f"{base}/unsubscribe/")
     token = url.rsplit("/", 1)[1]
     for form in _readable_forms(email.lower()):
-        assert form.lower() not in url[len(base):].lower(), form
+        assert form.lower() not in url[len(base) :].lower(), form
     assert verify(KEY, token) == email.lower()
 
 

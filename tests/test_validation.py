@@ -22,12 +22,14 @@ def _errors(project: Project) -> list[str]:
 def _with_accounts(project: Project) -> None:
     """The example, with a Mastodon and a Bluesky account on the consultation too."""
     main = project.config / "notifier.yaml"
-    main.write_text(main.read_text().replace(
-        "accounts:\n",
-        "accounts:\n"
-        "  pcc-mastodon: {platform: mastodon, instance: 'https://mastodon.example'}\n"
-        "  pcc-bluesky: {platform: bluesky, handle: pcc.example}\n",
-    ))
+    main.write_text(
+        main.read_text().replace(
+            "accounts:\n",
+            "accounts:\n"
+            "  pcc-mastodon: {platform: mastodon, instance: 'https://mastodon.example'}\n"
+            "  pcc-bluesky: {platform: bluesky, handle: pcc.example}\n",
+        )
+    )
     consultation = project.config / "consultations" / "soc-strategy-2019.yaml"
     text = consultation.read_text()
     assert CHANNELS in text
@@ -62,8 +64,10 @@ def test_a_post_that_has_the_link_already_is_measured_as_written(project: Projec
 
 
 def test_an_unknown_name_is_reported_once_not_again_when_rendering(project: Project) -> None:
-    project.write("templates/opened/email.j2",
-                  "{% block subject %}Hi{% endblock %}\n{% block text %}\n{{ consultaton.title }}\n{% endblock %}\n")
+    project.write(
+        "templates/opened/email.j2",
+        "{% block subject %}Hi{% endblock %}\n{% block text %}\n{{ consultaton.title }}\n{% endblock %}\n",
+    )
     errors = _errors(project)
     assert len([e for e in errors if "consultaton" in e]) == 1, errors
     assert any(e.startswith("templates/opened/email.j2:3: unknown name 'consultaton'") for e in errors), errors

@@ -214,7 +214,7 @@ def tampered(token: str, position: int) -> str:
     """``token`` with the character at ``position`` replaced by another base64url one."""
     old = token[position]
     new = "A" if old != "A" else "B"
-    return token[:position] + new + token[position + 1:]
+    return token[:position] + new + token[position + 1 :]
 
 
 # ---------------------------------------------------------------------------
@@ -222,9 +222,7 @@ def tampered(token: str, position: int) -> str:
 # ---------------------------------------------------------------------------
 
 
-def test_unsubscribe_round_trip_one_click_then_resubscribe(
-    base: str, http: httpx.Client, ledger: Ledger
-) -> None:
+def test_unsubscribe_round_trip_one_click_then_resubscribe(base: str, http: httpx.Client, ledger: Ledger) -> None:
     token = sign(KEY, JANE)
 
     shown = http.get(f"{base}/unsubscribe/{token}")
@@ -328,9 +326,7 @@ def _bad_tokens() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("kind", list(_bad_tokens()))
-def test_a_bad_token_gets_400_and_changes_nothing(
-    kind: str, base: str, http: httpx.Client, ledger: Ledger
-) -> None:
+def test_a_bad_token_gets_400_and_changes_nothing(kind: str, base: str, http: httpx.Client, ledger: Ledger) -> None:
     token = _bad_tokens()[kind]
     ledger.suppress("someone.else@telford.example", "unsubscribed")  # must stay suppressed
     before = ledger.suppressed()
@@ -445,8 +441,16 @@ def test_a_token_under_any_path_or_case_stays_out_of_the_access_log(base: str, h
             lines.append(record.getMessage())
 
     token = sign(KEY, JANE)
-    paths = [f"/Unsubscribe/{token}", f"/UNSUBSCRIBE/{token}", f"/ReSubscribe/{OLD_JANE}", f"/unsubscribe/{token}/",
-             f"/links/{token}", f"/u/{token}?from=mail", f"/?t={token}", f"/unsubscribe/{quote(token + '.x', safe='')}"]
+    paths = [
+        f"/Unsubscribe/{token}",
+        f"/UNSUBSCRIBE/{token}",
+        f"/ReSubscribe/{OLD_JANE}",
+        f"/unsubscribe/{token}/",
+        f"/links/{token}",
+        f"/u/{token}?from=mail",
+        f"/?t={token}",
+        f"/unsubscribe/{quote(token + '.x', safe='')}",
+    ]
     handler = Keep()
     access = logging.getLogger("uvicorn.access")
     access.addHandler(handler)
@@ -592,12 +596,11 @@ def test_healthz_reports_redis_ok_and_nobody_alive_yet(base: str, http: httpx.Cl
     assert sorted(strict.json()["failing"]) == ["scheduler", "workers"]
 
 
-def test_healthz_lists_live_workers_and_the_leader(
-    base: str, http: httpx.Client, redis_client: redis.Redis
-) -> None:
+def test_healthz_lists_live_workers_and_the_leader(base: str, http: httpx.Client, redis_client: redis.Redis) -> None:
     now_ms = time.time() * 1000
-    redis_client.zadd("notifier:workers", {"host-a:12:w1": now_ms, "host-b:7:w2": now_ms - 1000,
-                                      "host-c:9:dead": now_ms - 3_600_000})
+    redis_client.zadd(
+        "notifier:workers", {"host-a:12:w1": now_ms, "host-b:7:w2": now_ms - 1000, "host-c:9:dead": now_ms - 3_600_000}
+    )
     redis_client.set(LEADER_KEY, "host-a:11:scheduler")
 
     body = http.get(f"{base}/healthz").json()
@@ -618,8 +621,11 @@ def test_healthz_rejects_an_unknown_requirement(base: str, http: httpx.Client) -
 def test_healthz_is_503_quickly_when_redis_is_unreachable(
     where: str, servers: Servers, tmp_path: Path, http: httpx.Client
 ) -> None:
-    url = (f"redis://:hunter2@127.0.0.1:{_closed_port()}/0" if where == "closed TCP port"
-           else f"unix://{tmp_path}/nothing-here.sock")
+    url = (
+        f"redis://:hunter2@127.0.0.1:{_closed_port()}/0"
+        if where == "closed TCP port"
+        else f"unix://{tmp_path}/nothing-here.sock"
+    )
     base = servers.start(make_settings(tmp_path, url))
     started = time.monotonic()
     response = http.get(f"{base}/healthz")
@@ -713,12 +719,15 @@ def test_make_server_refuses_a_missing_secret_key_with_an_external_redis(tmp_pat
         make_server(settings)
 
 
-@pytest.mark.parametrize(("bind", "expected"), [
-    ("127.0.0.1:8080", ("127.0.0.1", 8080)),
-    ("0.0.0.0:80", ("0.0.0.0", 80)),
-    ("[::1]:8080", ("::1", 8080)),
-    ("localhost:0", ("localhost", 0)),
-])
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
 def test_web_bind_parses(bind: str, expected: tuple[str, int]) -> None:
     assert parse_bind(bind) == expected
 
@@ -729,7 +738,6 @@ def test_web_bind_rejects_nonsense_naming_the_variable(bind: str) -> None:
 
     with pytest.raises(ConfigError, match="NOTIFIER_WEB_BIND"):
         parse_bind(bind)
-
 
 
 # ---------------------------------------------------------------------------
@@ -785,14 +793,18 @@ def test_an_installed_package_ships_every_template_and_renders_from_them(tmp_pat
     shutil.copytree(ROOT / "notifier", source / "notifier", ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
-        cwd=source, capture_output=True, text=True, timeout=300,
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     [wheel] = tmp_path.glob("notifier-*.whl")
     templates = ROOT / "notifier" / "web" / "templates"
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"notifier/web/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*")
-                if p.is_file()}
+    expected = {
+        f"notifier/web/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*") if p.is_file()
+    }
     assert expected and expected <= shipped, sorted(expected - shipped)
 
     installed = tmp_path / "installed"
@@ -804,7 +816,13 @@ def test_an_installed_package_ships_every_template_and_renders_from_them(tmp_pat
         "for name in sys.argv[2:]: r.templates.get_template(name)\n"
         "print(len(r.STYLE))"
     )
-    loaded = subprocess.run([sys.executable, "-c", check, str(installed), *names], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": str(installed)}, cwd=tmp_path)
+    loaded = subprocess.run(
+        [sys.executable, "-c", check, str(installed), *names],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        cwd=tmp_path,
+    )
     assert loaded.returncode == 0, loaded.stderr
     assert int(loaded.stdout) > 0

@@ -75,10 +75,12 @@ def link_facets(text: str) -> list[dict[str, Any]]:
         position = start + len(url)
         byte_start = len(text[:start].encode("utf-8"))
         byte_end = byte_start + len(url.encode("utf-8"))
-        facets.append({
-            "index": {"byteStart": byte_start, "byteEnd": byte_end},
-            "features": [{"$type": "app.bsky.richtext.facet#link", "uri": url}],
-        })
+        facets.append(
+            {
+                "index": {"byteStart": byte_start, "byteEnd": byte_end},
+                "features": [{"$type": "app.bsky.richtext.facet#link", "uri": url}],
+            }
+        )
     return facets
 
 
@@ -186,9 +188,7 @@ class BlueskyChannel(http.HttpChannel):
         if code == "RecordNotFound" or response.status_code == 404:
             return None
         if strict:
-            raise http.error_for(
-                response, what=f"{self._what}: cannot check for an earlier post", transient=True
-            )
+            raise http.error_for(response, what=f"{self._what}: cannot check for an earlier post", transient=True)
         return None
 
     # -- sessions --------------------------------------------------------------------
@@ -254,7 +254,9 @@ class BlueskyChannel(http.HttpChannel):
         session = self._parse_session(response)
         if session is None:
             raise http.error_for(
-                response, what=f"{self._what}: the PDS's session reply is not understood", transient=True,
+                response,
+                what=f"{self._what}: the PDS's session reply is not understood",
+                transient=True,
                 secrets=[self._password],
             )
         return session

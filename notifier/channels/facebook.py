@@ -63,9 +63,7 @@ class FacebookChannel(http.HttpChannel):
         form = {"message": text, "access_token": self._token}
         if post.link:
             form["link"] = post.link
-        response = http.send(
-            self._client, "POST", self._url, what=self._what, secrets=[self._token], data=form
-        )
+        response = http.send(self._client, "POST", self._url, what=self._what, secrets=[self._token], data=form)
         if response.is_success:
             body = http.json_body(response)
             post_id = str(body["id"]) if isinstance(body, dict) and body.get("id") is not None else None

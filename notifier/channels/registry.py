@@ -21,8 +21,16 @@ from notifier.channels.platforms import CHANNELS, TOKEN_CHANNELS, rules
 from notifier.channels.webhook import WebhookChannel
 from notifier.config import EMAIL_CHANNEL, Account, Config, Settings
 
-__all__ = ["CHANNELS", "TOKEN_CHANNELS", "addressing", "build_account_channel", "build_email_channel", "is_outbox",
-           "per_recipient", "rules"]
+__all__ = [
+    "CHANNELS",
+    "TOKEN_CHANNELS",
+    "addressing",
+    "build_account_channel",
+    "build_email_channel",
+    "is_outbox",
+    "per_recipient",
+    "rules",
+]
 
 
 def addressing(channel: str) -> Addressing:

@@ -50,21 +50,23 @@ def verify_signature(body: bytes, header: str | None, key: bytes) -> bool:
 
 def webhook_body(delivery: Delivery, payload: PostPayload, *, account: str) -> bytes:
     """The exact bytes a webhook posts (and signs) for ``payload``."""
-    return http.dumps({
-        "event": payload.event,
-        "event_at": payload.event_at.isoformat(),
-        "account": account,
-        "consultation": {
-            "id": payload.consultation_id,
-            "title": payload.consultation_title,
+    return http.dumps(
+        {
+            "event": payload.event,
+            "event_at": payload.event_at.isoformat(),
+            "account": account,
+            "consultation": {
+                "id": payload.consultation_id,
+                "title": payload.consultation_title,
+                "url": payload.link,
+            },
+            "opens": payload.opens.isoformat(),
+            "closes": payload.closes.isoformat(),
             "url": payload.link,
-        },
-        "opens": payload.opens.isoformat(),
-        "closes": payload.closes.isoformat(),
-        "url": payload.link,
-        "text": payload.text,
-        "delivery": delivery.key,
-    })
+            "text": payload.text,
+            "delivery": delivery.key,
+        }
+    )
 
 
 class WebhookChannel(http.HttpChannel):

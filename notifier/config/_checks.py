@@ -100,8 +100,9 @@ def _check_includes(lists: dict[str, StakeholderList], failed: Failed, problems:
         for i, included in enumerate(item.include):
             if failed.unknown_list(included, lists):
                 problems.append(
-                    Problem.at(item.where.path, item.line("include", i),
-                               f"list {item.id!r} includes unknown list {included!r}")
+                    Problem.at(
+                        item.where.path, item.line("include", i), f"list {item.id!r} includes unknown list {included!r}"
+                    )
                 )
 
 
@@ -158,13 +159,16 @@ def without_dangling(
     kept_consultations = {}
     for consultation_id, consultation in consultations.items():
         events = {
-            name: event.model_copy(update={"audience": known(event.audience, lists),
-                                           "channels": known(event.channels, channels)})
+            name: event.model_copy(
+                update={"audience": known(event.audience, lists), "channels": known(event.channels, channels)}
+            )
             for name, event in consultation.events.items()
         }
-        kept_consultations[consultation_id] = consultation.model_copy(update={
-            "audience": known(consultation.audience, lists),
-            "channels": known(consultation.channels, channels),
-            "events": events,
-        })
+        kept_consultations[consultation_id] = consultation.model_copy(
+            update={
+                "audience": known(consultation.audience, lists),
+                "channels": known(consultation.channels, channels),
+                "events": events,
+            }
+        )
     return kept_lists, kept_consultations

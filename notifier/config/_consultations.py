@@ -36,8 +36,11 @@ def load_consultations(folder: Path, tz: ZoneInfo, problems: list[Problem]) -> d
             continue
         if not ID.match(consultation_id):
             problems.append(
-                Problem.at(path, 1, f"consultation id {consultation_id!r} (the file name) must be lower-case "
-                           "letters, digits, - or _")
+                Problem.at(
+                    path,
+                    1,
+                    f"consultation id {consultation_id!r} (the file name) must be lower-case letters, digits, - or _",
+                )
             )
             continue
         data, lines = read_yaml(path, problems)
@@ -123,12 +126,21 @@ def _check_url_and_dates(consultation: Consultation, file: _File) -> None:
     """The consultation's url is an http(s) URL and it closes after it opens."""
     path, lines, problems = file.path, file.lines, file.problems
     if not is_http_url(consultation.url):
-        problems.append(Problem.at(path, lines.value_line(("url",)), "url must be an http(s) URL like "
-                                   f"https://www.example.org/consultations/…, not {consultation.url!r}"))
+        problems.append(
+            Problem.at(
+                path,
+                lines.value_line(("url",)),
+                f"url must be an http(s) URL like https://www.example.org/consultations/…, not {consultation.url!r}",
+            )
+        )
     if consultation.opens >= consultation.closes:
         problems.append(
-            Problem.at(path, lines.line(("closes",)), "closes must be after opens "
-                       f"({consultation.closes:%Y-%m-%d %H:%M} is not after {consultation.opens:%Y-%m-%d %H:%M})")
+            Problem.at(
+                path,
+                lines.line(("closes",)),
+                "closes must be after opens "
+                f"({consultation.closes:%Y-%m-%d %H:%M} is not after {consultation.opens:%Y-%m-%d %H:%M})",
+            )
         )
 
 

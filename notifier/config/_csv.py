@@ -81,10 +81,14 @@ def read_csv_text(path: Path, problems: list[Problem], *, what: str = "a CSV lis
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        problems.append(Problem.at(
-            path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x} on this line): save the file as "
-            '"CSV UTF-8" (in Excel: File > Save As > CSV UTF-8 (Comma delimited))'
-        ))
+        problems.append(
+            Problem.at(
+                path,
+                line,
+                f"not UTF-8 (byte 0x{data[exc.start]:02x} on this line): save the file as "
+                '"CSV UTF-8" (in Excel: File > Save As > CSV UTF-8 (Comma delimited))',
+            )
+        )
         return None
     if not text.strip():
         problems.append(Problem.at(path, None, f"empty file: {what} needs a header row with an 'email' column"))

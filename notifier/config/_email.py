@@ -42,8 +42,23 @@ _FAST_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _MAX_ADDRESS = 254  # email_validator's limit on the whole address (RFC 5321 4.5.3.1.3)
 # RFC 2142 mailbox names, which email_validator lower-cases: left to it.
 _LOWERED_MAILBOXES = frozenset(
-    {"info", "marketing", "sales", "support", "abuse", "noc", "security", "postmaster", "hostmaster",
-     "usenet", "news", "webmaster", "www", "uucp", "ftp"}
+    {
+        "info",
+        "marketing",
+        "sales",
+        "support",
+        "abuse",
+        "noc",
+        "security",
+        "postmaster",
+        "hostmaster",
+        "usenet",
+        "news",
+        "webmaster",
+        "www",
+        "uucp",
+        "ftp",
+    }
 )
 _DOMAINS: dict[str, str | None] = {}  # domain as written -> email_validator's form, or None: ask it
 _DOMAINS_MAX = 50_000

@@ -70,8 +70,9 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
     consultations = load_consultations(root / "consultations", tz, problems)
     check_references(lists, consultations, accounts, failed, problems)
     if not count_errors(problems):
-        return Config(root=root, lists=lists, consultations=consultations, accounts=accounts,
-                      warnings=tuple(problems), **settings), []
+        return Config(
+            root=root, lists=lists, consultations=consultations, accounts=accounts, warnings=tuple(problems), **settings
+        ), []
     lists, consultations = without_dangling(lists, consultations, accounts)
     partial = Config.model_construct(
         root=root,
@@ -122,8 +123,9 @@ def _load_main(  # noqa: PLR0913 - the file read (data, path, lines), its folder
     settings["templates"] = (root / str(templates)) if templates else root.parent / "templates"
     if not Path(settings["templates"]).is_dir():
         problems.append(
-            Problem.at(path, lines.value_line(("templates",)) or 1,
-                       f"templates directory {settings['templates']} not found")
+            Problem.at(
+                path, lines.value_line(("templates",)) or 1, f"templates directory {settings['templates']} not found"
+            )
         )
 
     accounts: dict[str, Account] = {}
@@ -167,8 +169,9 @@ def _account(account_id: Any, raw: Any, path: Path, lines: Lines, problems: list
         value = getattr(account, key)
         if value is not None and not is_http_url(value):
             line = lines.value_line(("accounts", account_id, key))
-            problems.append(Problem.at(path, line, f"{key} must be an http(s) URL like https://example.org/…, "
-                                                   f"not {value!r}"))
+            problems.append(
+                Problem.at(path, line, f"{key} must be an http(s) URL like https://example.org/…, not {value!r}")
+            )
     return account if len(problems) == before else None
 
 
@@ -259,4 +262,3 @@ def _list_from_yaml(
         return None
     item._lines = lines
     return item
-

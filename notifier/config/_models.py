@@ -89,8 +89,9 @@ def _no_control(value: str) -> None:
     if found is not None:
         code = ord(found.group())
         what = {0: " (NUL)", 9: " (tab)", 10: " (line feed)", 13: " (carriage return)"}.get(code, "")
-        raise InvalidValueError(f"contains the control character U+{code:04X}{what}: names and organisations "
-                         "are one line of text")
+        raise InvalidValueError(
+            f"contains the control character U+{code:04X}{what}: names and organisations are one line of text"
+        )
 
 
 class Member(BaseModel):

@@ -139,16 +139,22 @@ class Settings(BaseSettings):
         if self.secret_key_env:
             return self.secret_key_env.encode()
         if not self.embedded:
-            raise ConfigError(
-                [Problem.at("NOTIFIER_SECRET_KEY", None, "must be set when NOTIFIER_REDIS_URL is set")]
-            )
+            raise ConfigError([Problem.at("NOTIFIER_SECRET_KEY", None, "must be set when NOTIFIER_REDIS_URL is set")])
         path = self.data_dir / "secret.key"
         if not path.exists():
             _create_key(path)
         key = path.read_text().strip()
         if not key:
-            raise ConfigError([Problem.at(path, None, "the secret key file is empty: delete it to make a new "
-                                                      "key (unsubscribe links already sent stop working)")])
+            raise ConfigError(
+                [
+                    Problem.at(
+                        path,
+                        None,
+                        "the secret key file is empty: delete it to make a new "
+                        "key (unsubscribe links already sent stop working)",
+                    )
+                ]
+            )
         return key.encode()
 
 

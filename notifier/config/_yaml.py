@@ -49,8 +49,11 @@ class _Loader(yaml.SafeLoader):
         self._expanded += _size(node, self._sizes)
         if self._expanded > MAX_ALIAS_VALUES:
             raise yaml.composer.ComposerError(
-                None, None, f"too many aliases: by *{anchor} here they expand to more than "
-                f"{MAX_ALIAS_VALUES:,} values (write the values out, or share less)", mark,
+                None,
+                None,
+                f"too many aliases: by *{anchor} here they expand to more than "
+                f"{MAX_ALIAS_VALUES:,} values (write the values out, or share less)",
+                mark,
             )
 
 

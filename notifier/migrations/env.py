@@ -15,8 +15,7 @@ from notifier.store import metadata
 
 def _run(connection: Connection) -> None:
     # render_as_batch: SQLite alters tables by copying them; Alembic's batch mode does that.
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
-                      compare_type=True)
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
 

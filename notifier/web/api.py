@@ -32,8 +32,11 @@ def refusal(request: Request) -> Response | None:
         return JSONResponse({"error": "the admin API is off: set NOTIFIER_ADMIN_TOKEN to use it"}, 404)
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
-        return JSONResponse({"error": "a valid 'Authorization: Bearer <NOTIFIER_ADMIN_TOKEN>' is required"},
-                            401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(
+            {"error": "a valid 'Authorization: Bearer <NOTIFIER_ADMIN_TOKEN>' is required"},
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return None
 
 
@@ -90,7 +93,7 @@ async def record_response(request: Request) -> Response:
     try:
         body = await request.json()
     except ValueError:
-        return JSONResponse({"error": "the body must be JSON: {\"email\": ...}"}, 422)
+        return JSONResponse({"error": 'the body must be JSON: {"email": ...}'}, 422)
     desk = state(request).desk
     try:
         recorded = await anyio.to_thread.run_sync(desk.record, consultation, body)
@@ -99,8 +102,9 @@ async def record_response(request: Request) -> Response:
     except UsageError as exc:
         return JSONResponse({"error": str(exc)}, 404)
     except ConfigError as exc:
-        return JSONResponse({"error": "cannot acknowledge responses to this consultation: "
-                             + "; ".join(map(str, exc.problems))}, 500)
+        return JSONResponse(
+            {"error": "cannot acknowledge responses to this consultation: " + "; ".join(map(str, exc.problems))}, 500
+        )
     except (redis.RedisError, OSError, StoreError) as exc:
         return _unavailable(exc)
     answer = {**_response_json(recorded.response), "new": recorded.new, "acknowledging": recorded.acknowledging}
@@ -108,7 +112,14 @@ async def record_response(request: Request) -> Response:
 
 
 def _response_json(r: RecordedResponse) -> dict[str, object]:
-    return {"id": r.id, "consultation": r.consultation, "email": r.email, "name": r.name,
-            "organisation": r.organisation, "received": r.received.isoformat() if r.received else None,
-            "reference": r.reference, "recorded_at": r.recorded_at.isoformat(),
-            "acknowledged": r.acknowledged_at.isoformat() if r.acknowledged_at else None}
+    return {
+        "id": r.id,
+        "consultation": r.consultation,
+        "email": r.email,
+        "name": r.name,
+        "organisation": r.organisation,
+        "received": r.received.isoformat() if r.received else None,
+        "reference": r.reference,
+        "recorded_at": r.recorded_at.isoformat(),
+        "acknowledged": r.acknowledged_at.isoformat() if r.acknowledged_at else None,
+    }

@@ -57,8 +57,9 @@ class ResponseDesk:
         store = shared_store(self.settings)
         record_config(store, config)
         added = store.add_responses(consultation_id, [given])
-        store.audit("api", "responses record", consultation=consultation_id,
-                    detail="1 new" if added else "already recorded")
+        store.audit(
+            "api", "responses record", consultation=consultation_id, detail="1 new" if added else "already recorded"
+        )
         if added:
             started = service.acknowledge(consultation_id, added)
             return Recorded(added[0], new=True, acknowledging=bool(started))

@@ -75,10 +75,7 @@ def _unknown(error: str | None) -> dict[str, Any]:
 def _required(request: Request) -> set[str]:
     """What ``?require=a,b&require=c`` names."""
     return {
-        name.strip()
-        for value in request.query_params.getlist("require")
-        for name in value.split(",")
-        if name.strip()
+        name.strip() for value in request.query_params.getlist("require") for name in value.split(",") if name.strip()
     }
 
 
@@ -123,12 +120,17 @@ def families(report: dict[str, Any], suppressed: dict[str, int]) -> list[Metric]
         by_reason.add_metric([reason], suppressed[reason])
     return [
         *found,
-        GaugeMetricFamily("notifier_redis_latency_seconds", "Round trip of a Redis PING.",
-                          report["redis"]["latency_ms"] / 1000),
-        GaugeMetricFamily("notifier_workers_alive", "Workers that sent a heartbeat recently.",
-                          report["workers"]["count"]),
-        GaugeMetricFamily("notifier_scheduler_leader", "Whether a scheduler holds the leader lock.",
-                          1 if report["scheduler"]["leader"] else 0),
+        GaugeMetricFamily(
+            "notifier_redis_latency_seconds", "Round trip of a Redis PING.", report["redis"]["latency_ms"] / 1000
+        ),
+        GaugeMetricFamily(
+            "notifier_workers_alive", "Workers that sent a heartbeat recently.", report["workers"]["count"]
+        ),
+        GaugeMetricFamily(
+            "notifier_scheduler_leader",
+            "Whether a scheduler holds the leader lock.",
+            1 if report["scheduler"]["leader"] else 0,
+        ),
         by_reason,
     ]
 

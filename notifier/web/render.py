@@ -29,8 +29,7 @@ _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 #: Nothing but our own inline style may load, forms post only to us, and no other site may
 #: frame the pages (so no one can overlay our buttons to trick a click).
 CSP = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 #: Headers on every page: not cached (the state changes), not indexed, and the URL (which
 #: holds the token) never sent on as a Referer.

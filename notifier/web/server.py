@@ -47,9 +47,9 @@ def parse_bind(value: str) -> tuple[str, int]:
     match = _BIND.fullmatch(value.strip())
     port = int(match.group("p6") or match.group("port")) if match else -1
     if not match or port > 65535:
-        raise ConfigError([Problem.at(
-            "NOTIFIER_WEB_BIND", None, f"must be HOST:PORT (e.g. 0.0.0.0:8080), not {value!r}"
-        )])
+        raise ConfigError(
+            [Problem.at("NOTIFIER_WEB_BIND", None, f"must be HOST:PORT (e.g. 0.0.0.0:8080), not {value!r}")]
+        )
     return (match.group("v6") or match.group("host")), port
 
 

@@ -61,8 +61,10 @@ class Branding:
         problems: list[Problem] = []
         data, _ = read_yaml(settings.config_dir / "notifier.yaml", problems)
         if not isinstance(data, dict):
-            log.warning("web pages will not name the organisation: %s", "; ".join(map(str, problems)) or
-                        "notifier.yaml is not a mapping")
+            log.warning(
+                "web pages will not name the organisation: %s",
+                "; ".join(map(str, problems)) or "notifier.yaml is not a mapping",
+            )
             return cls()
         organisation = data.get("organisation")
         sender = data.get("email")

@@ -48,8 +48,10 @@ class SmtpChannel:
         raise for it, each also passed to ``on_result(index, result)`` as soon as it is read."""
         emails = [payload for _, payload in items]
         msgids = [message_id(delivery, self.sender.domain) for delivery, _ in items]
-        envelopes = [(payload.to_email, build_message(self.sender, payload, msgid=msgid))
-                     for payload, msgid in zip(emails, msgids, strict=True)]
+        envelopes = [
+            (payload.to_email, build_message(self.sender, payload, msgid=msgid))
+            for payload, msgid in zip(emails, msgids, strict=True)
+        ]
         return self.engine.send_many(self.sender.from_address, envelopes, msgids, on_result)
 
     def close(self) -> None:

@@ -65,10 +65,12 @@ def _part(content_type: str, text: str) -> bytes:
             body = "\r\n".join(lines).encode("ascii")
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
-            return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
-                    f"Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + body
-    return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
-            f"Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + _qp(text)
+            return (
+                f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n\r\n'
+            ).encode() + body
+    return (
+        f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    ).encode() + _qp(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +137,16 @@ def build_message(
         boundary += "_"
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     sep = f"--{boundary}\r\n".encode()
-    return b"".join((
-        "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
-        sep, text_part, b"\r\n",
-        sep, html_part, b"\r\n",
-        f"--{boundary}--\r\n".encode(),
-    ))
+    return b"".join(
+        (
+            "\r\n".join(headers).encode("ascii"),
+            b"\r\n\r\n",
+            sep,
+            text_part,
+            b"\r\n",
+            sep,
+            html_part,
+            b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        )
+    )

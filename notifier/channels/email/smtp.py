@@ -54,8 +54,15 @@ class SmtpTarget:
         """``smtp://[user:pass@]host:port[?starttls=1]`` or ``smtps://…``; ConfigError if malformed."""
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ConfigError([Problem.at("NOTIFIER_SMTP_URL", None,
-                                          "must look like smtp://[user:pass@]host:port[?starttls=1] or smtps://…")])
+            raise ConfigError(
+                [
+                    Problem.at(
+                        "NOTIFIER_SMTP_URL",
+                        None,
+                        "must look like smtp://[user:pass@]host:port[?starttls=1] or smtps://…",
+                    )
+                ]
+            )
         query = parse_qs(parts.query)
         tls = parts.scheme == "smtps"
         try:
@@ -286,7 +293,6 @@ class _Results(list[_Result]):
             self.on_result(self.lane + LANES * (len(self) - 1), result)
 
 
-
 class SmtpEngine:
     """Sends ready-made messages over SMTP, with up to :data:`LANES` connections per thread
     kept open and reused."""
@@ -327,8 +333,11 @@ class SmtpEngine:
         t = self.target
         where = f"SMTP server {t.host}:{t.port}"
         try:
-            conn = (smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=ssl.create_default_context())
-                    if t.tls else smtplib.SMTP(t.host, t.port, timeout=t.timeout))
+            conn = (
+                smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=ssl.create_default_context())
+                if t.tls
+                else smtplib.SMTP(t.host, t.port, timeout=t.timeout)
+            )
         except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
             if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
                 raise ConnectionError(f"{where} closed the connection before greeting: {exc}") from None
@@ -340,14 +349,16 @@ class SmtpEngine:
             if t.starttls and not t.tls:
                 if not conn.has_extn("starttls"):
                     raise smtplib.SMTPNotSupportedError(
-                        f"{where} does not offer STARTTLS, but NOTIFIER_SMTP_URL asks for it (starttls=1)")
+                        f"{where} does not offer STARTTLS, but NOTIFIER_SMTP_URL asks for it (starttls=1)"
+                    )
                 conn.starttls(context=ssl.create_default_context())
             if t.username:
                 conn.ehlo_or_helo_if_needed()  # again after STARTTLS, which forgets the first
                 if not conn.has_extn("auth"):
                     raise smtplib.SMTPNotSupportedError(
                         f"{where} does not offer AUTH, but NOTIFIER_SMTP_URL has a user name and password: "
-                        "the relay would send unauthenticated or refuse; fix the URL or the relay")
+                        "the relay would send unauthenticated or refuse; fix the URL or the relay"
+                    )
                 conn.login(t.username, t.password or "")
         except BaseException:
             with contextlib.suppress(OSError):
@@ -412,8 +423,10 @@ class SmtpEngine:
         at most one accepted message a lane not recorded (what a killed worker may resend).
         """
         # Message i goes on lane i % LANES, as that lane's (i // LANES)th.
-        lanes = [self._lane(lane, from_address, envelopes[lane::LANES], provider_ids[lane::LANES], on_result)
-                 for lane in range(min(LANES, len(envelopes)))]
+        lanes = [
+            self._lane(lane, from_address, envelopes[lane::LANES], provider_ids[lane::LANES], on_result)
+            for lane in range(min(LANES, len(envelopes)))
+        ]
         results = _in_step(lanes)
         return [results[i % LANES][i // LANES] for i in range(len(envelopes))]
 
@@ -433,7 +446,7 @@ class SmtpEngine:
         while len(out) < len(envelopes):
             try:
                 conn = self._connection(lane)
-                for outcome in transactions(conn, from_address, envelopes[len(out):]):
+                for outcome in transactions(conn, from_address, envelopes[len(out) :]):
                     if outcome is Step.WRITTEN:
                         yield outcome
                         continue
