@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from typing import Any, NoReturn
@@ -533,12 +533,29 @@ def _when(iso: str) -> str:
 
 
 def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]], *, zone: str) -> None:
+    """The report as tables: deliveries by event and channel, then one row per delivery.
+
+    Every column fits a wide terminal; a narrow one gets what says who was told what and
+    when, and a pointer to the rest (the csv and json formats always carry every field).
+    """
     if not summary:
         out.print(f"{consultation}: nothing has been sent yet.")
         return
-    # Every column fits a wide terminal; a narrow one gets what says who was told what and
-    # when, and a pointer to the rest (the csv and json formats always carry every field).
     wide = out.width >= WIDE_REPORT
+
+    def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
+        return occurrence.removeprefix(f"{consultation}:")
+
+    out.print(_summary_table(consultation, summary, short, zone=zone))
+    out.print(_detail_table(rows, short, wide=wide))
+    if not wide:
+        out.print("(more in a wider terminal; --format csv or json gives every field)")
+
+
+def _summary_table(
+    consultation: str, summary: list[dict[str, Any]], short: Callable[[str], str], *, zone: str
+) -> Table:
+    """Deliveries counted by occurrence, channel and status."""
     table = Table(title=f"{consultation}: deliveries by event and channel (times {zone})", title_justify="left")
     # The statuses that occur, in the usual order: all five do not fit 80 columns beside the rest.
     statuses = [s for s in STATUSES if any(row.get(s) for row in summary)]
@@ -551,10 +568,6 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
             no_wrap=column in ("Occurrence", "Fired"),
             min_width=len(column) if column in statuses else None,
         )
-
-    def short(occurrence: str) -> str:  # the title names the consultation: "opened:1" is enough
-        return occurrence.removeprefix(f"{consultation}:")
-
     for s in summary:
         table.add_row(
             short(s["occurrence"]),
@@ -562,21 +575,18 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
             s["channel"],
             *(str(s.get(k, 0)) for k in statuses),
         )
-    out.print(table)
+    return table
+
+
+_WIDE_COLUMNS = ["Occurrence", "Channel", "Recipient", "Lists", "Status", "Tries", "Sent", "Last error", "Provider id"]
+
+
+def _detail_table(rows: list[dict[str, Any]], short: Callable[[str], str], *, wide: bool) -> Table:
+    """One row per delivery; in 80 columns, "To" is the address an e-mail went to, or the
+    account a post went on."""
     if wide:
-        columns = [
-            "Occurrence",
-            "Channel",
-            "Recipient",
-            "Lists",
-            "Status",
-            "Tries",
-            "Sent",
-            "Last error",
-            "Provider id",
-        ]
+        columns = _WIDE_COLUMNS
     else:
-        # 80 columns: "To" is the address an e-mail went to, or the account a post went on.
         several = len({r["occurrence"] for r in rows}) > 1
         columns = [*(["Occurrence"] if several else []), "To", "Status", "Sent", "Last error"]
     detail = Table(title="Deliveries", title_justify="left")
@@ -616,9 +626,7 @@ def _report_tables(consultation: str, summary: list[dict[str, Any]], rows: list[
             "Provider id": r["provider_id"],
         }
         detail.add_row(*(cells[c] for c in columns))
-    out.print(detail)
-    if not wide:
-        out.print("(more in a wider terminal; --format csv or json gives every field)")
+    return detail
 
 
 @cli.command()

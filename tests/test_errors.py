@@ -58,7 +58,7 @@ ALLOWED_AT: dict[tuple[str, str], str] = {
     # A caller's programming error, said with the builtin for it (no user input reaches these).
     ("UTCDateTime.process_bind_param", "ValueError"): "our code handed the record a naive datetime",
     ("state", "TypeError"): "a Starlette app not made by create_app",
-    ("as_post", "TypeError"): "a social or web channel handed an e-mail (delivery picks the payload)",
+    ("compose", "ValueError"): "a caller's programming error: a per-recipient channel composed with no recipient",
     # A library's protocol: the library expects its own exception there.
     (
         "_Loader._count_alias",
