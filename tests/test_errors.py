@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.exceptions import HTTPException
 
 import notifier
 import notifier.errors
@@ -44,6 +45,7 @@ ZOE = "zoe.olafsdottir@shropshire-csp.example"
 ALLOWED_ANYWHERE: dict[type[BaseException], str] = {
     NotImplementedError: "a method a subclass must override",
     SystemExit: "ends the process (the SIGTERM handler): an exit, not an error",
+    HTTPException: "a web handler's HTTP answer (403, 404): the app's exception handler renders it as a page",
 }
 
 _SMTP_LAYER = (

@@ -22,6 +22,7 @@ from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
 from notifier.web import api, health, pages
+from notifier.web.auth import session_middleware
 from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
 
@@ -77,7 +78,12 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         desk=ResponseDesk(settings),
         store=Store.open(settings),
     )
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[session_middleware(key, public_url=settings.public_url)],
+    )
     app.state.web = web
     app.state.ledger = web.ledger
     return app
