@@ -38,12 +38,19 @@ ROUTES = [
     Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
     Route("/api/consultations/{consultation}/responses", api.record_response, methods=["POST"]),
     Route("/api/suppressions", api.suppressions, methods=["GET"]),
+    Route("/api/suppressions", api.add_suppression, methods=["POST"]),
+    Route("/api/suppressions/{email}", api.remove_suppression, methods=["DELETE"]),
+    Route("/api/consultations/{consultation}/fire", api.fire, methods=["POST"]),
+    Route("/api/openapi.json", api.openapi_json, methods=["GET"]),
     Route("/admin/", signin.admin_home, methods=["GET"]),
     Route("/admin/sign-in", signin.sign_in_form, methods=["GET"]),
     Route("/admin/sign-in", signin.sign_in_submit, methods=["POST"]),
     Route("/admin/sign-out", signin.sign_out_submit, methods=["POST"]),
 ]
-EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}
+EXCEPTION_HANDLERS = {
+    HTTPException: api.errors_as_json(pages.http_error),  # JSON under /api/, a page elsewhere
+    Exception: api.errors_as_json(pages.http_error),
+}
 
 
 @contextlib.asynccontextmanager
