@@ -281,6 +281,7 @@ def test_a_removed_user_is_signed_out_at_their_next_request(client: TestClient, 
         "/admin/../evil",
         "javascript:alert(1)",
         "/unsubscribe/x",
+        "/admin/sign-in",
     ],
 )
 def test_a_next_outside_the_console_is_not_followed(client: TestClient, target: str) -> None:
@@ -288,6 +289,13 @@ def test_a_next_outside_the_console_is_not_followed(client: TestClient, target: 
     assert response.status_code == 303
     location = response.headers["location"]
     assert location == "/admin/consultations"
+
+
+def test_a_signed_in_visitor_is_never_sent_back_to_the_sign_in_page(client: TestClient) -> None:
+    sign_in(client)
+    page = client.get("/admin/sign-in", params={"next": "/admin/sign-in"})
+    assert page.status_code == 200
+    assert "You are signed in" in page.text
 
 
 def test_a_next_in_the_console_is_where_signing_in_goes(client: TestClient) -> None:
