@@ -35,6 +35,7 @@ _CONSULTATION = {
     "required": True,
     "description": "The consultation's id (its file name in config/consultations/).",
     "schema": _ID,
+    "example": "soc-strategy-2019",
 }
 #: Every operation may be refused these ways.
 _REFUSALS = {
@@ -75,6 +76,7 @@ _SCHEMAS: dict[str, Any] = {
     "NewSuppression": {
         "type": "object",
         "required": ["email", "reason"],
+        "examples": [{"email": "jane.smith@telford.example", "reason": "asked by phone not to be e-mailed"}],
         "properties": {
             "email": _EMAIL,
             "reason": {"type": "string", "minLength": 1, "maxLength": 500, "description": "Why (for the audit log)."},
@@ -83,6 +85,7 @@ _SCHEMAS: dict[str, Any] = {
     "NewResponse": {
         "type": "object",
         "required": ["email"],
+        "examples": [{"email": "jane.smith@telford.example", "organisation": "Telford & Wrekin CSP"}],
         "properties": {
             "email": _EMAIL,
             "name": _TEXT_OR_NULL,
@@ -111,6 +114,7 @@ _SCHEMAS: dict[str, Any] = {
     "Fire": {
         "type": "object",
         "required": ["event"],
+        "examples": [{"event": "outcome"}],
         "properties": {
             "event": {**_ID, "maxLength": 64, "description": "The event, configured or on demand (outcome)."},
             "early": {"type": "boolean", "default": False, "description": "Fire a scheduled event before its time."},
