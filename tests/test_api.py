@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from html import unescape
 
-import httpx
+import httpx2 as httpx  # what Starlette's TestClient answers with
 import pytest
 import redis
 from starlette.routing import Route

@@ -18,7 +18,7 @@ from html import unescape
 from pathlib import Path
 
 import argon2
-import httpx
+import httpx2 as httpx  # what Starlette's TestClient answers with
 import pytest
 from starlette.testclient import TestClient
 
