@@ -25,6 +25,12 @@ import holidays
 from notifier.errors import InvalidValueError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL = {f"{day}day": day for day in ("mon", "fri", "sun")} | {
+    "tuesday": "tue",
+    "wednesday": "wed",
+    "thursday": "thu",
+    "saturday": "sat",
+}
 #: ``skip_bank_holidays`` names (GOV.UK's division names) and the ``holidays`` country and subdivision.
 REGIONS = {
     "england-and-wales": ("GB", "ENG"),
@@ -70,7 +76,7 @@ def parse_days(value: str) -> frozenset[int]:
     """``mon-fri``, ``mon,wed,fri``, ``sat-sun`` or ``mon-fri, sat`` -> weekday numbers (Monday 0)."""
     found: set[int] = set()
     for part in str(value).lower().split(","):
-        names = [n.strip()[:3] for n in part.split("-")]
+        names = [_FULL.get(n.strip(), n.strip()) for n in part.split("-")]
         if len(names) > 2 or any(n not in DAYS for n in names):
             raise InvalidValueError(
                 f"{value!r} is not a day or range of days (e.g. mon-fri, or mon,wed,fri; days are {', '.join(DAYS)})"
