@@ -62,6 +62,8 @@ MAX_SLOWDOWN = 16
 SLOW_FOR_S = 600
 #: How long a throttled delivery waits when its channel has no rate of its own.
 THROTTLED_WAIT_S = 60.0
+#: The longest a postponed message waits in the queue (Redis refuses a delay of 7 days or more).
+MAX_WAIT_S = 6 * 86_400.0
 _KEEP_S = 3 * 86_400  # reservations and day counts outlive their use by this long
 
 # KEYS: the schedule, this batch's reservation, the slowdown. ARGV: now, interval, count, ttl.
@@ -235,7 +237,7 @@ class Pacer:
         granted = int(self.client.eval(_TAKE_DAY, 1, self._key("day", day), n, cap, _KEEP_S))
         if granted < n:
             resume = next_day_opening(self.limits.window, now, self.limits.tz)
-            wait = (resume - now).total_seconds()
+            wait = min((resume - now).total_seconds(), MAX_WAIT_S)
             self._postponed = RateLimitedError(
                 f"{self.channel} sent its {cap} for {day}: continues {resume:%a %d %b %H:%M %Z}", retry_after=wait
             )

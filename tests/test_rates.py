@@ -225,3 +225,17 @@ def test_plan_shows_when_a_capped_campaign_will_finish(
     assert "Finishes" in project.run("plan", "many-2027", check=True).stdout
     # 20 on Wednesday from 10:00 (38 s), the other 16 from Thursday 00:00 (30 s)
     assert "Thu 04 Mar 2027 00:00 GMT" in line
+
+
+def test_the_service_says_when_a_rate_limited_event_will_finish(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 61, "  rate: 30/minute\n")
+    service = Service(Settings.from_env(project.env))
+    try:
+        start = datetime(2027, 3, 3, 10, 0, tzinfo=LONDON)
+        assert service.finishes("many-2027", "opened") == datetime(2027, 3, 3, 10, 2, tzinfo=LONDON)
+        assert service.finishes("many-2027", "opened", start) == datetime(2027, 3, 3, 10, 2, tzinfo=LONDON)
+        assert service.finishes("many-2027", "outcome") is None  # on demand: no time to start from
+    finally:
+        service.close()
