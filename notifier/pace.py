@@ -3,7 +3,8 @@ held in Redis so that every thread of every worker process keeps to the one limi
 
 **Rate.** Each channel with a rate has a schedule in Redis: the time its next free send
 slot starts (``<ns>:pace:<channel>:tat``, the generic cell rate algorithm's theoretical
-arrival time). Slots are one *interval* apart (a minute / 30 is 2 s). A batch reserves a
+arrival time). Slots are one *interval* apart (a minute / 30 is 2 s, and 5% more: the relay
+counts what arrives, and arrivals jitter). A batch reserves a
 slot for each delivery it holds in one round trip (:data:`_RESERVE`), and sends each
 delivery at its slot: a slot within :data:`HORIZON_S` is waited for (the wait is the
 schedule's, shared by all workers, not a per-process sleep that would let N processes send
@@ -49,12 +50,14 @@ T = TypeVar("T")
 
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
+#: Slots are this much further apart than the rate says (5%): the relay counts arrivals, not sends.
+HEADROOM = 1.05
 #: A slot this close is waited for by the thread holding it; a later one is postponed.
 HORIZON_S = 2.5
 #: A postponed batch comes back this long before its next slot (a queue is not punctual).
 LEAD_S = 1.0
 #: A slot missed by more than this is given up (and a new one reserved), never sent late.
-LATE_S = 0.25
+LATE_S = 0.02
 #: The longest a thread holds one batch waiting for its slots before postponing the rest.
 HOLD_S = 30.0
 #: A 421/451 "too many" doubles the interval, up to this factor, for this long.
@@ -112,8 +115,10 @@ class Rate:
 
     @property
     def interval(self) -> float:
-        """Seconds between two slots."""
-        return self.period / self.limit
+        """Seconds between two slots: the period over the limit, and :data:`HEADROOM` more, so
+        that the time a message takes to reach the relay (which varies by some milliseconds,
+        more on a busy machine) cannot bunch more than the limit into one of the relay's seconds."""
+        return self.period / self.limit * HEADROOM
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.unit}"
