@@ -231,9 +231,10 @@ class _Sending:
             pause = self.rt.retry.breaker_base_s
             self.gate = Gate(Breaker(self.rt.client, self.channel_name, pause, self.rt.ledger.ns))
             limits = self.config.limits(self.channel_name)
-            if limits is not None:
+            if limits is not None and registry.is_live(self.channel):
+                message = self.owner.rpartition("|")[2]  # its slots wait for its retry, on whichever worker
                 self.pacer = Pacer(
-                    self.rt.client, self.channel_name, limits, self.owner, self.rt.ledger.ns, clock=self.rt.clock
+                    self.rt.client, self.channel_name, limits, message, self.rt.ledger.ns, clock=self.rt.clock
                 )
         return self.prepared, self.channel, self.renderer
 

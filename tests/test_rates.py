@@ -242,3 +242,11 @@ def test_the_service_says_when_a_rate_limited_event_will_finish(
         assert service.finishes("many-2027", "outcome") is None  # on demand: no time to start from
     finally:
         service.close()
+
+
+def test_the_outbox_is_not_held_to_the_relays_rate(project: Project, redis_url: str, smtp_server: SmtpServer) -> None:
+    _campaign(project, redis_url, smtp_server, 5, "  rate: 1/hour\n")
+    del project.env["NOTIFIER_SMTP_URL"]  # e-mail goes to the Maildir outbox: no relay to overwhelm
+    result = project.run("send", "many-2027", "opened", "--wait", "--early", timeout=60, check=True)
+    assert "│ email   │    0 │      5 │" in result.stdout, result.stdout
+    assert len(list((project.data / "outbox" / "email" / "new").iterdir())) == 5
