@@ -250,3 +250,25 @@ def test_the_outbox_is_not_held_to_the_relays_rate(project: Project, redis_url: 
     result = project.run("send", "many-2027", "opened", "--wait", "--early", timeout=60, check=True)
     assert "│ email   │    0 │      5 │" in result.stdout, result.stdout
     assert len(list((project.data / "outbox" / "email" / "new").iterdir())) == 5
+
+
+def test_a_relay_that_keeps_saying_too_many_pauses_a_channel_without_a_rate_and_burns_no_attempt(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 3, "")
+    for i in range(3):
+        smtp_server.handler.always[f"person{i}@many.example"] = "451 4.7.500 Server busy, too many messages"
+    rt = Runtime(Settings.from_env(project.env))
+    service = Service(Settings.from_env(project.env))
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        for _ in range(3):
+            _deliver_all(rt, occurrence, "message-1")
+        records = service.ledger.records(occurrence)
+        assert {(r.status, r.attempts) for r in records} == {("pending", 0)}
+        assert all("paused" in str(r.error) for r in records), [r.error for r in records]
+        assert max(smtp_server.handler.rcpt_attempts.values()) == 2  # the third round did not ask the relay
+    finally:
+        rt.close()
+        service.close()
