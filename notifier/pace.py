@@ -25,7 +25,8 @@ first opening, when there is one), so a campaign larger than the cap continues b
 **Slowing down.** A relay that answers 421 or 451 "too many" (:class:`~notifier.errors.ThrottledError`)
 is obeyed rather than counted as a failed attempt: the delivery stays pending with its
 attempt count unchanged, and the channel's interval doubles (up to :data:`MAX_SLOWDOWN`
-times) for :data:`SLOW_FOR_S`.
+times) for :data:`SLOW_FOR_S`; the circuit breaker (:mod:`notifier.breaker`) also counts
+it, so a relay that keeps saying so pauses the channel for every worker, rate or no rate.
 
 :func:`finish` estimates when a campaign of N messages would end at a channel's pace
 (``plan`` and the console show it).
