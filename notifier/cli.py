@@ -28,6 +28,7 @@ from rich.table import Table
 from notifier import __version__, archive, timeline
 from notifier import report as reporting
 from notifier.audience import Recipient, resolve
+from notifier.bounce_cli import bounces
 from notifier.broker import connect
 from notifier.channels import limits, registry
 from notifier.channels.base import Delivery, EmailPayload
@@ -783,6 +784,7 @@ def rehearse(consultation: str) -> None:
 cli.add_command(db)
 cli.add_command(responses)
 cli.add_command(evidence)
+cli.add_command(bounces)
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,8 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     │   │   ├── UnreachableError     refused, reset, timed out; counted by the channel's circuit breaker
     │   │   └── ChannelPausedError   breaker open: not attempted, stays pending, attempt not counted
     │   └── PermanentDeliveryError   recorded failed, never retried (send --wait exits 2); bounce suppresses
+    ├── BadSignatureError            a webhook's signature does not check out (SNS): 403, nothing changes
+    ├── MailboxError                 a bounce mailbox (Maildir, IMAP) cannot be read; exit 1, the scheduler logs it
     ├── RedisUnavailable             Redis cannot be reached or started; exit 1 (plan: "state unknown")
     ├── EmbeddedDataError            embedded Redis data unsafe to load; every command stops, exit 1
     └── StoreError                   the SQL record cannot be used; exit 1
@@ -178,6 +180,15 @@ class ChannelPausedError(TransientDeliveryError):
     """Not attempted: the channel's circuit breaker is open after repeated unreachable
     attempts. The delivery stays pending, its attempt is not counted, and ``retry_after``
     says when the channel is tried again."""
+
+
+class BadSignatureError(NotifierError):
+    """A provider's webhook (an Amazon SNS message) is unsigned, or its signature or signing
+    certificate does not check out: refused (403) and nothing is recorded."""
+
+
+class MailboxError(NotifierError):
+    """A bounce mailbox (a Maildir, the IMAP ``email.bounce_mailbox``) cannot be opened or read."""
 
 
 class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use
