@@ -28,12 +28,12 @@ import logging
 import mailbox
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import Message
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from flufl.bounce import all_failures
@@ -131,6 +131,31 @@ def _returned_message_ids(message: Message) -> Iterable[str]:
             headers = email.parser.HeaderParser().parsestr(_text(raw) if isinstance(raw, bytes) else "")
         if headers is not None and headers.get("Message-ID"):
             yield str(headers["Message-ID"]).strip()
+
+
+def from_ses(notification: Mapping[str, Any]) -> Bounce | None:
+    """The bounce an Amazon SES notification (the ``Message`` of an SNS notification) reports,
+    or None when it reports something else (a delivery, a complaint)."""
+    kind = notification.get("notificationType") or notification.get("eventType")
+    details = notification.get("bounce")
+    mail = notification.get("mail")
+    if kind != "Bounce" or not isinstance(details, dict) or not isinstance(mail, dict):
+        return None
+    failed = [r for r in details.get("bouncedRecipients") or () if isinstance(r, dict)]
+    first = failed[0] if failed else {}
+    detail = first.get("diagnosticCode") or first.get("status") or details.get("bounceSubType") or "bounced"
+    common = mail.get("commonHeaders")
+    common = common if isinstance(common, dict) else {}
+    ids = [common.get("messageId")] + [
+        h.get("value") for h in mail.get("headers") or () if isinstance(h, dict) and h.get("name") == "Message-ID"
+    ]
+    return Bounce(
+        hard=details.get("bounceType") == "Permanent",
+        detail=" ".join(str(detail).split())[:500],
+        opaque=tuple(verp.find(str(mail.get("source", "")))),
+        message_ids=tuple(dict.fromkeys(str(i) for i in ids if i)),
+        addresses=tuple(sorted({str(r.get("emailAddress", "")).strip().lower() for r in failed})),
+    )
 
 
 class BounceBook:
