@@ -566,6 +566,14 @@ class Ledger:
             args += [key, value]
         return bool(self._fire_named(keys=[self._k("occ", occurrence_id), self._k("occs", consultation)], args=args))
 
+    def keep_occurrence_field(self, occurrence_id: str, name: str, value: str) -> None:
+        """Set a field of an occurrence's hash unless it is set already (the first value stays)."""
+        self.client.hsetnx(self._k("occ", occurrence_id), name, value)
+
+    def set_latest(self, consultation: str, event: str, occurrence_id: str) -> None:
+        """Make ``occurrence_id`` the event's latest (``fired``): a named occurrence that is "the" event."""
+        self.client.set(self._k("fired", consultation, event), occurrence_id)
+
     def occurrence_field(self, occurrence_id: str, name: str) -> str | None:
         """One field of an occurrence's hash (an ``extra`` of :meth:`claim_named_occurrence`)."""
         value = self.client.hget(self._k("occ", occurrence_id), name)

@@ -52,7 +52,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from redis.exceptions import LockError, LockNotOwnedError
 
-from notifier import archive, timeline
+from notifier import archive, extension, timeline
 from notifier.broker import NAMESPACE, workers_alive
 from notifier.config import Config, Settings
 from notifier.errors import ConfigError
@@ -405,6 +405,7 @@ class Scheduler:
         Returns when done, so a caller knows that nothing due at the clock's present is left."""
         with self._lock:
             now = self.clock()
+            self._extend(now)
             for s in status(self.ledger, self._events.values(), now, grace=self.service.settings.grace):
                 if s.state == "due":
                     self._fire(s.event, now)
@@ -421,6 +422,24 @@ class Scheduler:
                             s.event.at.isoformat(),
                             self.service.settings.grace,
                         )
+
+    def _extend(self, now: datetime) -> None:
+        """Announce each deadline extension that is due, once (:mod:`notifier.extension`). Holds ``_lock``."""
+        config = self._config
+        if config is None or not self.is_leader:
+            return
+        for consultation in config.consultations.values():
+            due = extension.pending(self.ledger, consultation, config.tz, now)
+            if due is None or due.at > now:
+                continue
+            occurrence_id = extension.claim(self.ledger, due)
+            if occurrence_id is None:
+                continue
+            try:
+                archive.fired(self.service.store, config, self.ledger, occurrence_id, actor="scheduler")
+            finally:  # claimed is claimed: it goes out
+                self.service.actors.fire.send(occurrence_id)
+            log.info("fired %s: closes moved from %s to %s", occurrence_id, due.previous, due.closes)
 
     def _fire(self, event: timeline.Event, now: datetime) -> str | None:
         """Fire one due event through Service.fire, if this scheduler leads. Holds ``_lock``."""

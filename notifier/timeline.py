@@ -17,6 +17,9 @@ from notifier.moments import normalise, parse_at
 #: The acknowledgement of a recorded response (see :mod:`notifier.acknowledgement`): never
 #: scheduled, fired once per response, to that respondent alone, by e-mail only.
 RESPONSE_RECEIVED = "response_received"
+#: A deadline extension (see :mod:`notifier.extension`): planned when ``closes`` moves later
+#: after ``opened`` fired, never scheduled from its ``at`` alone.
+EXTENDED = "extended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
     if name == RESPONSE_RECEIVED:  # one e-mail to one respondent, who need not be on any list
         return Event(consultation_id=consultation.id, name=name, at=None, channels=(EMAIL_CHANNEL,), audience=())
     at = None
-    if spec is not None and spec.at is not None:
+    if spec is not None and spec.at is not None and name != EXTENDED:
         at = parse_at(spec.at, tz).resolve(consultation.opens, consultation.closes, tz)
     return Event(
         consultation_id=consultation.id,
