@@ -33,6 +33,8 @@ class Event:
     audience: tuple[str, ...]
     #: Who to leave out (``responded``: those with a recorded response), from the event's ``skip``.
     skip: tuple[str, ...] = ()
+    #: Attach the closing date as an ``.ics`` to its e-mails (:mod:`notifier.invite`).
+    attach_calendar: bool = False
 
     @property
     def key(self) -> str:
@@ -62,6 +64,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
         channels=(spec.channels if spec and spec.channels else consultation.channels),
         audience=(spec.audience if spec and spec.audience else consultation.audience),
         skip=spec.skip if spec else (),
+        attach_calendar=spec.attach_calendar if spec else False,
     )
 
 
