@@ -100,8 +100,10 @@ def test_a_dsn_in_a_maildir_marks_the_delivery_bounced_and_suppresses_the_addres
     example.run("send", SOC, "reminder", "--early", "--wait", check=True)
     assert statuses(example)[("reminder", "email", JANE)] == "suppressed"
     assert len(smtp_server.handler.to(JANE)) == 1, "a bounced address is told nothing more"
-    suppressions = example.run("report", SOC, check=True).stdout
-    assert "bounced" in suppressions
+    table = example.run("report", SOC, check=True).stdout
+    assert "bounced" in table
+    evidence = example.run("evidence", SOC, "--out", str(tmp_path / "evidence"), check=True).stdout
+    assert "1 e-mail bounced after sending" in " ".join(evidence.split())
 
     again = example.run("bounces", "import", str(drop(tmp_path / "again", dsn(envelope_of(smtp_server, JANE), JANE))))
     assert again.returncode == 0 and "0 delivery(ies) marked bounced" in again.stdout
