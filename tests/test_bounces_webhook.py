@@ -22,12 +22,14 @@ from cryptography.x509.oid import NameOID
 
 from notifier.config import Settings
 from notifier.sns import TRUSTED_CERT_VARIABLE, SnsVerifier, canonical
+from notifier.web.bounce_hook import TOPICS_VARIABLE
 from tests.conftest import Project, SmtpServer
 from tests.record_fixtures import SOC
 from tests.test_bounces import JANE, envelope_of, example, statuses
 from tests.test_web import Servers, servers
 
 __all__ = ["example", "servers"]  # fixtures
+TOPIC = "arn:aws:sns:eu-west-2:123456789012:ses-bounces"
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -91,7 +93,7 @@ def notification(source: str, recipient: str, cert_url: str, *, bounce_type: str
     return {
         "Type": "Notification",
         "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-        "TopicArn": "arn:aws:sns:eu-west-2:123456789012:ses-bounces",
+        "TopicArn": TOPIC,
         "Message": json.dumps(ses),
         "Timestamp": "2019-07-10T09:00:00.000Z",
         "SignatureVersion": "2",
@@ -115,7 +117,7 @@ def web(example: Project, servers: Servers, cert_url: str, smtp_server: SmtpServ
         public_url="https://notify.pcc.example",
         web_bind="127.0.0.1:0",
         secret_key_env=example.env["NOTIFIER_SECRET_KEY"],
-        env={TRUSTED_CERT_VARIABLE: cert_url.rsplit("/", 1)[0] + "/"},
+        env={TRUSTED_CERT_VARIABLE: cert_url.rsplit("/", 1)[0] + "/", TOPICS_VARIABLE: TOPIC},
     )
     return servers.start(settings)
 
@@ -134,7 +136,7 @@ def test_a_signed_ses_bounce_marks_the_delivery_bounced_and_suppresses_the_addre
 
 @pytest.mark.parametrize(
     "forge",
-    ["unsigned", "another key", "altered after signing", "certificate off Amazon's hosts", "not json"],
+    ["unsigned", "another key", "altered after signing", "certificate off Amazon's hosts", "another topic", "not json"],
 )
 def test_a_forged_webhook_is_refused_and_changes_nothing(  # noqa: PLR0913 - pytest fixtures
     web: str, example: Project, smtp_server: SmtpServer, signer: rsa.RSAPrivateKey, cert_url: str, forge: str
@@ -153,6 +155,8 @@ def test_a_forged_webhook_is_refused_and_changes_nothing(  # noqa: PLR0913 - pyt
         body = json.dumps(
             signed({**message, "SigningCertURL": "https://sns.eu-west-2.amazonaws.com.evil.example/c.pem"}, signer)
         )
+    elif forge == "another topic":
+        body = json.dumps(signed({**message, "TopicArn": "arn:aws:sns:eu-west-2:999999999999:mine"}, signer))
     else:
         body = "{not json"
     response = httpx.post(f"{web}/api/bounces", content=body, timeout=10)

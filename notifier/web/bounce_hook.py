@@ -2,7 +2,10 @@
 
 No bearer token: SNS cannot send one. The SNS signature is the credential
 (:mod:`notifier.sns`): an unsigned or forged message, or one whose signing certificate is
-not Amazon's, is refused with 403 and changes nothing. A signed subscription confirmation is
+not Amazon's, is refused with 403 and changes nothing; so is one from a topic that
+``NOTIFIER_SNS_TOPIC_ARNS`` (where set) does not name. Unset, any topic's bounce is believed,
+but it can only bounce a delivery it names by its VERP address or Message-ID (which only
+that delivery's recipient has seen). A signed subscription confirmation is
 confirmed (its ``SubscribeURL`` fetched, only on an SNS host of Amazon's); a signed bounce
 notification is recorded like a bounce read from a mailbox (:class:`notifier.bounces.BounceBook`).
 """
@@ -27,6 +30,8 @@ from notifier.web.state import describe, state
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # SNS messages are at most 256 KB
+#: The SNS topics whose messages are believed (comma-separated ARNs); unset: any topic's.
+TOPICS_VARIABLE = "NOTIFIER_SNS_TOPIC_ARNS"
 
 
 def _verifier(request: Request) -> SnsVerifier:
@@ -56,6 +61,7 @@ async def sns_bounces(request: Request) -> Response:
         return JSONResponse({"error": "the body must be an SNS message (JSON)"}, 400)
     try:
         await _verifier(request).verify(message)
+        _check_topic(request, message)
     except BadSignatureError as exc:
         log.warning("refused an SNS message: %s", exc)
         return JSONResponse({"error": f"refused: {exc}"}, 403)
@@ -79,6 +85,15 @@ async def sns_bounces(request: Request) -> Response:
     except (redis.RedisError, StoreError) as exc:
         return JSONResponse({"error": f"unavailable: {describe(exc)}"}, 503)  # SNS delivers it again later
     return JSONResponse({"recorded": recorded.result})
+
+
+def _check_topic(request: Request, message: dict[str, Any]) -> None:
+    """BadSignatureError when ``NOTIFIER_SNS_TOPIC_ARNS`` is set and does not name the message's
+    topic: anyone can make a topic, and SNS signs its messages too."""
+    allowed = state(request).desk.settings.env.get(TOPICS_VARIABLE, "")
+    topics = {t.strip() for t in allowed.split(",") if t.strip()}
+    if topics and message.get("TopicArn") not in topics:
+        raise BadSignatureError(f"topic {message.get('TopicArn')!r} is not in {TOPICS_VARIABLE}")
 
 
 async def _confirm(url: str) -> Response:
