@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from notifier.channels.email import verp
+from notifier.channels.email.verp import Verp
+from notifier.errors import BadToken
 from tests.conftest import Project, SmtpServer
 from tests.record_fixtures import SOC
 
@@ -139,3 +142,15 @@ def test_three_soft_bounces_of_one_address_suppress_it_as_a_hard_one_does(
 def test_importing_a_folder_that_is_not_a_maildir_exits_1_naming_it(example: Project, tmp_path: Path) -> None:
     result = example.run("bounces", "import", str(tmp_path / "nowhere"))
     assert result.returncode == 1 and "nowhere" in result.stderr and "not a Maildir" in result.stderr
+
+
+def test_a_verp_id_names_its_delivery_alone_and_cannot_be_forged_or_read() -> None:
+    sender = Verp("pcc.example", b"test-secret-key").sender("0123456789abcdef0123456789abcdef")
+    local = sender.partition("@")[0]
+    assert len(local) <= 64 and local.startswith("bounces+")
+    (opaque,) = verp.find(f"To: <{sender}>")
+    assert verp.unseal(b"test-secret-key", opaque) == "0123456789abcdef0123456789abcdef"
+    with pytest.raises(BadToken):
+        verp.unseal(b"another-key", opaque)
+    with pytest.raises(BadToken):
+        verp.unseal(b"test-secret-key", opaque[:-2] + ("AA" if not opaque.endswith("AA") else "BB"))
