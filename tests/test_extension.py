@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
-from notifier.config import Settings
+from notifier import extension
+from notifier.config import Settings, load_config
+from notifier.ledger import Ledger
 from notifier.scheduler import Scheduler, offset_clock
 from notifier.service import Service
 from tests.conftest import Project, SmtpServer, wait_until
-from tests.test_scheduler import CONSULTATION, SOC, edit
+from tests.test_scheduler import CONSULTATION, LONDON, SOC, edit
 
 ACCOUNTS = ("pcc-x", "pcc-facebook", "pcc-website", "police-website")
 EXTENDED = "Deadline extended"
@@ -97,3 +100,22 @@ def test_changing_closes_after_closed_fired_is_refused_by_validate(example: Proj
     edit(example, CONSULTATION, r"^closes: .*$", "closes: 2019-08-30 23:59")
     result = example.run("validate")
     assert result.returncode == 1 and "closes cannot change: the consultation closed" in result.stdout + result.stderr
+
+
+def test_an_extension_with_its_own_at_waits_for_it_and_plan_shows_it_scheduled(
+    project: Project, redis_url: str
+) -> None:
+    project.env["NOTIFIER_REDIS_URL"] = redis_url
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    config = load_config(project.config)
+    opened = ledger.claim_occurrence(SOC, "opened", at=datetime(2019, 7, 9, 8, 0, tzinfo=UTC))
+    assert opened is not None
+    extension.remember(ledger, opened, config.consultation(SOC).closes)
+    edit(project, CONSULTATION, r"^closes: .*$", "closes: 2019-08-22 23:59")
+    edit(project, CONSULTATION, r"^  closed:$", "  extended:\n    at: 2030-01-07 09:00\n  closed:")
+    moved = load_config(project.config).consultation(SOC)
+    due = extension.pending(ledger, moved, LONDON, datetime(2019, 8, 1, tzinfo=UTC))
+    assert due is not None and due.at == datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    assert due.previous == datetime(2019, 8, 15, 22, 59, tzinfo=UTC)
+    row = next(line for line in project.run("plan", SOC, check=True).stdout.splitlines() if "extended" in line)
+    assert "07 Jan 2030 09:00" in row and "scheduled" in row
