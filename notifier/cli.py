@@ -25,9 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from notifier import __version__, archive, timeline
+from notifier import __version__, archive, extension, timeline
 from notifier import report as reporting
 from notifier.audience import Recipient, resolve
+from notifier.bounce_cli import bounces
 from notifier.broker import connect
 from notifier.channels import limits, registry
 from notifier.channels.base import Delivery, EmailPayload
@@ -119,6 +120,8 @@ def validate() -> None:
     """Check config, lists and every template the configured events need."""
     settings = _settings()
     config, problems = load_and_check(settings)
+    if not any(p.severity == "error" for p in problems):
+        problems += _deadline_problems(settings, config)
     _problems(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -130,6 +133,17 @@ def validate() -> None:
         f"{len(people)} stakeholder(s), {len(config.accounts)} account(s)"
         + (f"; {len(problems)} warning(s)" if problems else "")
     )
+
+
+def _deadline_problems(settings: Settings, config: Config) -> list[Problem]:
+    """A ``closes`` moved earlier than announced, or after ``closed`` fired (:mod:`notifier.extension`),
+    where there is a ledger to ask: an external Redis, or a data dir something has run in."""
+    if not settings.redis_url and not settings.data_dir.exists():
+        return []
+    try:
+        return extension.problems(Ledger(connect(settings)), config)
+    except NotifierError as exc:
+        return [Problem.warn("NOTIFIER_REDIS_URL", None, f"deadline changes not checked: state unknown ({exc})")]
 
 
 def _ledger_or_none(settings: Settings) -> Ledger | None:
@@ -168,6 +182,8 @@ def plan(consultation: str | None) -> None:
     now = datetime.now(UTC)
     for item in consultations:
         events = timeline.events(item, config.tz)
+        if ledger:
+            events = extension.plan_events(ledger, item, config.tz, now, events)
         states = event_states(ledger, events, now, grace=settings.grace) if ledger else []
         reasons = _responders(settings, item.id, config) if any(RESPONDED in e.skip for e in events) else None
         for i, event in enumerate(events):
@@ -798,6 +814,7 @@ cli.add_command(db)
 cli.add_command(responses)
 cli.add_command(evidence)
 cli.add_command(users)
+cli.add_command(bounces)
 
 
 # ---------------------------------------------------------------------------

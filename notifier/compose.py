@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from notifier import invite
 from notifier.audience import Recipient
 from notifier.channels import registry
 from notifier.channels.base import Addressing, EmailPayload, PostPayload
@@ -47,7 +48,8 @@ def compose(  # noqa: PLR0913 - the parts of one message; a parameter object wou
         if recipient is None or unsubscribe_url is None:
             raise ValueError(f"the {channel} channel is addressed per recipient: give a recipient and its link")
         content = renderer.email(event, recipient, context=context, unsubscribe_url=unsubscribe_url)
-        return EmailPayload(recipient.email, recipient.name, content, unsubscribe_url)
+        attachments = (invite.attachment(consultation, config),) if event.attach_calendar else ()
+        return EmailPayload(recipient.email, recipient.name, content, unsubscribe_url, attachments)
     platform = config.accounts[channel].platform
     text = renderer.social(event, platform, context=context)
     return PostPayload.of(consultation, event.name, text, context)

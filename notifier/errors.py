@@ -25,6 +25,8 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     │   │       ├── RateLimitedError the channel's rate or daily cap (notifier.pace): postponed, not counted
     │   │       └── ThrottledError   the relay said 421/451 "too many": postponed, not counted, channel slowed
     │   └── PermanentDeliveryError   recorded failed, never retried (send --wait exits 2); bounce suppresses
+    ├── BadSignatureError            a webhook's signature does not check out (SNS): 403, nothing changes
+    ├── MailboxError                 a bounce mailbox (Maildir, IMAP) cannot be read; exit 1, the scheduler logs it
     ├── RedisUnavailable             Redis cannot be reached or started; exit 1 (plan: "state unknown")
     ├── EmbeddedDataError            embedded Redis data unsafe to load; every command stops, exit 1
     ├── SignInRefused                wrong e-mail address or password (never says which); the form again
@@ -195,6 +197,15 @@ class ThrottledError(ChannelPausedError):
     """The relay answered 421 or 451 "too many" (or another throttling reply): it asks us to
     slow down, which is not the message's fault. Pending, attempt not counted, and the
     channel's pace slows (:meth:`notifier.pace.Pacer.throttled`)."""
+
+
+class BadSignatureError(NotifierError):
+    """A provider's webhook (an Amazon SNS message) is unsigned, or its signature or signing
+    certificate does not check out: refused (403) and nothing is recorded."""
+
+
+class MailboxError(NotifierError):
+    """A bounce mailbox (a Maildir, the IMAP ``email.bounce_mailbox``) cannot be opened or read."""
 
 
 class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use

@@ -225,7 +225,7 @@ def _plural(n: int, word: str, words: str | None = None) -> str:
 def _channel_phrase(ch: ChannelFacts, tz: ZoneInfo) -> str:
     name = "e-mail" if ch.channel == EMAIL else ch.channel
     when = f"first sent {day(ch.first_sent, tz)}" if ch.first_sent else "nothing sent"
-    extra = "".join(f", {ch.counts[s]:,} {s}" for s in ("outbox", "failed") if ch.counts.get(s))
+    extra = "".join(f", {ch.counts[s]:,} {s}" for s in ("outbox", "failed", "bounced") if ch.counts.get(s))
     return f"{name} ({when}: {ch.sent:,} sent{extra})"
 
 
@@ -252,6 +252,9 @@ def overview(evidence: Evidence) -> str:
         f"{_plural(failed, 'delivery', 'deliveries')} failed and {suppressed:,} "
         f"{'was' if suppressed == 1 else 'were'} not sent to suppressed addresses."
     )
+    bounced = evidence.total("bounced")
+    if bounced:
+        parts.append(f"{_plural(bounced, 'e-mail')} bounced after sending; those addresses are suppressed.")
     received = len(evidence.responses)
     parts.append(
         f"{_plural(received, 'response')} {'was' if received == 1 else 'were'} received and "

@@ -49,12 +49,13 @@ from notifier.errors import UnknownOccurrenceError
 
 #: ``outbox``: written to the outbox (Maildir, JSONL file) instead of delivered; final like ``sent``.
 #: ``skipped``: left out by the event's ``skip`` (the recipient or their organisation responded).
-Status = Literal["pending", "sent", "outbox", "failed", "suppressed", "skipped"]
-FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed", "skipped"})
+#: ``bounced``: sent, and a bounce came back later (:mod:`notifier.bounces`); final.
+Status = Literal["pending", "sent", "outbox", "failed", "suppressed", "skipped", "bounced"]
+FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed", "skipped", "bounced"})
 #: Done and successful: never sent again, and not a failure for exit codes.
 SUCCEEDED: frozenset[str] = frozenset({"sent", "outbox"})
 #: The statuses a delivery can have, in the order summaries show them.
-STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "suppressed", "skipped", "pending")
+STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "bounced", "suppressed", "skipped", "pending")
 CLAIM_LEASE_MS = 300_000
 CHUNK = 1_000
 #: ``json.dumps`` with options builds an encoder on every call; this one is built once.
@@ -224,7 +225,7 @@ for i = 6, #ARGV do
   local status = redis.call('HGET', KEYS[1], f)
   local state
   if status == 'sent' or status == 'outbox' or status == 'failed' or status == 'suppressed'
-      or status == 'skipped' then
+      or status == 'skipped' or status == 'bounced' then
     state = 'final'
   else
     local key = ARGV[5] .. f
@@ -280,7 +281,7 @@ _MARK = """
 for i = 4, #ARGV, 3 do
   local f, status, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[1], f)
-  if old ~= 'sent' and old ~= 'outbox' then
+  if old ~= 'sent' and old ~= 'outbox' and old ~= 'bounced' then
     local channel = string.match(f, '^([^|]*)|')
     if old ~= status then
       redis.call('HSET', KEYS[1], f, status)
@@ -342,6 +343,28 @@ for i = 2, #ARGV, 3 do
   end
 end
 return added
+"""
+
+# KEYS: st, out, cnt, arc, arcq.  ARGV: occurrence id, field, error, updated.  A delivery that was
+# sent (or is pending or failed) becomes bounced, its error the bounce's; 1 when it changed, 0 when
+# it was bounced already, -1 when there is no such delivery.  Queued for the database like any outcome.
+_BOUNCE = """
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if not old then return -1 end
+if old == 'bounced' then return 0 end
+local channel = string.match(ARGV[2], '^([^|]*)|')
+redis.call('HSET', KEYS[1], ARGV[2], 'bounced')
+redis.call('HINCRBY', KEYS[3], channel .. '|' .. old, -1)
+redis.call('HINCRBY', KEYS[3], channel .. '|bounced', 1)
+local raw = redis.call('HGET', KEYS[2], ARGV[2])
+local outcome = raw and cjson.decode(raw) or {attempts = 0}
+outcome['status'] = 'bounced'
+outcome['error'] = ARGV[3]
+outcome['updated'] = ARGV[4]
+redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(outcome))
+redis.call('RPUSH', KEYS[4], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[1])
+return 1
 """
 
 # KEYS: fired, seq, occ_prefix, occs, missed.  ARGV: again, consultation, event, at, fired_at, late, rehearsal
@@ -409,6 +432,7 @@ class Ledger:
         self._release_fan_out = client.register_script(_RELEASE_FAN_OUT)
         self._release = client.register_script(_RELEASE)
         self._restore = client.register_script(_RESTORE)
+        self._bounce = client.register_script(_BOUNCE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -542,6 +566,14 @@ class Ledger:
             args += [key, value]
         return bool(self._fire_named(keys=[self._k("occ", occurrence_id), self._k("occs", consultation)], args=args))
 
+    def keep_occurrence_field(self, occurrence_id: str, name: str, value: str) -> None:
+        """Set a field of an occurrence's hash unless it is set already (the first value stays)."""
+        self.client.hsetnx(self._k("occ", occurrence_id), name, value)
+
+    def set_latest(self, consultation: str, event: str, occurrence_id: str) -> None:
+        """Make ``occurrence_id`` the event's latest (``fired``): a named occurrence that is "the" event."""
+        self.client.set(self._k("fired", consultation, event), occurrence_id)
+
     def occurrence_field(self, occurrence_id: str, name: str) -> str | None:
         """One field of an occurrence's hash (an ``extra`` of :meth:`claim_named_occurrence`)."""
         value = self.client.hget(self._k("occ", occurrence_id), name)
@@ -652,6 +684,17 @@ class Ledger:
         pipe.hget(self._k("out", occurrence_id), f"{channel}|{recipient}")
         data, outcome = pipe.execute()
         return _merged(data, outcome) if data else None
+
+    def bounce(self, occurrence_id: str, field_: str, error: str) -> int:
+        """Mark the delivery ``field_`` (``<channel>|<recipient>``) bounced with ``error``: 1 when
+        it changed, 0 when it was bounced already, -1 when Redis does not know it."""
+        keys = [
+            self._k("st", occurrence_id),
+            self._k("out", occurrence_id),
+            self._k("cnt", occurrence_id),
+            *self._archive_keys(occurrence_id),
+        ]
+        return int(self._bounce(keys=keys, args=[occurrence_id, field_, error, now_iso()]))
 
     # -- suppression --------------------------------------------------------
 

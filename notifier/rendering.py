@@ -35,10 +35,12 @@ from notifier.errors import FilterError, Problem, RenderError, TemplateLimitErro
 from notifier.memo import ByIdentity
 from notifier.moments import normalise
 from notifier.sandbox import Sandbox
-from notifier.timeline import Event, days_left
+from notifier.timeline import EXTENDED, Event, days_left
 
-EMAIL_NAMES = frozenset({"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left"})
-SOCIAL_NAMES = frozenset({"consultation", "event", "organisation", "days_left"})
+EMAIL_NAMES = frozenset(
+    {"consultation", "event", "recipient", "organisation", "unsubscribe_url", "days_left", "previous_closes"}
+)
+SOCIAL_NAMES = frozenset({"consultation", "event", "organisation", "days_left", "previous_closes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class Renderer:
     def context(self, consultation: Consultation, event: Event, at: datetime | None = None) -> dict[str, Any]:
         """What every template sees, less the recipient."""
         moment = normalise(at or event.at or consultation.opens, self.tz)
-        return {
+        context = {
             "consultation": {
                 "id": consultation.id,
                 "title": consultation.title,
@@ -185,6 +187,9 @@ class Renderer:
             "organisation": self.config.organisation,
             "days_left": days_left(consultation, moment, self.tz),
         }
+        if event.name == EXTENDED:  # the date it moved from: the occurrence's own when it fires (Runtime.prepare)
+            context["previous_closes"] = normalise(consultation.closes, self.tz)
+        return context
 
     # -- rendering ----------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from notifier import acknowledgement, archive, timeline
+from notifier import acknowledgement, archive, extension, timeline
 from notifier.audience import Recipient, resolve
 from notifier.broker import NAMESPACE, connect
 from notifier.channels import registry
@@ -116,6 +116,8 @@ class Runtime:
                 consultation = config.consultation(occurrence.consultation)
                 event = timeline.event(consultation, occurrence.event, config.tz)
                 context = self.renderer.context(consultation, event, at=occurrence.at)
+                if occurrence.event == timeline.EXTENDED:
+                    context["previous_closes"] = extension.previous_closes(self.ledger, occurrence_id, config.tz)
                 if occurrence.event == acknowledgement.EVENT:  # the one respondent, and the response
                     respondent, context["response"] = acknowledgement.respondent(self.ledger, occurrence_id, config.tz)
                     recipients = {respondent.key: respondent}

@@ -23,6 +23,10 @@ by the scheduler and one fired by ``send`` take the same path and neither fires 
   schedule is rebuilt from the new config: moved events move, removed ones go, added ones
   come, fired ones never fire again. An invalid config is logged and the last good
   schedule kept.
+* **Extensions.** The leader also announces each deadline extension once, when ``closes``
+  moved later after ``opened`` fired (:mod:`notifier.extension`).
+* **Bounces.** With ``email.bounce_mailbox`` set, the leader reads it every
+  :data:`BOUNCES_EVERY_S` (:func:`notifier.bounces.poll_imap`).
 * **Sweep.** An occurrence claimed but never fanned out (the process died between the
   claim and the enqueue) gets its ``fire`` message sent again after :data:`SWEEP_AFTER_S`.
 
@@ -52,10 +56,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from redis.exceptions import LockError, LockNotOwnedError
 
-from notifier import archive, timeline
+from notifier import archive, bounces, extension, timeline
 from notifier.broker import NAMESPACE, workers_alive
 from notifier.config import Config, Settings
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, MailboxError
 from notifier.ledger import Ledger, Occurrence
 from notifier.service import Service
 
@@ -70,6 +74,8 @@ LATE_AFTER = timedelta(seconds=60)
 #: An occurrence still claimed, with nothing fanned out, this long after its claim is re-sent.
 SWEEP_AFTER_S = 30.0
 SWEEP_EVERY_S = 10.0
+#: How often the leader reads ``email.bounce_mailbox`` (IMAP) for bounces.
+BOUNCES_EVERY_S = 60.0
 #: The same occurrence is re-sent at most this often (the first re-send may just be queued).
 SWEEP_RETRY_S = 300.0
 
@@ -273,7 +279,7 @@ class Scheduler:
 
     def _run(self) -> None:
         tick = min(self.reload_every, self.renew_every, 1.0)
-        next_renew = next_watch = next_sweep = 0.0
+        next_renew = next_watch = next_sweep = next_bounces = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             try:
@@ -288,6 +294,9 @@ class Scheduler:
                         self.reload()
                 if self.is_leader:
                     self.catch_up()
+                    if now >= next_bounces:
+                        next_bounces = now + BOUNCES_EVERY_S
+                        self._poll_bounces()
                     if now >= next_sweep:
                         next_sweep = now + min(SWEEP_EVERY_S, max(self.sweep_after, tick))
                         self._sweep()
@@ -405,6 +414,7 @@ class Scheduler:
         Returns when done, so a caller knows that nothing due at the clock's present is left."""
         with self._lock:
             now = self.clock()
+            self._extend(now)
             for s in status(self.ledger, self._events.values(), now, grace=self.service.settings.grace):
                 if s.state == "due":
                     self._fire(s.event, now)
@@ -421,6 +431,39 @@ class Scheduler:
                             s.event.at.isoformat(),
                             self.service.settings.grace,
                         )
+
+    def _poll_bounces(self) -> None:
+        """Record the bounces waiting in ``email.bounce_mailbox`` (IMAP), if one is set."""
+        config = self._config
+        if config is None or not config.email.bounce_mailbox:
+            return
+        password = self.service.settings.env.get(bounces.PASSWORD_VARIABLE, "")
+        book = bounces.BounceBook(self.ledger, self.service.store, self.service.settings.secret_key())
+        try:
+            tally = bounces.poll_imap(bounces.ImapMailbox.parse(config.email.bounce_mailbox), password, book)
+        except MailboxError as exc:
+            log.warning("could not read bounces: %s", exc)
+            return
+        if tally.read:
+            log.info("bounce mailbox: %s", tally)
+
+    def _extend(self, now: datetime) -> None:
+        """Announce each deadline extension that is due, once (:mod:`notifier.extension`). Holds ``_lock``."""
+        config = self._config
+        if config is None or not self.is_leader:
+            return
+        for consultation in config.consultations.values():
+            due = extension.pending(self.ledger, consultation, config.tz, now)
+            if due is None or due.at > now:
+                continue
+            occurrence_id = extension.claim(self.ledger, due)
+            if occurrence_id is None:
+                continue
+            try:
+                archive.fired(self.service.store, config, self.ledger, occurrence_id, actor="scheduler")
+            finally:  # claimed is claimed: it goes out
+                self.service.actors.fire.send(occurrence_id)
+            log.info("fired %s: closes moved from %s to %s", occurrence_id, due.previous, due.closes)
 
     def _fire(self, event: timeline.Event, now: datetime) -> str | None:
         """Fire one due event through Service.fire, if this scheduler leads. Holds ``_lock``."""

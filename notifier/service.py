@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import dramatiq
 import redis
 
-from notifier import acknowledgement, actors, archive, timeline
+from notifier import acknowledgement, actors, archive, extension, timeline
 from notifier.audience import resolve
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings
@@ -120,6 +120,8 @@ class Service:
                 f"{event_name} is sent to each respondent when their response is recorded "
                 "(notifier responses import, or POST /api/consultations/<id>/responses), not fired"
             )
+        if event_name == timeline.EXTENDED:
+            raise UsageError(f"{event_name} is fired by the scheduler, once, when a consultation's closes moves later")
         config = config or self.config()
         consultation = config.consultation(consultation_id)
         event = timeline.event(consultation, event_name, config.tz)
@@ -130,6 +132,7 @@ class Service:
         at = event.at if event.at is not None and not again else datetime.now(UTC)
         occurrence_id = self.ledger.claim_occurrence(consultation_id, event_name, at=at, again=again, late=late)
         if occurrence_id is not None:
+            extension.remember(self.ledger, occurrence_id, consultation.closes)  # what this told them
             try:
                 archive.fired(store, config, self.ledger, occurrence_id, actor=actor or archive.actor())
             finally:  # claimed is claimed: it goes out, and its outcomes wait in Redis for the database

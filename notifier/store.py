@@ -741,6 +741,30 @@ class Store:
                 values[lists_at] = tuple(values[lists_at].split())
                 yield values[0], Settled(*values[1:])
 
+    def delivery_by_key(self, key: str) -> tuple[str, str, str, str] | None:
+        """(occurrence, channel, recipient, status) of the e-mail whose Message-ID is
+        ``<key@…>`` (a delivery's key: 32 hex digits), or None when none is recorded."""
+        if not re.fullmatch(r"[0-9a-f]{32}", key):
+            return None
+        d = deliveries.c
+        query = select(d.occurrence, d.channel, d.recipient, d.status).where(d.message_id.like(f"<{key}@%")).limit(1)
+        with self._tx() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else (row.occurrence, row.channel, row.recipient, row.status)
+
+    def mark_bounced(self, occurrence: str, channel: str, recipient: str, error: str) -> bool:
+        """Record that a delivery bounced (status ``bounced``, the bounce as its last error);
+        False when it was bounced already or is not recorded."""
+        d = deliveries.c
+        query = (
+            update(deliveries)
+            .where(d.occurrence == occurrence, d.channel == channel, d.recipient == recipient)
+            .where(d.status != "bounced")
+            .values(status="bounced", last_error=error, updated=datetime.now(UTC))
+        )
+        with self._tx() as connection:
+            return connection.execute(query).rowcount > 0
+
     def delivery_rows(self, consultation: str) -> Iterator[tuple[Any, ...]]:
         """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk
         export: times as ISO 8601 UTC to the millisecond and absent values as ``""`` (the form

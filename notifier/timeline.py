@@ -19,6 +19,9 @@ from notifier.window import next_opening
 #: The acknowledgement of a recorded response (see :mod:`notifier.acknowledgement`): never
 #: scheduled, fired once per response, to that respondent alone, by e-mail only.
 RESPONSE_RECEIVED = "response_received"
+#: A deadline extension (see :mod:`notifier.extension`): planned when ``closes`` moves later
+#: after ``opened`` fired, never scheduled from its ``at`` alone.
+EXTENDED = "extended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class Event:
     configured: datetime | None = None
     #: Why it was moved (``Saturdays are outside the send window``).
     moved_because: str | None = None
+    #: Attach the closing date as an ``.ics`` to its e-mails (:mod:`notifier.invite`).
+    attach_calendar: bool = False
 
     @property
     def key(self) -> str:
@@ -56,7 +61,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
     if name == RESPONSE_RECEIVED:  # one e-mail to one respondent, who need not be on any list
         return Event(consultation_id=consultation.id, name=name, at=None, channels=(EMAIL_CHANNEL,), audience=())
     at, configured, why = None, None, None
-    if spec is not None and spec.at is not None:
+    if spec is not None and spec.at is not None and name != EXTENDED:
         at = parse_at(spec.at, tz).resolve(consultation.opens, consultation.closes, tz)
         if consultation.window is not None and spec.window != "ignore":
             opening = next_opening(consultation.window, at, tz)
@@ -71,6 +76,7 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
         skip=spec.skip if spec else (),
         configured=configured,
         moved_because=why,
+        attach_calendar=spec.attach_calendar if spec else False,
     )
 
 

@@ -48,6 +48,7 @@ def check(config: Config, settings: Settings) -> list[Problem]:
             for event in timeline.events(consultation, config.tz):
                 if event.name != acknowledgement.EVENT:  # acknowledgement.check's, with a sample response
                     found += check_event(config, renderer, consultation, event, checked=checked, samples=samples)
+            found += _check_extension(config, renderer, consultation, checked=checked, samples=samples)
         found += acknowledgement.check(config, renderer)
     for account in config.accounts.values():
         if registry.is_outbox(account, settings):
@@ -67,6 +68,29 @@ def check(config: Config, settings: Settings) -> list[Problem]:
             )
         )
     return _in_order(found)
+
+
+def _check_extension(
+    config: Config,
+    renderer: Renderer,
+    consultation: Consultation,
+    *,
+    checked: dict[str, frozenset[str]],
+    samples: ByIdentity[list[Recipient]],
+) -> list[Problem]:
+    """The ``extended`` event's templates, which a deadline extension needs: checked when they
+    exist (an ``extended`` in ``events`` is checked with the others); a warning when none does."""
+    if timeline.EXTENDED in consultation.events or "opened" not in consultation.events:
+        return []
+    event = timeline.event(consultation, timeline.EXTENDED, config.tz)
+    if renderer.find(consultation.id, event.name, "email.j2") is None:
+        return [
+            consultation.where.warning(
+                f"no template for {timeline.EXTENDED!r} ({config.templates}/{timeline.EXTENDED}/): "
+                "moving closes later after the consultation opened could not be announced"
+            )
+        ]
+    return check_event(config, renderer, consultation, event, checked=checked, samples=samples)
 
 
 def _in_order(problems: Iterable[Problem]) -> list[Problem]:

@@ -50,6 +50,15 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to an e-mail (a calendar invite)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class EmailPayload:
     """A rendered e-mail and its envelope."""
 
@@ -57,6 +66,7 @@ class EmailPayload:
     to_name: str | None
     content: EmailContent
     unsubscribe_url: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import httpx
 
 from notifier.channels.base import Addressing, Channel, EmailPayload, PostPayload
 from notifier.channels.email import MaildirChannel, Sender, SmtpChannel, SmtpTarget
+from notifier.channels.email.verp import Verp
 from notifier.channels.outbox import OutboxChannel
 from notifier.channels.platforms import CHANNELS, TOKEN_CHANNELS, rules
 from notifier.channels.webhook import WebhookChannel
@@ -50,7 +51,9 @@ def build_email_channel(config: Config, settings: Settings, *, data_dir: Path, l
     Maildir outbox under ``data_dir``."""
     sender = Sender.parse(config.email.from_, config.email.reply_to)
     if settings.smtp_url and live:
-        return SmtpChannel(SmtpTarget.parse(settings.smtp_url), sender)
+        domain = config.email.bounce_domain
+        verp = Verp(domain, settings.secret_key()) if domain else None
+        return SmtpChannel(SmtpTarget.parse(settings.smtp_url), sender, verp)
     return MaildirChannel(data_dir / "outbox" / "email", sender)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -232,8 +233,34 @@ class EmailSettings(_Model):
     rate: RateText | None = None
     #: The most e-mails one local day (in the configured timezone), across every worker.
     daily: int | None = Field(default=None, gt=0)
+    #: Envelope senders ``bounces+<opaque id>@bounce_domain`` (VERP); off when unset.
+    bounce_domain: Text | None = None
+    #: ``imaps://user@host[:port]/FOLDER`` the scheduler reads bounces from (password: NOTIFIER_BOUNCE_PASSWORD).
+    bounce_mailbox: Text | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _a_domain(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                return check_email(f"bounces@{value}").partition("@")[2]
+            except InvalidValueError:
+                raise InvalidValueError(f"{value!r} is not a mail domain (e.g. pcc.example)") from None
+        return value
+
+    @field_validator("bounce_mailbox")
+    @classmethod
+    def _an_imap_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "imaps" or not parts.hostname or not parts.username or parts.password:
+                raise InvalidValueError(
+                    f"{value!r} must look like imaps://user@host/INBOX "
+                    "(the password comes from NOTIFIER_BOUNCE_PASSWORD, never the config)"
+                )
+        return value
 
 
 class EventSpec(_Model):
@@ -248,6 +275,8 @@ class EventSpec(_Model):
     skip: tuple[Literal["responded"], ...] = ()
     #: ``ignore``: fire at ``at`` even outside the send window (a deadline, say).
     window: Literal["ignore"] | None = None
+    #: Attach an ``.ics`` with the closing date to the event's e-mails (:mod:`notifier.calendar`).
+    attach_calendar: bool = False
     where: Where = Where("")
 
     @field_validator("at", mode="before")

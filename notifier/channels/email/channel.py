@@ -16,6 +16,7 @@ from typing import ClassVar
 from notifier.channels.base import Addressing, Delivery, EmailPayload, Receipt
 from notifier.channels.email.mime import Sender, build_message, message_id
 from notifier.channels.email.smtp import SmtpEngine, SmtpTarget
+from notifier.channels.email.verp import Verp
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 
 
@@ -26,16 +27,22 @@ class SmtpChannel:
     name = "email"
     addressing: ClassVar[Addressing] = Addressing.RECIPIENT  # one e-mail per stakeholder, rendered for each
 
-    def __init__(self, target: SmtpTarget, sender: Sender) -> None:
+    def __init__(self, target: SmtpTarget, sender: Sender, verp: Verp | None = None) -> None:
         self.target = target
         self.sender = sender
+        #: With ``email.bounce_domain``: each e-mail's envelope sender names its delivery.
+        self.verp = verp
         self.engine = SmtpEngine(target)
+
+    def envelope_sender(self, delivery: Delivery) -> str:
+        """MAIL FROM of ``delivery``: its VERP address, or the From address when bounces are off."""
+        return self.verp.sender(delivery.key) if self.verp is not None else self.sender.from_address
 
     def send(self, delivery: Delivery, payload: EmailPayload) -> Receipt:
         """Send one e-mail; the Message-ID is the provider id."""
         msgid = message_id(delivery, self.sender.domain)
         data = build_message(self.sender, payload, msgid=msgid)
-        return self.engine.send(self.sender.from_address, payload.to_email, data, msgid)
+        return self.engine.send(self.envelope_sender(delivery), payload.to_email, data, msgid)
 
     def send_many(
         self,
@@ -52,7 +59,8 @@ class SmtpChannel:
             (payload.to_email, build_message(self.sender, payload, msgid=msgid))
             for payload, msgid in zip(emails, msgids, strict=True)
         ]
-        return self.engine.send_many(self.sender.from_address, envelopes, msgids, on_result)
+        senders = [self.envelope_sender(delivery) for delivery, _ in items] if self.verp is not None else None
+        return self.engine.send_many(self.sender.from_address, envelopes, msgids, on_result, senders)
 
     def close(self) -> None:
         """Quit every open connection."""

@@ -12,15 +12,17 @@ goes ``7bit`` (as it is); any other part is quoted-printable.
 
 from __future__ import annotations
 
+import base64
 import binascii
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, parseaddr
 from urllib.parse import quote
 
-from notifier.channels.base import Delivery, EmailPayload
+from notifier.channels.base import Attachment, Delivery, EmailPayload
 from notifier.channels.email._fast import date_now as _date_now
 from notifier.channels.email._fast import header_text as _header_text
+from notifier.rendering import EmailContent
 
 
 def _encode_header(value: str) -> str:
@@ -127,20 +129,27 @@ def build_message(
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
     ]
+    entity = _content(content, msgid)
+    if payload.attachments:
+        entity = _mixed(entity, payload.attachments, msgid)
+    return "\r\n".join(headers).encode("ascii") + b"\r\n" + entity
+
+
+def _content(content: EmailContent, msgid: str) -> bytes:
+    """The text part, or the text and HTML parts as multipart/alternative: its own
+    Content-Type header first (the message's headers end just before it)."""
     text_part = _part("text/plain", content.text)
     if content.html is None:
-        return "\r\n".join(headers).encode("ascii") + b"\r\n" + text_part
+        return text_part
     html_part = _part("text/html", content.html)
     # "=_" never occurs in quoted-printable output; in 7bit text it could, so check.
     boundary = f"=_{msgid.strip('<>').partition('@')[0]}"
     while f"--{boundary}".encode() in text_part or f"--{boundary}".encode() in html_part:
         boundary += "_"
-    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     sep = f"--{boundary}\r\n".encode()
     return b"".join(
         (
-            "\r\n".join(headers).encode("ascii"),
-            b"\r\n\r\n",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
             sep,
             text_part,
             b"\r\n",
@@ -149,4 +158,27 @@ def build_message(
             b"\r\n",
             f"--{boundary}--\r\n".encode(),
         )
+    )
+
+
+def _mixed(content: bytes, attachments: tuple[Attachment, ...], msgid: str) -> bytes:
+    """``content`` and the attachments (base64) as multipart/mixed."""
+    parts = [content]
+    for attachment in attachments:
+        name = _header_text(attachment.filename).replace('"', "")
+        parts.append(
+            (
+                f'Content-Type: {_header_text(attachment.content_type)}; name="{name}"\r\n'
+                f'Content-Disposition: attachment; filename="{name}"\r\n'
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+            ).encode()
+            + base64.encodebytes(attachment.data).replace(b"\n", b"\r\n")
+        )
+    boundary = f"=_mixed_{msgid.strip('<>').partition('@')[0]}"
+    while any(f"--{boundary}".encode() in part for part in parts):
+        boundary += "_"
+    sep = f"--{boundary}\r\n".encode()
+    body = b"".join(sep + part + b"\r\n" for part in parts)
+    return (
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode() + body + f"--{boundary}--\r\n".encode()
     )

@@ -199,7 +199,10 @@ class Step(enum.Enum):
 
 
 def transactions(
-    conn: smtplib.SMTP, from_address: str, envelopes: Sequence[tuple[str, bytes]]
+    conn: smtplib.SMTP,
+    from_address: str,
+    envelopes: Sequence[tuple[str, bytes]],
+    senders: Sequence[str] | None = None,
 ) -> Iterator[Outcome | Step]:
     """Send several messages, each to one recipient, on an open connection, yielding each
     one's outcome in order as soon as it is known.
@@ -214,21 +217,23 @@ def transactions(
     message's MAIL, RCPT and DATA go in one write (RFC 2920 allows commands after the end
     of data), so the replies to both come back in one read: one round trip a message
     instead of two. Otherwise it is :func:`transaction` once per message. After each write
-    that replies will answer, :attr:`Step.WRITTEN` is yielded.
+    that replies will answer, :attr:`Step.WRITTEN` is yielded. ``senders`` (VERP) gives
+    each message its own envelope sender in place of ``from_address``.
     """
     conn.ehlo_or_helo_if_needed()
     if not conn.has_extn("pipelining"):
-        for to_address, data in envelopes:
+        for i, (to_address, data) in enumerate(envelopes):
             try:
-                transaction(conn, from_address, to_address, data)
+                transaction(conn, senders[i] if senders else from_address, to_address, data)
             except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused) as exc:
                 yield exc
             else:
                 yield None
         return
     ending = b""  # the previous message's data and dot, written with the next commands
-    for to_address, data in envelopes:
-        conn.send(ending + "".join(_commands(conn, from_address, to_address, data)).encode("ascii"))
+    for i, (to_address, data) in enumerate(envelopes):
+        sender = senders[i] if senders else from_address
+        conn.send(ending + "".join(_commands(conn, sender, to_address, data)).encode("ascii"))
         yield Step.WRITTEN
         if ending:
             code, reply = conn.getreply()
@@ -240,7 +245,7 @@ def transactions(
         if _accepted(replies):
             ending = _stuffed(data)
             continue
-        refusal = _refused(conn, from_address, to_address, replies)
+        refusal = _refused(conn, sender, to_address, replies)
         if not isinstance(refusal, smtplib.SMTPSenderRefused | smtplib.SMTPRecipientsRefused):
             raise refusal
         yield refusal
@@ -426,10 +431,11 @@ class SmtpEngine:
         envelopes: Sequence[tuple[str, bytes]],
         provider_ids: Sequence[str],
         on_result: Callable[[int, _Result], None] | None = None,
+        senders: Sequence[str] | None = None,
     ) -> list[_Result]:
         """Send several messages on this thread's connections, pipelined across messages
         (:func:`transactions`); for each, in order, its receipt or the error :meth:`send`
-        would raise for it.
+        would raise for it. ``senders`` gives each message its own envelope sender (VERP).
 
         The messages are dealt to :data:`LANES` connections in turn, and the lanes go in
         step: each writes its next message, then each reads its replies. Within a lane every
@@ -443,19 +449,27 @@ class SmtpEngine:
         """
         # Message i goes on lane i % LANES, as that lane's (i // LANES)th.
         lanes = [
-            self._lane(lane, from_address, envelopes[lane::LANES], provider_ids[lane::LANES], on_result)
+            self._lane(
+                lane,
+                from_address,
+                envelopes[lane::LANES],
+                provider_ids[lane::LANES],
+                on_result,
+                senders[lane::LANES] if senders else None,
+            )
             for lane in range(min(LANES, len(envelopes)))
         ]
         results = _in_step(lanes)
         return [results[i % LANES][i // LANES] for i in range(len(envelopes))]
 
-    def _lane(
+    def _lane(  # noqa: PLR0913 - one lane's share of send_many's arguments
         self,
         lane: int,
         from_address: str,
         envelopes: Sequence[tuple[str, bytes]],
         provider_ids: Sequence[str],
         on_result: Callable[[int, _Result], None] | None = None,
+        senders: Sequence[str] | None = None,
     ) -> Generator[Step, None, list[_Result]]:
         """Send ``envelopes`` on connection ``lane``, yielding after each write (see
         :func:`_in_step`); returns each message's receipt or error, in order, and tells
@@ -465,7 +479,8 @@ class SmtpEngine:
         while len(out) < len(envelopes):
             try:
                 conn = self._connection(lane)
-                for outcome in transactions(conn, from_address, envelopes[len(out) :]):
+                left = senders[len(out) :] if senders else None
+                for outcome in transactions(conn, from_address, envelopes[len(out) :], left):
                     if outcome is Step.WRITTEN:
                         yield outcome
                         continue
