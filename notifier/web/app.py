@@ -21,7 +21,7 @@ from starlette.routing import Route
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
-from notifier.web import api, health, pages
+from notifier.web import api, console_routes, health, pages
 from notifier.web.auth import session_middleware
 from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
@@ -38,6 +38,7 @@ ROUTES = [
     Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
     Route("/api/consultations/{consultation}/responses", api.record_response, methods=["POST"]),
     Route("/api/suppressions", api.suppressions, methods=["GET"]),
+    *console_routes.ROUTES,
 ]
 EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}
 
