@@ -58,7 +58,12 @@ def _field_errors(problems: Iterable[Problem], default: str) -> list[FieldError]
     found = []
     for p in problems:
         name, colon, rest = p.message.partition(": ")
-        found.append(FieldError(name, rest) if colon and name in RESPONSE_FIELDS else FieldError(default, str(p)))
+        if not colon or name not in RESPONSE_FIELDS:
+            found.append(FieldError(default, str(p)))
+        elif rest == "required":
+            found.append(FieldError(name, f"Enter the {'e-mail address' if name == 'email' else name}"))
+        else:
+            found.append(FieldError(name, f"{name.capitalize()}: {rest}"))
     return found
 
 
