@@ -47,6 +47,7 @@ from notifier.scheduler import status as event_states
 from notifier.service import Service
 from notifier.store import Store
 from notifier.tokens import sign
+from notifier.users_cli import users
 from notifier.validation import check, check_event, load_and_check
 
 # emoji=False: text from templates and config is printed as it is (``:x:`` stays ``:x:``); every
@@ -783,6 +784,7 @@ def rehearse(consultation: str) -> None:
 cli.add_command(db)
 cli.add_command(responses)
 cli.add_command(evidence)
+cli.add_command(users)
 
 
 # ---------------------------------------------------------------------------

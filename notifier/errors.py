@@ -25,6 +25,8 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     │   └── PermanentDeliveryError   recorded failed, never retried (send --wait exits 2); bounce suppresses
     ├── RedisUnavailable             Redis cannot be reached or started; exit 1 (plan: "state unknown")
     ├── EmbeddedDataError            embedded Redis data unsafe to load; every command stops, exit 1
+    ├── SignInRefused                wrong e-mail address or password (never says which); the form again
+    │   └── AccountLocked            five failed sign-ins in a row: refused for 15 minutes, any password
     └── StoreError                   the SQL record cannot be used; exit 1
         └── SchemaBehindError        the database schema is older than notifier: run notifier db upgrade
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -190,6 +193,20 @@ class EmbeddedDataError(NotifierError):
     Raised instead of letting a server start empty over them: an empty ledger would make
     every event look unsent and send it again.
     """
+
+
+class SignInRefused(NotifierError):  # noqa: N818 - reads as what happened
+    """A console sign-in was refused: the address is unknown or the password is wrong. The
+    message never says which, so a sign-in form does not tell who has an account."""
+
+
+class AccountLocked(SignInRefused):
+    """Five sign-ins in a row failed: the account refuses every password, the right one too,
+    until ``until`` (15 minutes after the fifth), which slows a password guesser to a crawl."""
+
+    def __init__(self, message: str, *, until: datetime) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class StoreError(NotifierError):

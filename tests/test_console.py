@@ -2,8 +2,8 @@
 SQLite record, with the example config: what each role sees and may do, the confirmations of a
 send, the CSRF check of every form, and the deliveries table's filters.
 
-Signing in: a route that only this module adds to its own app starts the session (the real
-sign-in page is tested with the users' module); the browser tests sign in for real.
+Each client signs in for real: a user added with :func:`notifier.users.add_user`, then the
+sign-in form POSTed with its CSRF token.
 """
 
 from __future__ import annotations
@@ -16,27 +16,18 @@ from pathlib import Path
 import pytest
 import redis
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import OccurrenceRecord, Settled, Store
+from notifier.users import add_user
 from notifier.web import create_app
-from notifier.web.auth import ROLES, csrf_token, sign_in
 
 ROOT = Path(__file__).resolve().parent.parent
 SOC = "soc-strategy-2019"
+PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-async def _test_sign_in(request: Request) -> Response:
-    role = request.path_params["role"]
-    assert role in ROLES
-    sign_in(request, f"{role}@pcc.example", role)
-    return PlainTextResponse(csrf_token(request))
 
 
 def settings_for(tmp_path: Path, redis_url: str) -> Settings:
@@ -52,19 +43,22 @@ def settings_for(tmp_path: Path, redis_url: str) -> Settings:
 
 @pytest.fixture
 def app(tmp_path: Path, redis_url: str) -> Starlette:
-    """The web app, with this module's test-only sign-in route."""
-    found = create_app(settings_for(tmp_path, redis_url))
-    found.router.routes.append(Route("/test-only/sign-in/{role}", _test_sign_in, methods=["GET"]))
-    return found
+    """The web app on the example config."""
+    return create_app(settings_for(tmp_path, redis_url))
 
 
 def client_as(app: Starlette, role: str | None) -> TestClient:
-    """A client signed in with ``role`` (None: not signed in)."""
+    """A client signed in as a new user with ``role`` (None: not signed in)."""
     client = TestClient(app, base_url="https://testserver", follow_redirects=False)
     if role:
-        signed = client.get(f"/test-only/sign-in/{role}")
-        assert signed.status_code == 200
-        client.headers["X-Test-Csrf"] = signed.text
+        email = f"{role}@pcc.example"
+        add_user(app.state.web.store, email, role, PASSWORD)
+        form = client.get("/admin/sign-in")
+        found = CSRF.search(form.text)
+        assert found, "no csrf_token on the sign-in form"
+        data = {"email": email, "password": PASSWORD, "csrf_token": found.group(1)}
+        signed = client.post("/admin/sign-in", data=data)
+        assert signed.status_code == 303, signed.text
     return client
 
 
@@ -86,16 +80,13 @@ def admin(app: Starlette) -> Iterator[TestClient]:
         yield client
 
 
-def csrf(client: TestClient, path: str | None = None) -> str:
-    """The CSRF token in the forms of the page at ``path``; the session's without a page (a
-    viewer's pages have no form to send with, but a forger would still try)."""
-    if path is None:
-        return str(client.headers["X-Test-Csrf"])
+def csrf(client: TestClient, path: str = "/admin/consultations") -> str:
+    """The session's CSRF token, from the forms of the page at ``path`` (every console page
+    has one: signing out)."""
     page = client.get(path)
     assert page.status_code == 200, page.text
     found = CSRF.search(page.text)
     assert found, f"no csrf_token on {path}"
-    assert found.group(1) == client.headers["X-Test-Csrf"]
     return found.group(1)
 
 

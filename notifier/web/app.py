@@ -21,7 +21,7 @@ from starlette.routing import Route
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
-from notifier.web import api, console_routes, health, pages
+from notifier.web import api, console_routes, health, pages, signin
 from notifier.web.auth import session_middleware
 from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
@@ -38,6 +38,10 @@ ROUTES = [
     Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
     Route("/api/consultations/{consultation}/responses", api.record_response, methods=["POST"]),
     Route("/api/suppressions", api.suppressions, methods=["GET"]),
+    Route("/admin/", signin.admin_home, methods=["GET"]),
+    Route("/admin/sign-in", signin.sign_in_form, methods=["GET"]),
+    Route("/admin/sign-in", signin.sign_in_submit, methods=["POST"]),
+    Route("/admin/sign-out", signin.sign_out_submit, methods=["POST"]),
     *console_routes.ROUTES,
 ]
 EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}

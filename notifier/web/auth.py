@@ -6,7 +6,9 @@ user's e-mail address and role, and the CSRF token of the session; nothing else.
 
 Roles are ordered: a ``viewer`` sees, a ``sender`` also sends and records responses, an ``admin``
 also manages suppressions and users. :func:`require` guards a handler; :func:`checked_form` reads
-a POSTed form and refuses it (403) without the session's CSRF token.
+a POSTed form and refuses it (403) without the session's CSRF token. :func:`require` also reads
+the user from the record at every request, so removing a user ends their sessions at once and a
+new role applies at their next click.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
+import anyio.to_thread
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+
+from notifier.errors import StoreError
+from notifier.web.state import state
 
 Role = Literal["viewer", "sender", "admin"]
 #: Each role can do what the ones before it can.
@@ -104,13 +110,33 @@ async def checked_form(request: Request) -> FormData:
     return form
 
 
+async def signed_in(request: Request) -> SignedIn | None:
+    """The signed-in user as the record has them now: a removed user's session ends (None), a
+    changed role applies at their next request, not when the cookie runs out."""
+    user = current_user(request)
+    store = state(request).store
+    if user is None or store is None:
+        return user
+    try:
+        found = await anyio.to_thread.run_sync(store.user, user.email)
+    except StoreError:
+        raise HTTPException(503, "The consultation record is not available: try again in a minute.") from None
+    if found is None or found.role not in ROLES:
+        sign_out(request)
+        return None
+    if found.role != user.role:
+        user = SignedIn(email=user.email, role=found.role)
+        request.session[_USER] = {"email": user.email, "role": user.role}
+    return user
+
+
 def require(role: Role) -> Callable[[Handler], Handler]:
     """Guard a console handler: not signed in redirects to sign-in; a role short of ``role`` is 403."""
 
     def guard(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def guarded(request: Request) -> Response:
-            user = current_user(request)
+            user = await signed_in(request)
             if user is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"{SIGN_IN_PATH}?next={quote(target, safe='')}", status_code=303)

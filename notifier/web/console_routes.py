@@ -16,7 +16,6 @@ _O = _C + "/occurrences/{event}/{number:int}"
 
 ROUTES = [
     Route("/admin", console_pages.home, methods=["GET"]),
-    Route("/admin/", console_pages.home, methods=["GET"]),
     Route("/admin/consultations", console_pages.consultations, methods=["GET"]),
     Route(_C, console_pages.consultation, methods=["GET"]),
     Route(_C + "/events/{event}", console_pages.event_preview, methods=["GET"]),
