@@ -40,6 +40,17 @@ SCREENSHOTS = ROOT / "var" / "screenshots"
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 WIDTHS = (1280, 320)
 SOC = "soc-strategy-2019"
+#: The first of the outcome's audience: refused by the SMTP server until the retry.
+REFUSED = "richard.hollis@westmercia-police.example"
+FUTURE = """\
+title: A consultation still to open
+url: https://www.pcc.example/consultations/future
+summary: A draft plan, to be consulted on.
+opens: 2030-01-07 09:00
+closes: 2030-02-28 23:59
+audience: [csp]
+channels: [email]
+"""
 PASSWORD = "correct horse battery staple"
 
 
@@ -81,6 +92,7 @@ def console(project: Project, redis_url: str, smtp_server: SmtpServer) -> Iterat
         "NOTIFIER_WEB_BIND": "127.0.0.1:0",
         "NOTIFIER_PUBLIC_URL": "http://localhost:8080",
     }
+    project.write("config/consultations/future-plan.yaml", FUTURE)
     settings = Settings.from_env(env)
     record = Store.open(settings)
     try:
@@ -126,8 +138,6 @@ def sign_in_as(page: Page, console: Console, role: str) -> None:
 
 def check(page: Page, name: str) -> None:
     """Axe finds nothing at WCAG 2.2 AA on the page; it is captured at each width."""
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, f"{name}: {results.generate_report()}"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
@@ -135,6 +145,8 @@ def check(page: Page, name: str) -> None:
         assert overflow <= 0, f"{name} scrolls sideways at {width}px ({overflow}px too wide)"
         page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    assert results.violations_count == 0, f"{name}: {results.generate_report()}"
 
 
 def test_a_sender_previews_sends_an_outcome_and_watches_it_reach_100_percent(page: Page, console: Console) -> None:
@@ -151,11 +163,55 @@ def test_a_sender_previews_sends_an_outcome_and_watches_it_reach_100_percent(pag
     page.get_by_role("button", name="Send outcome…").click()
     expect(page.locator(".reach")).to_contain_text("e-mails and 4 posts")
     check(page, "send-confirm")
+    console.smtp.handler.always[REFUSED] = "550 5.1.1 no such mailbox"
     page.get_by_role("button", name="Yes, send").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("outcome #1")
     expect(page.locator("#progress-text")).to_contain_text("100% done", timeout=60_000)  # live, no reload
-    assert console.smtp.handler.count() > 0
+    assert console.smtp.handler.count() == 35
     check(page, "progress")
+    _deliveries_shown(page)
+    check(page, "deliveries")
+    page.get_by_label("Status", exact=True).select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("table.deliveries tbody tr")).to_have_count(1)
+    expect(page.locator("table.deliveries")).to_contain_text(REFUSED)
+    check(page, "deliveries-failed")
+    del console.smtp.handler.always[REFUSED]
+    page.get_by_role("button", name="Retry the failed ones").click()
+    expect(page.get_by_role("status")).to_contain_text("1 failed delivery put back")
+    expect(page.locator("#progress-text")).to_contain_text("100% done", timeout=60_000)
+    check(page, "retried")
+    page.reload()
+    expect(page.locator("#progress-text")).to_contain_text("Finished")
+    expect(page.get_by_role("button", name="Retry the failed ones")).to_have_count(0)  # nothing failed now
+
+
+def _deliveries_shown(page: Page) -> None:
+    """Follow the page's refresh link until the record lists the deliveries (the workers
+    archive final outcomes in batches, a moment after they are final)."""
+    deadline = time.monotonic() + 60
+    while True:
+        page.locator("#progress-refresh a").click()
+        if page.locator("table.deliveries").count():
+            return
+        assert time.monotonic() < deadline, "the deliveries never reached the record"
+        page.wait_for_load_state()
+
+
+def test_sending_again_or_early_asks_again_and_says_what_follows(page: Page, console: Console) -> None:
+    sign_in_as(page, console, "sender")
+    page.goto(f"{console.base}/admin/consultations/future-plan/events/opened")
+    page.get_by_role("button", name="Send opened…").click()
+    page.get_by_role("button", name="Yes, send").click()
+    expect(page.locator(".warning")).to_contain_text("it will then not be sent at its scheduled time")
+    check(page, "send-early")
+    page.get_by_role("button", name="Yes, send it now").click()
+    expect(page.locator("#progress-text")).to_contain_text("100% done", timeout=60_000)
+    page.goto(f"{console.base}/admin/consultations/future-plan/events/opened")
+    page.get_by_role("button", name="Send again…").click()
+    expect(page.locator(".warning")).to_contain_text("was already sent")
+    expect(page.get_by_role("button")).to_have_text(["Sign out", "Send again"])
+    check(page, "send-again")
 
 
 def test_a_sender_records_a_response_and_downloads_the_evidence(page: Page, console: Console) -> None:

@@ -26,7 +26,13 @@
       statuses.forEach(function (s) { row.appendChild(cell("td", String(p.counts[channel][s] || 0))); });
       body.appendChild(row);
     });
-    if (p.finished) { box.setAttribute("data-finished", "true"); }
+    if (p.finished) {
+      box.setAttribute("data-finished", "true");
+      if (manual) {
+        manual.querySelector("a").textContent = "Refresh to see the deliveries";
+        manual.hidden = false;
+      }
+    }
   }
   function poll() {
     fetch(url, {headers: {"Accept": "application/json"}, credentials: "same-origin"})
