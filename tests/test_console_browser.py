@@ -40,6 +40,9 @@ SCREENSHOTS = ROOT / "var" / "screenshots"
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 WIDTHS = (1280, 320)
 SOC = "soc-strategy-2019"
+# A page that renders every template for the whole audience (a send's confirmation) can take
+# seconds on a loaded machine: a condition gets this long before it fails.
+expect.set_options(timeout=30_000)
 #: The first of the outcome's audience: refused by the SMTP server until the retry.
 REFUSED = "richard.hollis@westmercia-police.example"
 FUTURE = """\
