@@ -45,15 +45,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
     bindparam,
     create_engine,
     delete,
     event,
     func,
-    or_,
+    literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -810,7 +810,8 @@ class Store:
             *self._delivery_filter(occurrence, status, channel, list_id, search)
         )
         if after is not None:
-            query = query.where(or_(d.channel > after[0], and_(d.channel == after[0], d.recipient > after[1])))
+            # A row-value comparison: both databases read the index from there on.
+            query = query.where(tuple_(d.channel, d.recipient) > tuple_(literal(after[0]), literal(after[1])))
         query = query.order_by(d.channel, d.recipient).limit(limit)
         lists_at = _SETTLED_COLUMNS.index("lists")
         with self._tx() as connection:
@@ -848,6 +849,20 @@ class Store:
             found.append((" " + d.lists + " ").like(f"% {_escape_like(list_id)} %", escape="\\"))
         if search:  # recipients are stored lower-cased
             found.append(d.recipient.like(f"%{_escape_like(search.strip().lower())}%", escape="\\"))
+        return found
+
+    def occurrence_counts(self, occurrence: str) -> dict[str, dict[str, int]]:
+        """``{channel: {status: count}}`` of one occurrence: its rows, and the counts kept for
+        rows pruned away (read from the index on (occurrence, status, …), not the rows)."""
+        d, kept = deliveries.c, delivery_counts.c
+        live = select(d.channel, d.status, func.count()).where(d.occurrence == occurrence).group_by(d.channel, d.status)
+        pruned = select(kept.channel, kept.status, kept.count).where(kept.occurrence == occurrence)
+        found: dict[str, dict[str, int]] = {}
+        with self._tx() as connection:
+            for query in (pruned, live):
+                for channel, status, n in connection.execute(query).tuples():
+                    by_status = found.setdefault(channel, {})
+                    by_status[status] = by_status.get(status, 0) + int(n)
         return found
 
     def counts(self, consultation: str) -> list[Count]:

@@ -76,23 +76,23 @@ def occurrence_id(request: Request) -> str:
 
 
 def counts(request: Request, occurrence: str) -> Counts:
-    """The occurrence's counts from the ledger; from the record when Redis no longer has it;
-    404 when neither knows it."""
-    svc = service(request)
+    """The occurrence's counts from the ledger; from the record when Redis no longer has them
+    (a restored occurrence has its state back in Redis, not its deliveries); 404 when neither
+    knows it."""
     try:
-        found = svc.progress(occurrence)
+        found = service(request).progress(occurrence)
     except UnknownOccurrenceError:
-        by_channel: dict[str, dict[str, int]] = {}
-        consultation = occurrence.rsplit(":", 2)[0]
-        for c in store(request).counts(consultation):
-            if c.occurrence == occurrence:
-                by_channel.setdefault(c.channel, {})[c.status] = c.count
-        if not by_channel:
-            raise HTTPException(404, f"There is no occurrence {occurrence!r}.") from None
-        total = sum(sum(v.values()) for v in by_channel.values())
-        done = sum(n for v in by_channel.values() for s, n in v.items() if s in FINAL)
-        return Counts(total, done, by_channel, fanned_out=True)
-    return Counts(found.total, found.done, found.counts, found.fanned_out)
+        found = None
+    if found is not None and found.counts:
+        return Counts(found.total, found.done, found.counts, found.fanned_out)
+    by_channel = store(request).occurrence_counts(occurrence)
+    if not by_channel and found is not None:  # fired, nothing fanned out yet
+        return Counts(found.total, found.done, found.counts, found.fanned_out)
+    if not by_channel:
+        raise HTTPException(404, f"There is no occurrence {occurrence!r}.")
+    total = sum(sum(v.values()) for v in by_channel.values())
+    done = sum(n for v in by_channel.values() for s, n in v.items() if s in FINAL)
+    return Counts(total, done, by_channel, fanned_out=True)
 
 
 @dataclass(frozen=True, slots=True)
