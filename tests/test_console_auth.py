@@ -18,7 +18,7 @@ from html import unescape
 from pathlib import Path
 
 import argon2
-import httpx
+import httpx2 as httpx  # what Starlette's TestClient answers with
 import pytest
 from starlette.testclient import TestClient
 
@@ -281,6 +281,7 @@ def test_a_removed_user_is_signed_out_at_their_next_request(client: TestClient, 
         "/admin/../evil",
         "javascript:alert(1)",
         "/unsubscribe/x",
+        "/admin/sign-in",
     ],
 )
 def test_a_next_outside_the_console_is_not_followed(client: TestClient, target: str) -> None:
@@ -288,6 +289,13 @@ def test_a_next_outside_the_console_is_not_followed(client: TestClient, target: 
     assert response.status_code == 303
     location = response.headers["location"]
     assert location == "/admin/consultations"
+
+
+def test_a_signed_in_visitor_is_never_sent_back_to_the_sign_in_page(client: TestClient) -> None:
+    sign_in(client)
+    page = client.get("/admin/sign-in", params={"next": "/admin/sign-in"})
+    assert page.status_code == 200
+    assert "You are signed in" in page.text
 
 
 def test_a_next_in_the_console_is_where_signing_in_goes(client: TestClient) -> None:
@@ -361,3 +369,76 @@ def test_users_commands_refuse_bad_input_with_a_clear_message_and_exit_1(project
     assert again.returncode == 1 and "already exists" in again.stderr
     unknown = run(project, "users", "remove", "nobody@pcc.example")
     assert unknown.returncode == 1 and "no console user nobody@pcc.example" in unknown.stderr
+
+
+# ---------------------------------------------------------------------------
+# /admin/users
+# ---------------------------------------------------------------------------
+
+GRACE = "grace.hopper@pcc.example"
+
+
+@pytest.fixture
+def admin(client: TestClient, record: Store) -> str:
+    """``client`` signed in as an admin; the session's CSRF token."""
+    users.add_user(record, "admin@pcc.example", "admin", PASSWORD)
+    sign_in(client, email="admin@pcc.example")
+    return csrf_of(client.get("/admin/users").text)
+
+
+def test_an_admin_adds_a_user_on_the_users_page_with_an_argon2_hash_and_an_audit_entry(
+    client: TestClient, record: Store, admin: str
+) -> None:
+    form = {"email": GRACE, "role": "sender", "password": PASSWORD, "csrf_token": admin}
+    response = client.post("/admin/users", data=form)
+    assert response.status_code == 303
+    page = client.get("/admin/users").text
+    assert f"Added {GRACE} as sender." in page
+    added = record.user(GRACE)
+    assert added is not None and added.role == "sender"
+    assert added.password_hash is not None and added.password_hash.startswith("$argon2id$")
+    assert any(e.actor == "admin@pcc.example" and e.action == "user add" for e in record.audit_entries())
+
+
+def test_adding_a_user_with_bad_fields_shows_each_error_linked_to_its_field(
+    client: TestClient, record: Store, admin: str
+) -> None:
+    form = {"email": "not an address", "role": "owner", "password": "short", "csrf_token": admin}
+    response = client.post("/admin/users", data=form)
+    assert response.status_code == 400
+    for field in ("email", "role", "password"):
+        assert f'<a href="#{field}">' in response.text
+        assert f'id="{field}-error"' in response.text
+    assert record.user("not an address") is None
+
+
+def test_an_admin_removes_a_user_but_not_themselves(client: TestClient, record: Store, admin: str) -> None:
+    users.add_user(record, GRACE, "viewer", PASSWORD)
+    assert client.post("/admin/users/remove", data={"email": GRACE, "csrf_token": admin}).status_code == 303
+    assert record.user(GRACE) is None
+    own = client.post("/admin/users/remove", data={"email": "admin@pcc.example", "csrf_token": admin})
+    assert own.status_code == 400
+    assert "You cannot remove your own account" in own.text
+    assert record.user("admin@pcc.example") is not None
+
+
+def test_the_users_page_refuses_a_form_without_its_csrf_token(client: TestClient, record: Store, admin: str) -> None:
+    response = client.post("/admin/users", data={"email": GRACE, "role": "admin", "password": PASSWORD})
+    assert response.status_code == 403
+    assert record.user(GRACE) is None
+
+
+def test_a_sender_cannot_see_or_change_the_users(client: TestClient, record: Store) -> None:
+    sign_in(client)  # ADA is a sender
+    token = csrf_of(client.get("/admin/sign-in").text)
+    assert client.get("/admin/users").status_code == 403
+    form = {"email": GRACE, "role": "admin", "password": PASSWORD, "csrf_token": token}
+    assert client.post("/admin/users", data=form).status_code == 403
+    assert client.post("/admin/users/remove", data={"email": ADA, "csrf_token": token}).status_code == 403
+    assert record.user(GRACE) is None and record.user(ADA) is not None
+
+
+def test_the_users_page_sends_a_visitor_who_is_not_signed_in_to_sign_in(client: TestClient) -> None:
+    response = client.get("/admin/users")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/admin/sign-in?next=%2Fadmin%2Fusers"

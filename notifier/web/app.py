@@ -21,7 +21,7 @@ from starlette.routing import Route
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
-from notifier.web import api, console_routes, health, pages, signin
+from notifier.web import accounts, api, console_routes, health, pages, signin
 from notifier.web.auth import session_middleware
 from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
@@ -38,13 +38,23 @@ ROUTES = [
     Route("/api/consultations/{consultation}/report", api.consultation_report, methods=["GET"]),
     Route("/api/consultations/{consultation}/responses", api.record_response, methods=["POST"]),
     Route("/api/suppressions", api.suppressions, methods=["GET"]),
+    Route("/api/suppressions", api.add_suppression, methods=["POST"]),
+    Route("/api/suppressions/{email}", api.remove_suppression, methods=["DELETE"]),
+    Route("/api/consultations/{consultation}/fire", api.fire, methods=["POST"]),
+    Route("/api/openapi.json", api.openapi_json, methods=["GET"]),
     Route("/admin/", signin.admin_home, methods=["GET"]),
     Route("/admin/sign-in", signin.sign_in_form, methods=["GET"]),
     Route("/admin/sign-in", signin.sign_in_submit, methods=["POST"]),
     Route("/admin/sign-out", signin.sign_out_submit, methods=["POST"]),
+    Route("/admin/users", accounts.user_list, methods=["GET"]),
+    Route("/admin/users", accounts.user_add, methods=["POST"]),
+    Route("/admin/users/remove", accounts.user_remove, methods=["POST"]),
     *console_routes.ROUTES,
 ]
-EXCEPTION_HANDLERS = {HTTPException: pages.http_error, Exception: pages.http_error}
+EXCEPTION_HANDLERS = {
+    HTTPException: api.errors_as_json(pages.http_error),  # JSON under /api/, a page elsewhere
+    Exception: api.errors_as_json(pages.http_error),
+}
 
 
 @contextlib.asynccontextmanager

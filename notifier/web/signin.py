@@ -28,7 +28,7 @@ from starlette.responses import RedirectResponse, Response
 from notifier import users
 from notifier.errors import SignInRefused, StoreError
 from notifier.store import Store, User
-from notifier.web.auth import Role, checked_form, csrf_token, current_user, sign_in, sign_out, signed_in
+from notifier.web.auth import SIGN_IN_PATH, Role, checked_form, csrf_token, current_user, sign_in, sign_out, signed_in
 from notifier.web.render import render
 from notifier.web.state import state
 
@@ -56,6 +56,8 @@ def safe_next(target: object) -> str | None:
         return None
     if any(segment in {".", ".."} for segment in unquote(parts.path).split("/")):
         return None  # /admin/../x is /x to a browser
+    if parts.path.rstrip("/") in {SIGN_IN_PATH, "/admin/sign-out"}:
+        return None  # signed in, the sign-in page would send the browser back to itself
     return target
 
 
