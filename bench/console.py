@@ -34,7 +34,7 @@ import redis
 from starlette.testclient import TestClient
 
 from notifier.config import Settings
-from notifier.store import OccurrenceRecord, Settled, Store
+from notifier.store import OccurrenceRecord, Settled, Store, make_engine, upgrade
 from notifier.users import add_user
 from notifier.web import create_app
 
@@ -102,10 +102,16 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--redis", default=os.environ.get("NOTIFIER_TEST_REDIS", "redis://127.0.0.1:6379/") + "14")
-    parser.add_argument("--database", default=None, help="a PostgreSQL URL (default: SQLite in a temporary folder)")
+    parser.add_argument(
+        "--database", default=None, help="an empty PostgreSQL database's URL (default: SQLite in a temporary folder)"
+    )
     args = parser.parse_args()
     client_redis = redis.Redis.from_url(args.redis)
     client_redis.flushdb()
+    if args.database:  # a fresh database: brought to the current schema, as `notifier db upgrade` does
+        engine = make_engine(args.database)
+        upgrade(engine)
+        engine.dispose()
     with tempfile.TemporaryDirectory(prefix="notifier-bench-console-") as folder:
         settings = Settings(
             config_dir=ROOT / "config",
@@ -119,6 +125,9 @@ def main() -> None:
         store: Store = app.state.web.store
         started = time.perf_counter()
         fill(store, args.deliveries)
+        if store.dialect == "postgresql":  # what autovacuum does soon after a bulk load: the planner's statistics
+            with store.engine.begin() as connection:
+                connection.exec_driver_sql("ANALYZE deliveries")
         print(f"{args.deliveries:,} deliveries archived in {time.perf_counter() - started:.1f} s ({store.dialect})")
         base = f"/admin/consultations/{SOC}/occurrences/opened/1"
         near_end = f"person{args.deliveries - 200:06d}"

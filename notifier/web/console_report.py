@@ -40,6 +40,8 @@ class Counts:
     done: int
     by_channel: dict[str, dict[str, int]]
     fanned_out: bool
+    #: Counted from the record's rows (not the ledger's): they count what the table lists.
+    from_record: bool = False
 
     @property
     def percent(self) -> int:
@@ -92,7 +94,7 @@ def counts(request: Request, occurrence: str) -> Counts:
         raise HTTPException(404, f"There is no occurrence {occurrence!r}.")
     total = sum(sum(v.values()) for v in by_channel.values())
     done = sum(n for v in by_channel.values() for s, n in v.items() if s in FINAL)
-    return Counts(total, done, by_channel, fanned_out=True)
+    return Counts(total, done, by_channel, fanned_out=True, from_record=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,23 @@ class Filters:
         return urlencode({k: v for k, v in values.items() if v})
 
 
+def _matching(request: Request, occurrence: str, filters: Filters, found: Counts, shown: int) -> int:
+    """How many deliveries the filters match: all of them when a first page is not full; from
+    the counts when they are the record's and only status and channel filter; else counted."""
+    if filters.after is None and shown < PAGE_SIZE:
+        return shown
+    if found.from_record and not filters.list_id and not filters.search:
+        return sum(
+            n
+            for channel, by_status in found.by_channel.items()
+            if filters.channel in (None, channel)
+            for status, n in by_status.items()
+            if filters.status in (None, status)
+        )
+    where = {"status": filters.status, "channel": filters.channel, "list_id": filters.list_id}
+    return store(request).delivery_total(occurrence, search=filters.search, **where)
+
+
 def _occurrence_page(request: Request, occurrence: str, filters: Filters) -> dict[str, Any]:
     svc = service(request)
     cfg = svc.config()
@@ -147,7 +166,7 @@ def _occurrence_page(request: Request, occurrence: str, filters: Filters) -> dic
         "counts": found,
         "statuses": STATUSES,
         "rows": rows,
-        "matching": store(request).delivery_total(occurrence, **where),
+        "matching": _matching(request, occurrence, filters, found, len(rows)),
         "filters": filters,
         "next_after": f"{rows[-1].channel}|{rows[-1].recipient}" if len(rows) == PAGE_SIZE else None,
         "status_options": [("", "Any status"), *((s, s) for s in STATUSES)],
