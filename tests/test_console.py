@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
-from notifier.store import OccurrenceRecord, Settled, Store
+from notifier.store import ConsultationRecord, OccurrenceRecord, Settled, Store
 from notifier.users import add_user
 from notifier.web import create_app
 
@@ -235,3 +235,24 @@ def test_the_deliveries_table_filters_searches_and_pages(viewer: TestClient, app
     assert "20 deliveries match" in failed.text
     found = viewer.get(base + "?q=PERSON00007")
     assert "1 delivery matches" in found.text and "person00007@example.org" in found.text
+
+
+def test_a_viewer_cannot_retry_and_nothing_is_put_back(viewer: TestClient, app: Starlette) -> None:
+    _archive(app.state.web.store, 3)
+    response = viewer.post(f"/admin/consultations/{SOC}/occurrences/opened/1/retry", data={"csrf_token": csrf(viewer)})
+    assert response.status_code == 403
+    assert not any(e.action.startswith("retry") for e in app.state.web.store.audit_entries(SOC))
+
+
+def test_the_evidence_pack_downloads_as_the_command_writes_it(viewer: TestClient, app: Starlette) -> None:
+    _archive(app.state.web.store, 3)
+    app.state.web.store.record_consultation(
+        ConsultationRecord(SOC, "Serious and Organised Crime Strategy", None, "Europe/London", None, None)
+    )
+    page = viewer.get(f"/admin/consultations/{SOC}/evidence")
+    assert page.status_code == 200 and "deliveries.csv" in page.text
+    csv = viewer.get(f"/admin/consultations/{SOC}/evidence/deliveries.csv")
+    assert csv.status_code == 200
+    assert csv.headers["content-disposition"] == f'attachment; filename="{SOC}-deliveries.csv"'
+    assert csv.text.splitlines()[0].startswith("occurrence,event,channel,recipient")
+    assert "person00002@example.org" in csv.text
