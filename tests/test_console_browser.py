@@ -215,6 +215,15 @@ def test_sending_again_or_early_asks_again_and_says_what_follows(page: Page, con
     expect(page.locator(".warning")).to_contain_text("was already sent")
     expect(page.get_by_role("button")).to_have_text(["Sign out", "Send again"])
     check(page, "send-again")
+    page.goto(f"{console.base}/admin/consultations/future-plan")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator(".error-summary")).to_contain_text("Enter the name of the event")
+    check(page, "send-choose-error")
+    page.get_by_role("link", name="Enter the name of the event to send, such as outcome").click()
+    expect(page.get_by_label("Event name")).to_be_focused()
+    page.goto(f"{console.base}/admin/consultations/no-such-consultation")
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    check(page, "not-found")
 
 
 def test_a_sender_records_a_response_and_downloads_the_evidence(page: Page, console: Console) -> None:
