@@ -167,7 +167,7 @@ def test_a_send_without_its_csrf_token_is_refused_and_nothing_fires(sender: Test
 def test_a_response_recorded_by_hand_is_listed_and_audited(sender: TestClient, app: Starlette) -> None:
     path = f"/admin/consultations/{SOC}/responses"
     token = csrf(sender, path)
-    data = {"csrf_token": token, "email": "someone@example.org", "reference": "R-1", "acknowledge": "no"}
+    data = {"csrf_token": token, "email": "someone@example.org", "reference": "R-1"}
     response = sender.post(path, data=data)
     assert response.status_code == 303
     assert "someone@example.org" in sender.get(path).text
