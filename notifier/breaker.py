@@ -2,7 +2,9 @@
 
 Without it, a relay that accepts connections and never answers makes each message wait the
 full timeout: about one message a minute, for ever. With it, a channel whose sends keep
-coming back :class:`~notifier.errors.UnreachableError` (refused, reset, timed out) is
+coming back :class:`~notifier.errors.UnreachableError` (refused, reset, timed out), or
+:class:`~notifier.errors.ThrottledError` (the relay's 421/451 "too many": every worker
+backs off together, whether or not the channel has a rate of its own), is
 *open* (paused) as a whole: every worker leaves its deliveries pending, unattempted, and
 re-queues them for when the pause ends, instead of each one waiting a timeout.
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 import redis
 
 from notifier.channels.base import Receipt
-from notifier.errors import ChannelPausedError, UnreachableError
+from notifier.errors import ChannelPausedError, ThrottledError, UnreachableError
 
 #: Unreachable reports in a row (from any worker) that pause a channel.
 THRESHOLD = 2
@@ -121,13 +123,13 @@ class Gate:
         )
 
     def report(self, results: Sequence[object]) -> None:
-        """Tell the breaker how a round of sends went: any success closes it; unreachable
-        and nothing else counts towards pausing it."""
+        """Tell the breaker how a round of sends went: any success closes it; unreachable or
+        throttled, and nothing else, counts towards pausing it."""
         if any(isinstance(r, Receipt) for r in results):
             if self._failures:
                 self.breaker.succeeded()
                 self._failures, self._until = 0, None
-        elif any(isinstance(r, UnreachableError) for r in results):
+        elif any(isinstance(r, UnreachableError | ThrottledError) for r in results):
             self._failures += 1
             pause = self.breaker.failed()
             if pause is not None:

@@ -73,11 +73,19 @@ def _load(settings: Settings) -> Config:
     return load_config(settings.config_dir)
 
 
-def _local(moment: datetime | None, config: Config) -> str:
+def _local(moment: datetime | None, config: Config, none: str = "on demand") -> str:
     if moment is None:
-        return "on demand"
+        return none
     local = normalise(moment, config.tz)
     return f"{local:%a %d %b %Y %H:%M %Z}"
+
+
+def _fires(event: timeline.Event, config: Config) -> str:
+    """When an event fires; when the send window moved it, also when it was set for and why."""
+    actual = _local(event.at, config)
+    if event.configured is None:
+        return actual
+    return f"{actual}\n(set for {_local(event.configured, config)}; moved: {event.moved_because})"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,6 +158,9 @@ def plan(consultation: str | None) -> None:
     title = f"{single}: timeline" if single else "Timeline"
     table = Table(title=f"{title} ({config.timezone})", title_justify="left")
     columns = ["When", "Event", "Channels", "Audience", "State"]
+    paced = any(config.limits(channel) for item in consultations for channel in item.channels)
+    if paced:
+        columns.insert(4, "Finishes")
     if not single:
         columns.insert(1, "Consultation")
     for column in columns:
@@ -166,12 +177,14 @@ def plan(consultation: str | None) -> None:
             notes += [f"{len(left_out)} skipped: responded"] * bool(left_out)
             size = f"{len(audience) - len(left_out)}" + (f" ({', '.join(notes)})" if notes else "")
             cells = [
-                _local(event.at, config),
+                _fires(event, config),
                 event.name,
                 ", ".join(event.channels),
                 size,
                 _describe_state(states[i], config) if states else "?",
             ]
+            if paced:
+                cells.insert(4, _local(timeline.finishes(config, event, len(audience) - len(left_out)), config, "-"))
             table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
     out.print(table)
 

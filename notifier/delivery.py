@@ -23,8 +23,16 @@ from notifier.channels import registry
 from notifier.channels.base import BatchChannel, Channel, Delivery, Payload, Receipt
 from notifier.compose import compose
 from notifier.config import Config
-from notifier.errors import ChannelPausedError, ConfigError, PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import (
+    ChannelPausedError,
+    ConfigError,
+    PermanentDeliveryError,
+    RateLimitedError,
+    ThrottledError,
+    TransientDeliveryError,
+)
 from notifier.ledger import Claim, Outcome, Record, Recorder, Status, now_iso
+from notifier.pace import Pacer
 from notifier.rendering import Renderer
 from notifier.responders import skipped_by_event
 from notifier.retry import BUSY_RECHECK_S
@@ -135,7 +143,7 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     suppressed = {}
     if registry.per_recipient(batch.channel):
         suppressed = ledger.suppressions([c.field[len(prefix) :] for c in mine])
-    sending = _Sending(rt, batch.occurrence_id, batch.channel)
+    sending = _Sending(rt, batch.occurrence_id, batch.channel, owner=owner, wanted=len(mine))
     recorder = ledger.recorder(batch.occurrence_id, owner=owner)
     try:
         for start in range(0, len(mine), SEND_CHUNK):
@@ -203,6 +211,13 @@ class _Sending:
     batch: BatchChannel[Any] | None = None
     #: The channel's circuit breaker as this batch sees it (see :mod:`notifier.breaker`).
     gate: Gate | None = None
+    #: Who holds the batch's claims (its queue message), and how many it has still to send:
+    #: its pace's reservation is kept under the one and sized by the other.
+    owner: str = ""
+    wanted: int = 0
+    #: The channel's rate and daily cap as this batch keeps to them (:mod:`notifier.pace`);
+    #: None, and no cost, when the channel has neither.
+    pacer: Pacer | None = None
 
     def lookup(self) -> tuple[Prepared, Channel[Any], Renderer]:
         """The occurrence as prepared, the channel and the renderer (the runtime's, once)."""
@@ -215,6 +230,12 @@ class _Sending:
             self.batch = self.channel if isinstance(self.channel, BatchChannel) else None
             pause = self.rt.retry.breaker_base_s
             self.gate = Gate(Breaker(self.rt.client, self.channel_name, pause, self.rt.ledger.ns))
+            limits = self.config.limits(self.channel_name)
+            if limits is not None and registry.is_live(self.channel):
+                message = self.owner.rpartition("|")[2]  # its slots wait for its retry, on whichever worker
+                self.pacer = Pacer(
+                    self.rt.client, self.channel_name, limits, message, self.rt.ledger.ns, clock=self.rt.clock
+                )
         return self.prepared, self.channel, self.renderer
 
 
@@ -250,6 +271,8 @@ def _retry_in(rt: Runtime, settled: Outcome, result: Result) -> float | None:
     """Seconds until a delivery left pending is due again (:mod:`notifier.retry`); None when it is final."""
     if settled.status != "pending" or not isinstance(result, TransientDeliveryError):
         return None
+    if isinstance(result, RateLimitedError):  # its slot (or tomorrow) is due then: no backoff on top
+        return result.retry_after or 0.0
     return rt.retry.retry_in(settled.attempts, result.retry_after)
 
 
@@ -300,14 +323,37 @@ def _send(
         results.append(result)
         on_result(i, result)
 
+    pacer = sending.pacer
+    if pacer is None:
+        _send_now(sending, channel, items, record)
+    else:  # each group at its slot, the rest postponed (see notifier.pace)
+        pacer.send(
+            items,
+            lambda group: _send_now(sending, channel, [items[i] for i in group], lambda j, r: record(group[j], r)),
+            record,
+            wanted=sending.wanted,
+            most=SEND_CHUNK,
+        )
+        sending.wanted -= len(items)
+        if any(isinstance(r, ThrottledError) for r in results):
+            pacer.throttled()
+    sending.gate.report(results)
+
+
+def _send_now(
+    sending: _Sending,
+    channel: Channel[Any],
+    items: list[tuple[Delivery, Payload]],
+    record: Callable[[int, Result], None],
+) -> None:
+    """Send ``items`` now, each result to ``record`` with its index as soon as it is known."""
     if sending.batch is not None:
         sending.batch.send_many(items, record)
-    else:
-        for i, (delivery, payload) in enumerate(items):
-            result: Result
-            try:
-                result = channel.send(delivery, payload)
-            except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
-                result = exc
-            record(i, result)
-    sending.gate.report(results)
+        return
+    for i, (delivery, payload) in enumerate(items):
+        result: Result
+        try:
+            result = channel.send(delivery, payload)
+        except (TransientDeliveryError, PermanentDeliveryError, ConfigError) as exc:
+            result = exc
+        record(i, result)

@@ -22,6 +22,8 @@ boundary. Each class, what it means, and how the CLI and the worker treat it::
     │   ├── TransientDeliveryError   retried with backoff; failed after NOTIFIER_MAX_ATTEMPTS
     │   │   ├── UnreachableError     refused, reset, timed out; counted by the channel's circuit breaker
     │   │   └── ChannelPausedError   breaker open: not attempted, stays pending, attempt not counted
+    │   │       ├── RateLimitedError the channel's rate or daily cap (notifier.pace): postponed, not counted
+    │   │       └── ThrottledError   the relay said 421/451 "too many": postponed, not counted, channel slowed
     │   └── PermanentDeliveryError   recorded failed, never retried (send --wait exits 2); bounce suppresses
     ├── RedisUnavailable             Redis cannot be reached or started; exit 1 (plan: "state unknown")
     ├── EmbeddedDataError            embedded Redis data unsafe to load; every command stops, exit 1
@@ -181,6 +183,18 @@ class ChannelPausedError(TransientDeliveryError):
     """Not attempted: the channel's circuit breaker is open after repeated unreachable
     attempts. The delivery stays pending, its attempt is not counted, and ``retry_after``
     says when the channel is tried again."""
+
+
+class RateLimitedError(ChannelPausedError):
+    """Not attempted: the channel is at its rate or has sent its daily cap (:mod:`notifier.pace`).
+    The delivery stays pending, its attempt is not counted, and ``retry_after`` says when its
+    slot (or the next day) comes."""
+
+
+class ThrottledError(ChannelPausedError):
+    """The relay answered 421 or 451 "too many" (or another throttling reply): it asks us to
+    slow down, which is not the message's fault. Pending, attempt not counted, and the
+    channel's pace slows (:meth:`notifier.pace.Pacer.throttled`)."""
 
 
 class RedisUnavailable(NotifierError):  # noqa: N818 - a public name the CLI and tests use

@@ -27,6 +27,11 @@ on the last one makes the delivery ``failed`` with ``gave up after N attempts: <
   paused: ...`` as their last error, their attempt count unchanged, and come back when the
   pause ends (its ``retry_after``). Pauses start at :attr:`RetryPolicy.breaker_base_s`
   (three times the base) and double per pause up to :data:`notifier.breaker.CAP_S`.
+* A channel at its rate or daily cap (:mod:`notifier.pace`): the delivery waits for its
+  send slot or the next day, ``pending`` with ``<channel> at its rate ...`` or ``... sent
+  its N for <day>`` as its last error; the message comes back exactly then (no backoff).
+* A relay's 421/451 "too many" (:class:`~notifier.errors.ThrottledError`): pending, the
+  channel's rate halved for a while, and counted by the breaker as an unreachable attempt is.
 * Deliveries another live worker holds (``busy`` claims, a second message for the same
   batch): not touched; the message looks again after :data:`BUSY_RECHECK_S` in case that
   worker dies.

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +62,12 @@ class Runtime:
         data_dir: Path | None = None,
         worker_id: str | None = None,
         source: ConfigSource | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        #: What the pace of a rate-limited channel reads the time from (Unix seconds): its
+        #: slots and the local day its daily cap counts (a test turns the day with it).
+        self.clock = clock
         self.retry = RetryPolicy.from_settings(settings)
         self.source = source or ConfigSource(settings)
         self.client = client or connect(settings)

@@ -19,6 +19,7 @@ import dramatiq
 import redis
 
 from notifier import acknowledgement, actors, archive, timeline
+from notifier.audience import resolve
 from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings
 from notifier.delivery import BATCH
@@ -84,6 +85,15 @@ class Service:
         signature is looked at now (a command acts on the files as they are), but they are
         loaded and checked only when they changed since the source last did."""
         return self.source.validated(within=0)
+
+    def finishes(self, consultation_id: str, event_name: str, start: datetime | None = None) -> datetime | None:
+        """When the last message of the event should go, at its channels' rates and daily
+        caps (from ``start``, or its scheduled time); None when none of its channels is
+        limited or it has no time. What ``plan`` shows, for the console."""
+        config = self.config()
+        event = timeline.event(config.consultation(consultation_id), event_name, config.tz)
+        audience = resolve(config.lists, event.audience, suppressed=self.ledger.suppressed())
+        return timeline.finishes(config, event, len(audience), start)
 
     def fire(  # noqa: PLR0913 - the event and keyword-only flags the CLI and scheduler pass through
         self,

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from notifier.config import EMAIL_CHANNEL, Consultation
+from notifier.config import EMAIL_CHANNEL, Config, Consultation
 from notifier.errors import Problem, TooEarlyError
 from notifier.moments import normalise, parse_at
+from notifier.pace import finish
+from notifier.window import next_opening
 
 #: The acknowledgement of a recorded response (see :mod:`notifier.acknowledgement`): never
 #: scheduled, fired once per response, to that respondent alone, by e-mail only.
@@ -30,6 +32,10 @@ class Event:
     audience: tuple[str, ...]
     #: Who to leave out (``responded``: those with a recorded response), from the event's ``skip``.
     skip: tuple[str, ...] = ()
+    #: The time its ``at`` names, when the send window moved it to ``at``; None: it was not moved.
+    configured: datetime | None = None
+    #: Why it was moved (``Saturdays are outside the send window``).
+    moved_because: str | None = None
 
     @property
     def key(self) -> str:
@@ -49,9 +55,13 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
     spec = consultation.events.get(name)
     if name == RESPONSE_RECEIVED:  # one e-mail to one respondent, who need not be on any list
         return Event(consultation_id=consultation.id, name=name, at=None, channels=(EMAIL_CHANNEL,), audience=())
-    at = None
+    at, configured, why = None, None, None
     if spec is not None and spec.at is not None:
         at = parse_at(spec.at, tz).resolve(consultation.opens, consultation.closes, tz)
+        if consultation.window is not None and spec.window != "ignore":
+            opening = next_opening(consultation.window, at, tz)
+            if opening.at != at:
+                at, configured, why = opening.at, at, opening.reason
     return Event(
         consultation_id=consultation.id,
         name=name,
@@ -59,7 +69,24 @@ def event(consultation: Consultation, name: str, tz: ZoneInfo) -> Event:
         channels=(spec.channels if spec and spec.channels else consultation.channels),
         audience=(spec.audience if spec and spec.audience else consultation.audience),
         skip=spec.skip if spec else (),
+        configured=configured,
+        moved_because=why,
     )
+
+
+def finishes(config: Config, event: Event, recipients: int, start: datetime | None = None) -> datetime | None:
+    """When the last message of ``event`` should go, at its channels' rates and daily caps, to
+    ``recipients`` people (one post per account); None when no channel of it is limited.
+    From ``start``, or the event's time."""
+    begin = start or event.at
+    if begin is None:
+        return None
+    ends = [
+        finish(config.limits(channel), recipients if channel == EMAIL_CHANNEL else 1, begin)
+        for channel in event.channels
+    ]
+    found = [end for end in ends if end is not None]
+    return max(found) if found else None
 
 
 def days_left(consultation: Consultation, moment: datetime, tz: ZoneInfo) -> int:

@@ -11,6 +11,7 @@ otherwise. A webhook account needs no token (its body is signed with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -81,3 +82,10 @@ def build_account_channel(
     token = settings.token(account.id)
     assert token is not None  # is_outbox said so
     return TOKEN_CHANNELS[account.platform](account, token=token, client=client)
+
+
+def is_live(channel: Channel[Any]) -> bool:
+    """True when ``channel`` delivers (SMTP, a platform's API), False when it writes to an
+    outbox: only a live channel keeps to a rate (an outbox has no relay to overwhelm, and a
+    rehearsal must not take minutes)."""
+    return not isinstance(channel, MaildirChannel | OutboxChannel)

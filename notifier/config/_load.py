@@ -21,7 +21,18 @@ from pydantic import ValidationError
 from notifier.config._checks import Failed, check_references, count_errors, is_http_url, without_dangling
 from notifier.config._consultations import load_consultations
 from notifier.config._csv import list_from_csv
-from notifier.config._models import EMAIL_CHANNEL, ID, Account, Config, EmailSettings, Lines, StakeholderList, Where
+from notifier.config._models import (
+    EMAIL_CHANNEL,
+    ID,
+    Account,
+    BlackoutSpec,
+    Config,
+    EmailSettings,
+    Lines,
+    SendWindowSpec,
+    StakeholderList,
+    Where,
+)
 from notifier.config._yaml import pydantic_problems, read_yaml
 from notifier.errors import ConfigError, Problem
 
@@ -68,6 +79,8 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
 
     lists = _load_lists(root / "stakeholders", problems, failed)
     consultations = load_consultations(root / "consultations", tz, problems)
+    for item in consultations.values():
+        item.with_window(settings.get("send_window"), settings.get("blackouts", ()))
     check_references(lists, consultations, accounts, failed, problems)
     if not count_errors(problems):
         return Config(
@@ -91,7 +104,7 @@ def load_partial(config_dir: Path | str) -> tuple[Config, list[Problem]]:
 def _load_main(  # noqa: PLR0913 - the file read (data, path, lines), its folder, and the two collectors
     main: dict[str, Any], path: Path, lines: Lines, root: Path, problems: list[Problem], failed: Failed
 ) -> tuple[dict[str, Any], dict[str, Account], ZoneInfo]:
-    known = {"organisation", "timezone", "email", "accounts", "templates"}
+    known = {"organisation", "timezone", "email", "accounts", "templates", "send_window", "blackouts"}
     for key in main:
         if key not in known:
             problems.append(Problem.at(path, lines.line((key,)), f"unknown key {key!r}"))
@@ -119,6 +132,7 @@ def _load_main(  # noqa: PLR0913 - the file read (data, path, lines), its folder
             settings["email"] = email
         except ValidationError as exc:
             problems.extend(pydantic_problems(exc, path, lines, ("email",)))
+    settings.update(_window_settings(main, path, lines, problems))
     templates = main.get("templates")
     settings["templates"] = (root / str(templates)) if templates else root.parent / "templates"
     if not Path(settings["templates"]).is_dir():
@@ -141,6 +155,28 @@ def _load_main(  # noqa: PLR0913 - the file read (data, path, lines), its folder
         else:
             accounts[account_id] = account
     return settings, accounts, tz
+
+
+def _window_settings(main: dict[str, Any], path: Path, lines: Lines, problems: list[Problem]) -> dict[str, Any]:
+    """``send_window`` and ``blackouts`` of notifier.yaml, as far as they are valid."""
+    found: dict[str, Any] = {}
+    if main.get("send_window") is not None:
+        try:
+            found["send_window"] = SendWindowSpec.model_validate(main["send_window"])
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, path, lines, ("send_window",)))
+    raw = main.get("blackouts") or []
+    if not isinstance(raw, list):
+        problems.append(Problem.at(path, lines.line(("blackouts",)), "blackouts must be a list of {from, to, reason}"))
+        return found
+    blackouts = []
+    for i, item in enumerate(raw):
+        try:
+            blackouts.append(BlackoutSpec.model_validate(item))
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, path, lines, ("blackouts", i)))
+    found["blackouts"] = tuple(blackouts)
+    return found
 
 
 def _account(account_id: Any, raw: Any, path: Path, lines: Lines, problems: list[Problem]) -> Account | None:

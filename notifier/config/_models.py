@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from notifier.config._email import check_email
 from notifier.errors import InvalidValueError, Problem, UsageError
+from notifier.pace import Limits, Rate
+from notifier.window import Blackout, SendWindow, check_region, parse_days, parse_hours
 
 EMAIL_CHANNEL = "email"
 PLATFORMS = ("x", "facebook", "mastodon", "bluesky", "webhook")
@@ -127,6 +129,70 @@ class Member(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _rate(value: Any) -> Any:
+    """``rate: 30/minute``: checked now (a clear message at its line), kept as written."""
+    if value is not None:
+        Rate.parse(str(value))
+        return str(value)
+    return value
+
+
+#: ``N/second``, ``N/minute`` or ``N/hour``: the most a channel sends, across every worker.
+RateText = Annotated[str, BeforeValidator(_rate)]
+
+
+class SendWindowSpec(_Model):
+    """``send_window``: the days and hours scheduled events may fire (see :mod:`notifier.window`)."""
+
+    days: str = "mon-sun"
+    hours: str = "00:00-24:00"
+    skip_bank_holidays: str | None = None
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: str) -> str:
+        parse_days(value)
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        parse_hours(value)
+        return value
+
+    @field_validator("skip_bank_holidays")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return check_region(value) if value is not None else None
+
+    def window(self, blackouts: tuple[BlackoutSpec, ...]) -> SendWindow:
+        """The window this spec describes, with ``blackouts``."""
+        opens, closes = parse_hours(self.hours)
+        return SendWindow(
+            days=parse_days(self.days),
+            opens=opens,
+            closes=closes,
+            region=self.skip_bank_holidays,
+            blackouts=tuple(Blackout(b.from_, b.to, b.reason) for b in blackouts),
+        )
+
+
+class BlackoutSpec(_Model):
+    """An entry of ``blackouts``: whole local days (``from`` to ``to`` inclusive) and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    from_: date = Field(alias="from")
+    to: date
+    reason: Text
+
+    @model_validator(mode="after")
+    def _in_order(self) -> BlackoutSpec:
+        if self.to < self.from_:
+            raise InvalidValueError(f"blackout ends ({self.to}) before it starts ({self.from_})")
+        return self
+
+
 class StakeholderList(_Model):
     """A named list of members, optionally including other lists by id."""
 
@@ -154,6 +220,7 @@ class Account(_Model):
     url: Text | None = None
     api_base: Text | None = None
     outbox: bool = False
+    rate: RateText | None = None
     where: Where = Where("")
 
 
@@ -162,6 +229,9 @@ class EmailSettings(_Model):
 
     from_: Text = Field(alias="from")
     reply_to: Text | None = None
+    rate: RateText | None = None
+    #: The most e-mails one local day (in the configured timezone), across every worker.
+    daily: int | None = Field(default=None, gt=0)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -176,6 +246,8 @@ class EventSpec(_Model):
     audience: tuple[str, ...] | None = None
     #: ``[responded]``: leave out recipients whose address or organisation has a recorded response.
     skip: tuple[Literal["responded"], ...] = ()
+    #: ``ignore``: fire at ``at`` even outside the send window (a deadline, say).
+    window: Literal["ignore"] | None = None
     where: Where = Where("")
 
     @field_validator("at", mode="before")
@@ -200,12 +272,29 @@ class Consultation(_Model):
     contact: Text | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     events: dict[str, EventSpec] = Field(default_factory=dict)
+    #: This consultation's own send window, instead of notifier.yaml's.
+    send_window: SendWindowSpec | None = None
     where: Where = Where("")
     _lines: Lines = PrivateAttr(default_factory=Lines)
+    _window: SendWindow | None = PrivateAttr(default=None)
 
     def line(self, *key: Any) -> int | None:
         """The line in this consultation's file of ``key`` (e.g. ``"audience", 0``)."""
         return self._lines.line(key)
+
+    @property
+    def window(self) -> SendWindow | None:
+        """The send window its scheduled events keep to (its own, or notifier.yaml's), with
+        the blackouts; None when there is none. Set by the loader (:meth:`with_window`)."""
+        return self._window
+
+    def with_window(self, default: SendWindowSpec | None, blackouts: tuple[BlackoutSpec, ...]) -> Consultation:
+        """Itself, keeping to its own send window or else ``default``, and the ``blackouts``."""
+        spec = self.send_window or default
+        if spec is None and blackouts:
+            spec = SendWindowSpec()
+        self._window = spec.window(blackouts) if spec is not None else None
+        return self
 
 
 class Config(_Model):
@@ -216,6 +305,8 @@ class Config(_Model):
     timezone: str = "Europe/London"
     email: EmailSettings
     accounts: dict[str, Account] = Field(default_factory=dict)
+    send_window: SendWindowSpec | None = None
+    blackouts: tuple[BlackoutSpec, ...] = ()
     templates: Path
     lists: dict[str, StakeholderList] = Field(default_factory=dict)
     consultations: dict[str, Consultation] = Field(default_factory=dict)
@@ -225,6 +316,27 @@ class Config(_Model):
     def tz(self) -> ZoneInfo:
         """The configured timezone."""
         return ZoneInfo(self.timezone)
+
+    @property
+    def window(self) -> SendWindow | None:
+        """notifier.yaml's send window and blackouts (a consultation may have its own)."""
+        if self.send_window is None and not self.blackouts:
+            return None
+        return (self.send_window or SendWindowSpec()).window(self.blackouts)
+
+    def rate(self, channel: str) -> Rate | None:
+        """The most ``channel`` may send, across every worker; None: as fast as it goes."""
+        text = self.email.rate if channel == EMAIL_CHANNEL else getattr(self.accounts.get(channel), "rate", None)
+        return Rate.parse(text) if text else None
+
+    def limits(self, channel: str) -> Limits | None:
+        """What ``channel`` keeps to (its rate; e-mail's daily cap, counted in local days and
+        resuming at the send window's opening); None when it has neither."""
+        daily = self.email.daily if channel == EMAIL_CHANNEL else None
+        rate = self.rate(channel)
+        if rate is None and daily is None:
+            return None
+        return Limits(rate=rate, daily=daily, tz=self.tz, window=self.window)
 
     @property
     def channels(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import smtplib
 import socket
 import ssl
@@ -34,7 +35,15 @@ from notifier.channels.base import Receipt
 from notifier.channels.email._fast import envelope_path as _path
 from notifier.channels.email._fast import one_line as _one_line
 from notifier.channels.email._fast import stuffed as _stuffed
-from notifier.errors import ConfigError, PermanentDeliveryError, Problem, TransientDeliveryError, UnreachableError
+from notifier.errors import (
+    ConfigError,
+    PermanentDeliveryError,
+    Problem,
+    ThrottledError,
+    TransientDeliveryError,
+    UnreachableError,
+)
+from notifier.pace import THROTTLED_WAIT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,12 @@ class SmtpTarget:
         )
 
 
+#: What a relay says in a 421 or 451 that means "you are sending too fast" (Microsoft 365:
+#: "4.7.0 Too many messages", "4.3.2 ... throttled"; others: "rate limit", "slow down",
+#: "too many connections"): slows the channel down instead of counting a failed attempt.
+_SLOW_DOWN = re.compile(r"too many|throttl|rate.?limit|slow down|try again later|exceeded", re.IGNORECASE)
+
+
 def _reply(code: int, message: bytes | str) -> str:
     text = message.decode(errors="replace") if isinstance(message, bytes) else message
     return f"{code} {_one_line(text)}"
@@ -102,6 +117,10 @@ def translate(exc: Exception) -> TransientDeliveryError | PermanentDeliveryError
 
 def _by_code(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
     reply = _reply(code, message)
+    if code in (421, 451) and _SLOW_DOWN.search(reply):
+        return ThrottledError(
+            f"SMTP server asked us to slow down: {reply}", retry_after=THROTTLED_WAIT_S, provider_reply=reply
+        )
     if 400 <= code < 500 or code < 200:
         return TransientDeliveryError(f"SMTP server deferred: {reply}", provider_reply=reply)
     bounce = code in (550, 551, 553) or " 5.1." in f" {reply[4:]}"

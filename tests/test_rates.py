@@ -1,0 +1,274 @@
+"""Rate limits and daily caps: held in Redis across worker processes, counted per local
+day, postponing without burning attempts, and slowed by a relay's "too many" replies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from notifier import delivery
+from notifier.config import Settings
+from notifier.pace import HEADROOM
+from notifier.runtime import Runtime
+from notifier.service import Service
+from tests.conftest import Project, ScriptedHandler, SmtpServer, free_port, wait_until
+
+LONDON = ZoneInfo("Europe/London")
+
+
+class TimedHandler(ScriptedHandler):
+    """A ScriptedHandler that also notes when each message arrived (``time.monotonic``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[float] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        with self.lock:
+            self.arrivals.append(time.monotonic())
+        return reply
+
+
+@pytest.fixture
+def timed_smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(TimedHandler(), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _campaign(project: Project, redis_url: str, smtp: SmtpServer, people: int, email: str) -> None:
+    """A consultation to ``people`` addresses, e-mail only, with ``email`` added to the email settings."""
+    rows = "\n".join(f"Person {i},person{i}@many.example" for i in range(people))
+    project.write("config/stakeholders/many.csv", "name,email\n" + rows + "\n")
+    project.write(
+        "config/consultations/many-2027.yaml",
+        "title: A consultation for many\n"
+        "url: https://www.pcc.example/consultations/many\n"
+        "summary: A consultation with a rate-limited audience.\n"
+        "opens: 2027-03-03 10:00\n"
+        "closes: 2027-04-15 23:59\n"
+        "audience: [many]\n"
+        "channels: [email]\n",
+    )
+    main = project.config / "notifier.yaml"
+    main.write_text(
+        main.read_text().replace("  reply_to: policy@pcc.example\n", f"  reply_to: policy@pcc.example\n{email}")
+    )
+    project.env.update({"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SMTP_URL": smtp.url, "COLUMNS": "300"})
+
+
+def _busiest_second(arrivals: list[float]) -> int:
+    """The most arrivals in any one-second span (closed at both ends)."""
+    times, most, start = sorted(arrivals), 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "notifier", "worker", "--threads", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_two_workers_together_keep_to_twenty_a_second_and_deliver_everyone(
+    project: Project, redis_url: str, timed_smtp: SmtpServer
+) -> None:
+    _campaign(project, redis_url, timed_smtp, 200, "  rate: 20/second\n")
+    service = Service(Settings.from_env(project.env))
+    workers = [_worker(project.env), _worker(project.env)]
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        wait_until(lambda: service.progress(occurrence).finished, 90, "every e-mail to be sent")
+        progress = service.progress(occurrence)
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+        service.close()
+    handler = timed_smtp.handler
+    assert isinstance(handler, TimedHandler)
+    received = Counter(handler.recipients())
+    assert len(received) == 200 and max(received.values()) == 1
+    assert progress.counts["email"].get("sent") == 200
+    assert _busiest_second(handler.arrivals) <= 22, sorted(handler.arrivals)
+    # no attempt was burnt waiting for a slot
+    records = Service(Settings.from_env(project.env))
+    try:
+        assert {r.attempts for r in records.ledger.records(occurrence)} == {1}
+    finally:
+        records.close()
+
+
+class Clock:
+    """A clock a test turns by hand: Unix seconds, starting at ``start`` and moving with real time."""
+
+    def __init__(self, start: datetime) -> None:
+        self.offset = start.timestamp() - time.time()
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def turn_to(self, moment: datetime) -> None:
+        self.offset = moment.timestamp() - time.time()
+
+
+def _deliver_all(rt: Runtime, occurrence: str, message_id: str) -> list[float]:
+    """Fan out (idempotently) and deliver every batch once in this process; each batch's wait until its retry."""
+    waits = []
+    for batch in delivery.fan_out(rt, occurrence):
+        wait = delivery.deliver(rt, batch, message_id=message_id)
+        if wait is not None:
+            waits.append(wait)
+    return waits
+
+
+def test_a_daily_cap_sends_fifty_today_and_the_other_thirty_when_the_day_turns(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 80, "  daily: 50\n")
+    clock = Clock(datetime(2027, 3, 3, 10, 0, tzinfo=LONDON))
+    service = Service(Settings.from_env(project.env))
+    rt = Runtime(Settings.from_env(project.env), clock=clock)
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        waits = _deliver_all(rt, occurrence, "message-1")
+        assert smtp_server.handler.count() == 50
+        statuses = Counter((r.status, r.attempts) for r in service.ledger.records(occurrence))
+        assert statuses == {("sent", 1): 50, ("pending", 0): 30}
+        # the batch comes back at midnight, local time: 14 hours on
+        assert waits and abs(max(waits) - 14 * 3600) < 60
+        assert _deliver_all(rt, occurrence, "message-1") and smtp_server.handler.count() == 50  # still today
+
+        clock.turn_to(datetime(2027, 3, 4, 0, 0, 5, tzinfo=LONDON))
+        assert _deliver_all(rt, occurrence, "message-1") == []
+        received = Counter(smtp_server.handler.recipients())
+        assert len(received) == 80 and max(received.values()) == 1
+        assert service.progress(occurrence).counts["email"] == {"sent": 80}
+    finally:
+        rt.close()
+        service.close()
+
+
+def test_a_capped_day_resumes_when_the_send_window_next_opens(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 12, "  daily: 10\n")
+    main = project.config / "notifier.yaml"
+    main.write_text(main.read_text() + 'send_window: {days: mon-fri, hours: "08:00-18:00"}\n')
+    friday = datetime(2027, 3, 5, 17, 0, tzinfo=LONDON)
+    rt = Runtime(Settings.from_env(project.env), clock=Clock(friday))
+    service = Service(Settings.from_env(project.env))
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        waits = _deliver_all(rt, occurrence, "message-1")
+        monday = datetime(2027, 3, 8, 8, 0, tzinfo=LONDON)
+        assert smtp_server.handler.count() == 10
+        assert abs(max(waits) - (monday - friday).total_seconds()) < 60
+        pending = [r for r in service.ledger.records(occurrence) if r.status == "pending"]
+        assert len(pending) == 2 and "continues Mon 08 Mar 08:00 GMT" in str(pending[0].error)
+    finally:
+        rt.close()
+        service.close()
+
+
+def test_a_relay_saying_too_many_slows_down_without_burning_an_attempt(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 3, "  rate: 600/minute\n")
+    smtp_server.handler.script["person1@many.example"] = ["421 4.7.0 Too many messages, slow down"]
+    rt = Runtime(Settings.from_env(project.env))
+    service = Service(Settings.from_env(project.env))
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        waits = _deliver_all(rt, occurrence, "message-1")
+        record = service.ledger.record(occurrence, "email", "person1@many.example")
+        assert record is not None and record.status == "pending" and record.attempts == 0
+        assert "slow down" in str(record.error)
+        assert waits and max(waits) >= 30  # the relay is given time
+        assert rt.client.get("notifier:pace:email:slow") == b"2"  # every worker now sends at half the rate
+        assert _deliver_all(rt, occurrence, "message-1") == []
+        assert sorted(smtp_server.handler.recipients()) == [f"person{i}@many.example" for i in range(3)]
+    finally:
+        rt.close()
+        service.close()
+
+
+def test_plan_shows_when_a_capped_campaign_will_finish(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 36, "  rate: 30/minute\n  daily: 20\n")
+    line = next(line for line in project.run("plan", "many-2027", check=True).stdout.splitlines() if " opened " in line)
+    assert "Finishes" in project.run("plan", "many-2027", check=True).stdout
+    # 20 on Wednesday from 10:00 (38 s), the other 16 from Thursday 00:00 (30 s)
+    assert "Thu 04 Mar 2027 00:00 GMT" in line
+
+
+def test_the_service_says_when_a_rate_limited_event_will_finish(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 61, "  rate: 30/minute\n")
+    service = Service(Settings.from_env(project.env))
+    try:
+        start = datetime(2027, 3, 3, 10, 0, tzinfo=LONDON)
+        # 60 gaps of 2 s, and the 5% headroom that keeps arrivals under the relay's limit
+        expected = start + timedelta(seconds=60 * 2 * HEADROOM)
+        assert service.finishes("many-2027", "opened") == expected
+        assert service.finishes("many-2027", "opened", start + timedelta(hours=1)) == expected + timedelta(hours=1)
+        assert service.finishes("many-2027", "outcome") is None  # on demand: no time to start from
+    finally:
+        service.close()
+
+
+def test_the_outbox_is_not_held_to_the_relays_rate(project: Project, redis_url: str, smtp_server: SmtpServer) -> None:
+    _campaign(project, redis_url, smtp_server, 5, "  rate: 1/hour\n")
+    del project.env["NOTIFIER_SMTP_URL"]  # e-mail goes to the Maildir outbox: no relay to overwhelm
+    result = project.run("send", "many-2027", "opened", "--wait", "--early", timeout=60, check=True)
+    assert "│ email   │    0 │      5 │" in result.stdout, result.stdout
+    assert len(list((project.data / "outbox" / "email" / "new").iterdir())) == 5
+
+
+def test_a_relay_that_keeps_saying_too_many_pauses_a_channel_without_a_rate_and_burns_no_attempt(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 3, "")
+    for i in range(3):
+        smtp_server.handler.always[f"person{i}@many.example"] = "451 4.7.500 Server busy, too many messages"
+    rt = Runtime(Settings.from_env(project.env))
+    service = Service(Settings.from_env(project.env))
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        for _ in range(3):
+            _deliver_all(rt, occurrence, "message-1")
+        records = service.ledger.records(occurrence)
+        assert {(r.status, r.attempts) for r in records} == {("pending", 0)}
+        assert all("paused" in str(r.error) for r in records), [r.error for r in records]
+        assert max(smtp_server.handler.rcpt_attempts.values()) == 2  # the third round did not ask the relay
+    finally:
+        rt.close()
+        service.close()
