@@ -9,6 +9,7 @@ sign-in form POSTed with its CSRF token.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +31,10 @@ PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def settings_for(tmp_path: Path, redis_url: str) -> Settings:
+def settings_for(tmp_path: Path, redis_url: str, config_dir: Path = ROOT / "config") -> Settings:
     """Settings as ``notifier web`` reads them, on the example config and a fresh data dir."""
     return Settings(
-        config_dir=ROOT / "config",
+        config_dir=config_dir,
         data_dir=tmp_path / "var",
         redis_url=redis_url,
         public_url="https://notify.pcc.example",
@@ -256,3 +257,21 @@ def test_the_evidence_pack_downloads_as_the_command_writes_it(viewer: TestClient
     assert csv.headers["content-disposition"] == f'attachment; filename="{SOC}-deliveries.csv"'
     assert csv.text.splitlines()[0].startswith("occurrence,event,channel,recipient")
     assert "person00002@example.org" in csv.text
+
+
+def test_the_timeline_says_when_a_send_window_moved_an_event_and_when_a_paced_one_finishes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    settings_file = tmp_path / "config" / "notifier.yaml"
+    text = settings_file.read_text().replace(
+        "  reply_to: policy@pcc.example\n", "  reply_to: policy@pcc.example\n  rate: 30/minute\n"
+    )
+    settings_file.write_text(text + '\nsend_window:\n  days: mon-fri\n  hours: "09:00-17:00"\n')
+    app = create_app(settings_for(tmp_path, redis_url, tmp_path / "config"))
+    with client_as(app, "viewer") as viewer:
+        page = viewer.get(f"/admin/consultations/{SOC}")
+    assert page.status_code == 200, page.text
+    assert "(set for Thu 15 Aug 2019 23:59 BST; moved:" in page.text
+    assert '<th scope="col">Finishes</th>' in page.text

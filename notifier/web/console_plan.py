@@ -37,6 +37,10 @@ class PlannedEvent:
     notes: tuple[str, ...]
     state: str
     status: EventStatus
+    #: When the send window moved it: when it was set for, and why.
+    moved: str | None = None
+    #: When its last message should go at its channels' pace (None: no channel is paced).
+    finishes: str | None = None
 
     @property
     def fired(self) -> bool:
@@ -62,6 +66,8 @@ class Plan:
     state: ConsultationState
     events: list[PlannedEvent]
     lists: list[ListCount] = field(default_factory=list)
+    #: Whether a channel of the consultation keeps to a rate (the timeline then says when each finishes).
+    paced: bool = False
 
     @property
     def next(self) -> PlannedEvent | None:
@@ -110,9 +116,13 @@ def plan(  # noqa: PLR0913 - the parts plan reads, and whether to count by list;
     events = timeline.events(consultation, config.tz)
     states = status(ledger, events, now, grace=settings.grace)
     reasons = responders(store, consultation.id, config.tz) if any(RESPONDED in e.skip for e in events) else None
+    paced = any(config.limits(channel) for channel in consultation.channels)
     rows = []
     for event, found in zip(events, states, strict=True):
         size, notes = _audience(config, event, suppressed, reasons)
+        moved = None
+        if event.configured is not None:
+            moved = f"set for {local(event.configured, config)}; moved: {event.moved_because}"
         rows.append(
             PlannedEvent(
                 event=event,
@@ -121,10 +131,17 @@ def plan(  # noqa: PLR0913 - the parts plan reads, and whether to count by list;
                 notes=notes,
                 state=describe(found, config),
                 status=found,
+                moved=moved,
+                finishes=_finishes(config, event, size) if paced else None,
             )
         )
     lists = _by_list(config, consultation, suppressed) if by_list else []
-    return Plan(consultation, state_of(consultation, now), rows, lists)
+    return Plan(consultation, state_of(consultation, now), rows, lists, paced)
+
+
+def _finishes(config: Config, event: Event, size: int) -> str:
+    moment = timeline.finishes(config, event, size)
+    return "-" if moment is None else local(moment, config)
 
 
 def _audience(
