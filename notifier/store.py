@@ -50,8 +50,10 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -248,6 +250,8 @@ users = Table(
 )
 
 Index(None, occurrences.c.consultation)
+#: The console's deliveries table filtered by status reads this in (channel, recipient) order.
+Index(None, deliveries.c.occurrence, deliveries.c.status, deliveries.c.channel, deliveries.c.recipient)
 
 
 # ---------------------------------------------------------------------------
@@ -811,6 +815,81 @@ class Store:
             text_ = func.strftime("%Y-%m-%dT%H:%M:%f+00:00", column)
         return func.coalesce(text_, "")
 
+    def delivery_page(  # noqa: PLR0913 - the occurrence, then keyword-only filters and the page's place
+        self,
+        occurrence: str,
+        *,
+        status: str | None = None,
+        channel: str | None = None,
+        list_id: str | None = None,
+        search: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+    ) -> list[Settled]:
+        """One page of an occurrence's deliveries in (channel, recipient) order, filtered by
+        status, channel, list and a part of the address; ``after`` is the last (channel,
+        recipient) of the page before (keyset pagination: as fast on the last page as the first)."""
+        d = deliveries.c
+        query = select(*(d[name] for name in _SETTLED_COLUMNS)).where(
+            *self._delivery_filter(occurrence, status, channel, list_id, search)
+        )
+        if after is not None:
+            # A row-value comparison: both databases read the index from there on.
+            query = query.where(tuple_(d.channel, d.recipient) > tuple_(literal(after[0]), literal(after[1])))
+        query = query.order_by(d.channel, d.recipient).limit(limit)
+        lists_at = _SETTLED_COLUMNS.index("lists")
+        with self._tx() as connection:
+            rows = [list(row) for row in connection.execute(query).tuples()]
+        for row in rows:
+            row[lists_at] = tuple(row[lists_at].split())
+        return [Settled(*row) for row in rows]
+
+    def delivery_total(
+        self,
+        occurrence: str,
+        *,
+        status: str | None = None,
+        channel: str | None = None,
+        list_id: str | None = None,
+        search: str | None = None,
+    ) -> int:
+        """How many of an occurrence's deliveries :meth:`delivery_page` would page through."""
+        query = select(func.count()).select_from(deliveries)
+        query = query.where(*self._delivery_filter(occurrence, status, channel, list_id, search))
+        with self._tx() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    @staticmethod
+    def _delivery_filter(
+        occurrence: str, status: str | None, channel: str | None, list_id: str | None, search: str | None
+    ) -> list[Any]:
+        d = deliveries.c
+        found: list[Any] = [d.occurrence == occurrence]
+        if status:
+            found.append(d.status == status)
+        if channel:
+            found.append(d.channel == channel)
+        if list_id:  # lists is space-separated ids: match a whole id
+            found.append((" " + d.lists + " ").like(f"% {_escape_like(list_id)} %", escape="\\"))
+        if search:  # recipients are stored lower-cased
+            found.append(d.recipient.like(f"%{_escape_like(search.strip().lower())}%", escape="\\"))
+        return found
+
+    def occurrence_counts(self, occurrence: str) -> dict[str, dict[str, int]]:
+        """``{channel: {status: count}}`` of one occurrence: its rows, and the counts kept for
+        rows pruned away (read from the index on (occurrence, status, …), not the rows)."""
+        d, kept = deliveries.c, delivery_counts.c
+        # Grouped in the index's order (status, channel): read in order, no sort.
+        live = select(d.channel, d.status, func.count()).where(d.occurrence == occurrence).group_by(d.status, d.channel)
+        pruned = select(kept.channel, kept.status, kept.count).where(kept.occurrence == occurrence)
+        found: dict[str, dict[str, int]] = {}
+        with self._tx() as connection:
+            for query in (pruned, live):
+                for channel, status, n in connection.execute(query).tuples():
+                    by_status = found.setdefault(channel, {})
+                    by_status[status] = by_status.get(status, 0) + int(n)
+        return found
+
     def counts(self, consultation: str) -> list[Count]:
         """Deliveries per (occurrence, channel, status), with the earliest ``sent_at``: from the
         rows, and from the counts kept for rows pruned away."""
@@ -1042,6 +1121,11 @@ class Store:
             .values(told=told, pruned_at=datetime.now(UTC))
         )
         return int(gone)
+
+
+def _escape_like(value: str) -> str:
+    """``value`` matched literally by LIKE (its ``%`` and ``_`` are not wildcards)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def record_config(store: Store, config: Config) -> None:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
-from notifier.web import accounts, api, bounce_hook, health, pages, signin
+from notifier.web import accounts, api, bounce_hook, console_routes, health, pages, signin
 from notifier.web.auth import session_middleware
 from notifier.web.desk import ResponseDesk
 from notifier.web.state import REDIS_TIMEOUT_S, Branding, WebState, bounded_client, client_for
@@ -50,6 +50,7 @@ ROUTES = [
     Route("/admin/users", accounts.user_add, methods=["POST"]),
     Route("/admin/users/remove", accounts.user_remove, methods=["POST"]),
     Route("/api/bounces", bounce_hook.sns_bounces, methods=["POST"]),
+    *console_routes.ROUTES,
 ]
 EXCEPTION_HANDLERS = {
     HTTPException: api.errors_as_json(pages.http_error),  # JSON under /api/, a page elsewhere

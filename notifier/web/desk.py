@@ -45,10 +45,11 @@ class ResponseDesk:
                 self._service = Service(self.settings)
             return self._service
 
-    def record(self, consultation_id: str, body: object) -> Recorded:
-        """Record ``body`` (the request's JSON) as a response to ``consultation_id`` and, if it is
-        new, queue its acknowledgement. UsageError for an unknown consultation, BadResponseError
-        for bad fields, ConfigError when the acknowledgement's template would not render."""
+    def record(self, consultation_id: str, body: object, *, actor: str = "api") -> Recorded:
+        """Record ``body`` (the request's JSON, or the console's form) as a response to
+        ``consultation_id`` and, if it is new, queue its acknowledgement; ``actor`` goes into the
+        audit log. UsageError for an unknown consultation, BadResponseError for bad fields,
+        ConfigError when the acknowledgement's template would not render."""
         service = self.service()
         config = service.runtime.config
         config.consultation(consultation_id)
@@ -58,7 +59,7 @@ class ResponseDesk:
         record_config(store, config)
         added = store.add_responses(consultation_id, [given])
         store.audit(
-            "api", "responses record", consultation=consultation_id, detail="1 new" if added else "already recorded"
+            actor, "responses record", consultation=consultation_id, detail="1 new" if added else "already recorded"
         )
         if added:
             started = service.acknowledge(consultation_id, added)

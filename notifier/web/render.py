@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from typing import Any
 
@@ -31,6 +31,26 @@ _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 CSP = (
     f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+def sha256(text: str) -> str:
+    """A CSP hash source for ``text``: ``'sha256-…'``."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def console_csp(*, styles: Iterable[str] = (), style_attributes: Iterable[str] = (), script: str | None = None) -> str:
+    """:data:`CSP` for a console page that needs more, and only that much more: the ``<style>``
+    elements and ``style`` attributes of an e-mail previewed in a sandboxed ``srcdoc`` iframe
+    (which inherits this policy), each allowed by its hash; and one inline ``script`` allowed
+    by its hash, which may fetch from this site (the live progress of a send)."""
+    style = " ".join(dict.fromkeys([f"'sha256-{_STYLE_HASH}'", *map(sha256, styles)]))
+    attributes = list(dict.fromkeys(map(sha256, style_attributes)))
+    if attributes:
+        style += " 'unsafe-hashes' " + " ".join(attributes)
+    extra = f"; script-src {sha256(script)}; connect-src 'self'" if script is not None else ""
+    return f"default-src 'none'; style-src {style}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'{extra}"
+
+
 #: Headers on every page: not cached (the state changes), not indexed, and the URL (which
 #: holds the token) never sent on as a Referer.
 PAGE_HEADERS = {
