@@ -34,6 +34,7 @@ it, so a relay that keeps saying so pauses the channel for every worker, rate or
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -77,9 +78,10 @@ local now = tonumber(ARGV[1])
 local step = tonumber(ARGV[2]) * tonumber(redis.call('GET', KEYS[3]) or '1')
 local n = tonumber(ARGV[3])
 local start = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-redis.call('SET', KEYS[1], string.format('%.6f', start + n * step), 'EX', ARGV[4])
+local ttl = math.ceil(start + n * step - now) + tonumber(ARGV[4])  -- outlives its last slot
+redis.call('SET', KEYS[1], string.format('%.6f', start + n * step), 'EX', ttl)
 local slots = string.format('%.6f', start) .. ',' .. tostring(n) .. ',' .. string.format('%.6f', step)
-redis.call('SET', KEYS[2], slots, 'EX', ARGV[4])
+redis.call('SET', KEYS[2], slots, 'EX', ttl)
 return slots
 """
 # KEYS: the day's count. ARGV: wanted, cap, ttl. Returns how many of ``wanted`` it grants.
@@ -231,7 +233,8 @@ class Pacer:
         if self._slots and self.limits.rate is not None:
             step = self._slots[1] - self._slots[0] if len(self._slots) > 1 else self.limits.rate.interval
             value = f"{self._slots[0]:.6f},{len(self._slots)},{step:.6f}"
-            self.client.set(self._key("resv", self.owner), value, ex=_KEEP_S)
+            ttl = math.ceil(self._slots[-1] - self.clock()) + _KEEP_S
+            self.client.set(self._key("resv", self.owner), value, ex=max(_KEEP_S, ttl))
 
     def _take_day(self, n: int) -> int:
         """How many of ``n`` sends today's cap still allows; postpones the rest till tomorrow."""

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,9 +19,11 @@ import pytest
 
 from notifier import delivery
 from notifier.config import Settings
-from notifier.pace import HEADROOM
+from notifier.errors import InvalidValueError
+from notifier.pace import HEADROOM, Limits, Rate, finish
 from notifier.runtime import Runtime
 from notifier.service import Service
+from notifier.window import SendWindow, parse_days
 from tests.conftest import Project, ScriptedHandler, SmtpServer, free_port, wait_until
 
 LONDON = ZoneInfo("Europe/London")
@@ -272,3 +275,27 @@ def test_a_relay_that_keeps_saying_too_many_pauses_a_channel_without_a_rate_and_
     finally:
         rt.close()
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"), [("30/minute", 0.5), ("20/second", 20.0), ("500/hour", 500 / 3600), ("2 / minutes", 1 / 30)]
+)
+def test_a_rate_is_read_per_second_minute_or_hour(text: str, per_second: float) -> None:
+    rate = Rate.parse(text)
+    assert rate.limit / rate.period == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["30", "30/day", "0/minute", "-1/second", "thirty/minute"])
+def test_a_rate_without_a_count_per_second_minute_or_hour_is_refused(text: str) -> None:
+    with pytest.raises(InvalidValueError, match="per second, minute or hour"):
+        Rate.parse(text)
+
+
+def test_a_campaign_over_the_daily_cap_finishes_on_a_later_working_day() -> None:
+    window = SendWindow(days=parse_days("mon-fri"), opens=dtime(8), closes=dtime(18))
+    limits = Limits(rate=None, daily=100, tz=LONDON, window=window)
+    friday = datetime(2027, 10, 29, 9, 0, tzinfo=LONDON)
+    # 100 on Friday, 100 on Monday 1 November (after the clocks went back), the last 50 on Tuesday
+    assert finish(limits, 250, friday) == datetime(2027, 11, 2, 8, 0, tzinfo=LONDON)
+    assert finish(limits, 100, friday) == friday
+    assert finish(Limits(rate=None, daily=None, tz=LONDON), 100, friday) is None
