@@ -20,7 +20,7 @@ import pytest
 from notifier import delivery
 from notifier.config import Settings
 from notifier.errors import InvalidValueError
-from notifier.pace import HEADROOM, Limits, Rate, finish
+from notifier.pace import HEADROOM, Limits, Pacer, Rate, finish
 from notifier.runtime import Runtime
 from notifier.service import Service
 from notifier.window import SendWindow, parse_days
@@ -299,3 +299,36 @@ def test_a_campaign_over_the_daily_cap_finishes_on_a_later_working_day() -> None
     assert finish(limits, 250, friday) == datetime(2027, 11, 2, 8, 0, tzinfo=LONDON)
     assert finish(limits, 100, friday) == friday
     assert finish(Limits(rate=None, daily=None, tz=LONDON), 100, friday) is None
+
+
+def test_a_batch_behind_another_workers_waits_for_its_slots_and_keeps_them_for_its_retry(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 30, "  rate: 10/second\n")
+    clock = Clock(datetime(2027, 3, 3, 10, 0, tzinfo=LONDON))
+    rt = Runtime(Settings.from_env(project.env), clock=clock)
+    service = Service(Settings.from_env(project.env))
+    rate = Rate.parse("10/second")
+    limits = Limits(rate, None, LONDON)
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        began = clock()
+        # another worker's batch takes the next 5 s of slots (its thread does not wait here)
+        other = Pacer(rt.client, "email", limits, "another-workers-message", clock=clock, sleep=lambda _: None)
+        other.send(list(range(50)), lambda _: None, lambda _i, _e: None, wanted=50, most=1)
+        ahead = float(rt.client.get("notifier:pace:email:tat") or 0)
+
+        waits = _deliver_all(rt, occurrence, "message-1")
+        assert smtp_server.handler.count() == 0
+        assert {(r.status, r.attempts) for r in service.ledger.records(occurrence)} == {("pending", 0)}
+        assert waits and 3.0 < max(waits) < 5.0  # back a little before its first slot, 5 s on
+
+        clock.turn_to(datetime.fromtimestamp(began + max(waits), LONDON))
+        assert _deliver_all(rt, occurrence, "message-1") == []
+        assert smtp_server.handler.count() == 30
+        # it sent on the slots it had reserved: the schedule did not move on
+        assert float(rt.client.get("notifier:pace:email:tat") or 0) == pytest.approx(ahead + 30 * rate.interval)
+    finally:
+        rt.close()
+        service.close()
