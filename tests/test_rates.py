@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notifier import delivery
+from notifier.channels.email.smtp import translate
 from notifier.config import Settings
-from notifier.errors import InvalidValueError
+from notifier.errors import InvalidValueError, ThrottledError, TransientDeliveryError
 from notifier.pace import HEADROOM, Limits, Pacer, Rate, finish
 from notifier.runtime import Runtime
 from notifier.service import Service
@@ -332,3 +334,20 @@ def test_a_batch_behind_another_workers_waits_for_its_slots_and_keeps_them_for_i
     finally:
         rt.close()
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "reply", "throttled"),
+    [
+        (421, b"4.7.0 Too many connections from your IP", True),
+        (451, b"4.7.500 Server busy. Please try again later", True),
+        (451, b"4.7.1 Message throttled, rate limit exceeded", True),
+        (451, b"4.7.1 greylisted, try later", False),
+        (421, b"4.3.2 Service shutting down", False),
+        (450, b"4.2.1 too many messages for this mailbox", False),
+    ],
+)
+def test_only_a_421_or_451_about_sending_too_fast_slows_the_channel(code: int, reply: bytes, throttled: bool) -> None:
+    error = translate(smtplib.SMTPRecipientsRefused({"a@b.example": (code, reply)}))
+    assert isinstance(error, TransientDeliveryError)
+    assert isinstance(error, ThrottledError) is throttled
