@@ -86,7 +86,7 @@ def _fires(event: timeline.Event, config: Config) -> str:
     actual = _local(event.at, config)
     if event.configured is None:
         return actual
-    return f"{actual}\n(set for {_local(event.configured, config)}; moved: {event.moved_because})"
+    return f"{actual}\nset for {_local(event.configured, config)}:\n{event.moved_because}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,19 +3,19 @@ held in Redis so that every thread of every worker process keeps to the one limi
 
 **Rate.** Each channel with a rate has a schedule in Redis: the time its next free send
 slot starts (``<ns>:pace:<channel>:tat``, the generic cell rate algorithm's theoretical
-arrival time). Slots are one *interval* apart (a minute / 30 is 2 s, and 5% more: the relay
-counts what arrives, and arrivals jitter). A batch reserves a
-slot for each delivery it holds in one round trip (:data:`_RESERVE`), and sends each
-delivery at its slot: a slot within :data:`HORIZON_S` is waited for (the wait is the
-schedule's, shared by all workers, not a per-process sleep that would let N processes send
-N times the rate); a later one is *postponed*: the delivery stays ``pending`` with its
-attempt count unchanged, the batch's queue message comes back just before its next slot
-(``dramatiq.Retry`` with that delay), and keeps its reserved slots while it waits (they are
-kept under its message id, so its retry finds them). A thread never holds a batch longer
-than :data:`HOLD_S`. A slot missed by more than :data:`LATE_S` (a worker that came back
-late) is given up, never sent late: sending it late would crowd the slots after it. So any
-span of time sees at most the rate, plus one message per send group (:func:`group_size`:
-one for rates up to 20 a second).
+arrival time). Slots are one *interval* apart (a minute / 30 is 2 s, and :data:`HEADROOM`
+more: the relay counts what arrives, and arrivals jitter). A batch reserves a slot for each
+delivery it holds in one round trip (:data:`_RESERVE`) and sends each delivery at its slot.
+A slot within the :func:`horizon` (2.5 s; longer for a slow rate) is waited for: the wait
+is the schedule's, shared by all workers, not a per-process sleep that would let N
+processes send N times the rate. A later one is *postponed*: the delivery stays
+``pending`` with its attempt count unchanged, the batch's queue message comes back just
+before its next slot (``dramatiq.Retry`` with that delay) and keeps its reserved slots
+while it waits (under its message id, so its retry finds them on any worker). A thread
+never holds a batch longer than :data:`HOLD_S`. A slot missed by more than :data:`LATE_S`
+(a worker that came back late) is given up, never sent late: sending it late would crowd
+the slots after it. So any second sees at most the rate, plus one message per send group
+(:func:`group_size`: one for rates up to 20 a second), plus the jitter the headroom absorbs.
 
 **Daily cap.** A counter per local day (``<ns>:pace:<channel>:day:2027-03-29``, in the
 configured timezone, from the pacer's clock): each send takes from it first. When the
@@ -34,6 +34,7 @@ it, so a relay that keeps saying so pauses the channel for every worker, rate or
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,8 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
 HEADROOM = 1.05
 #: A slot this close is waited for by the thread holding it; a later one is postponed.
 HORIZON_S = 2.5
+#: The furthest :func:`horizon` reaches for a slow rate.
+MAX_HORIZON_S = 10.0
 #: A postponed batch comes back this long before its next slot (a queue is not punctual).
 LEAD_S = 1.0
 #: A slot missed by more than this is given up (and a new one reserved), never sent late.
@@ -77,9 +80,10 @@ local now = tonumber(ARGV[1])
 local step = tonumber(ARGV[2]) * tonumber(redis.call('GET', KEYS[3]) or '1')
 local n = tonumber(ARGV[3])
 local start = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-redis.call('SET', KEYS[1], string.format('%.6f', start + n * step), 'EX', ARGV[4])
+local ttl = math.ceil(start + n * step - now) + tonumber(ARGV[4])  -- outlives its last slot
+redis.call('SET', KEYS[1], string.format('%.6f', start + n * step), 'EX', ttl)
 local slots = string.format('%.6f', start) .. ',' .. tostring(n) .. ',' .. string.format('%.6f', step)
-redis.call('SET', KEYS[2], slots, 'EX', ARGV[4])
+redis.call('SET', KEYS[2], slots, 'EX', ttl)
 return slots
 """
 # KEYS: the day's count. ARGV: wanted, cap, ttl. Returns how many of ``wanted`` it grants.
@@ -123,6 +127,13 @@ class Rate:
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.unit}"
+
+
+def horizon(rate: Rate) -> float:
+    """How far off a slot may be for the thread to wait for it: :data:`HORIZON_S`, or one and
+    a half intervals for a slow rate (up to :data:`MAX_HORIZON_S`), so that a batch at 20 a
+    minute is sent by one thread in turn rather than as one queue retry per e-mail."""
+    return max(HORIZON_S, min(MAX_HORIZON_S, 1.5 * rate.interval))
 
 
 def group_size(rate: Rate, most: int) -> int:
@@ -203,7 +214,7 @@ class Pacer:
         if len(self._slots) < n:
             self._slots = self._reserve(now, max(n, wanted))
         last = self._slots[n - 1]
-        if last - now > HORIZON_S or (last > now and now - self._began > HOLD_S):
+        if last - now > horizon(rate) or (last > now and now - self._began > HOLD_S):
             wait = max(0.0, self._slots[0] - now - LEAD_S)
             self.keep()
             return RateLimitedError(
@@ -231,7 +242,8 @@ class Pacer:
         if self._slots and self.limits.rate is not None:
             step = self._slots[1] - self._slots[0] if len(self._slots) > 1 else self.limits.rate.interval
             value = f"{self._slots[0]:.6f},{len(self._slots)},{step:.6f}"
-            self.client.set(self._key("resv", self.owner), value, ex=_KEEP_S)
+            ttl = math.ceil(self._slots[-1] - self.clock()) + _KEEP_S
+            self.client.set(self._key("resv", self.owner), value, ex=max(_KEEP_S, ttl))
 
     def _take_day(self, n: int) -> int:
         """How many of ``n`` sends today's cap still allows; postpones the rest till tomorrow."""

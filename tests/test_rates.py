@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from notifier import delivery
+from notifier.channels.email.smtp import translate
 from notifier.config import Settings
-from notifier.pace import HEADROOM
+from notifier.errors import InvalidValueError, ThrottledError, TransientDeliveryError
+from notifier.pace import HEADROOM, Limits, Pacer, Rate, finish
 from notifier.runtime import Runtime
 from notifier.service import Service
+from notifier.window import SendWindow, parse_days
 from tests.conftest import Project, ScriptedHandler, SmtpServer, free_port, wait_until
 
 LONDON = ZoneInfo("Europe/London")
@@ -272,3 +277,77 @@ def test_a_relay_that_keeps_saying_too_many_pauses_a_channel_without_a_rate_and_
     finally:
         rt.close()
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"), [("30/minute", 0.5), ("20/second", 20.0), ("500/hour", 500 / 3600), ("2 / minutes", 1 / 30)]
+)
+def test_a_rate_is_read_per_second_minute_or_hour(text: str, per_second: float) -> None:
+    rate = Rate.parse(text)
+    assert rate.limit / rate.period == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["30", "30/day", "0/minute", "-1/second", "thirty/minute"])
+def test_a_rate_without_a_count_per_second_minute_or_hour_is_refused(text: str) -> None:
+    with pytest.raises(InvalidValueError, match="per second, minute or hour"):
+        Rate.parse(text)
+
+
+def test_a_campaign_over_the_daily_cap_finishes_on_a_later_working_day() -> None:
+    window = SendWindow(days=parse_days("mon-fri"), opens=dtime(8), closes=dtime(18))
+    limits = Limits(rate=None, daily=100, tz=LONDON, window=window)
+    friday = datetime(2027, 10, 29, 9, 0, tzinfo=LONDON)
+    # 100 on Friday, 100 on Monday 1 November (after the clocks went back), the last 50 on Tuesday
+    assert finish(limits, 250, friday) == datetime(2027, 11, 2, 8, 0, tzinfo=LONDON)
+    assert finish(limits, 100, friday) == friday
+    assert finish(Limits(rate=None, daily=None, tz=LONDON), 100, friday) is None
+
+
+def test_a_batch_behind_another_workers_waits_for_its_slots_and_keeps_them_for_its_retry(
+    project: Project, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    _campaign(project, redis_url, smtp_server, 30, "  rate: 10/second\n")
+    clock = Clock(datetime(2027, 3, 3, 10, 0, tzinfo=LONDON))
+    rt = Runtime(Settings.from_env(project.env), clock=clock)
+    service = Service(Settings.from_env(project.env))
+    rate = Rate.parse("10/second")
+    limits = Limits(rate, None, LONDON)
+    try:
+        occurrence = service.fire("many-2027", "opened", early=True)
+        assert occurrence is not None
+        began = clock()
+        # another worker's batch takes the next 5 s of slots (its thread does not wait here)
+        other = Pacer(rt.client, "email", limits, "another-workers-message", clock=clock, sleep=lambda _: None)
+        other.send(list(range(50)), lambda _: None, lambda _i, _e: None, wanted=50, most=1)
+        ahead = float(rt.client.get("notifier:pace:email:tat") or 0)
+
+        waits = _deliver_all(rt, occurrence, "message-1")
+        assert smtp_server.handler.count() == 0
+        assert {(r.status, r.attempts) for r in service.ledger.records(occurrence)} == {("pending", 0)}
+        assert waits and 3.0 < max(waits) < 5.0  # back a little before its first slot, 5 s on
+
+        clock.turn_to(datetime.fromtimestamp(began + max(waits), LONDON))
+        assert _deliver_all(rt, occurrence, "message-1") == []
+        assert smtp_server.handler.count() == 30
+        # it sent on the slots it had reserved: the schedule did not move on
+        assert float(rt.client.get("notifier:pace:email:tat") or 0) == pytest.approx(ahead + 30 * rate.interval)
+    finally:
+        rt.close()
+        service.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "reply", "throttled"),
+    [
+        (421, b"4.7.0 Too many connections from your IP", True),
+        (451, b"4.7.500 Server busy. Please try again later", True),
+        (451, b"4.7.1 Message throttled, rate limit exceeded", True),
+        (451, b"4.7.1 greylisted, try later", False),
+        (421, b"4.3.2 Service shutting down", False),
+        (450, b"4.2.1 too many messages for this mailbox", False),
+    ],
+)
+def test_only_a_421_or_451_about_sending_too_fast_slows_the_channel(code: int, reply: bytes, throttled: bool) -> None:
+    error = translate(smtplib.SMTPRecipientsRefused({"a@b.example": (code, reply)}))
+    assert isinstance(error, TransientDeliveryError)
+    assert isinstance(error, ThrottledError) is throttled

@@ -126,7 +126,10 @@ def _plan_line(project: Project, event: str) -> str:
     out = project.run("plan", "window-2027", check=True).stdout
     lines = out.splitlines()
     first = next(i for i, line in enumerate(lines) if f" {event} " in line)
-    return " ".join(lines[first : first + 2])
+    end = first + 1
+    while end < len(lines) and lines[end].count("│") > 2 and not lines[end].split("│")[2].strip():
+        end += 1  # the event's cell is blank: the When cell goes on
+    return " ".join(lines[first:end])
 
 
 @pytest.fixture

@@ -91,9 +91,10 @@ class SmtpTarget:
 
 
 #: What a relay says in a 421 or 451 that means "you are sending too fast" (Microsoft 365:
-#: "4.7.0 Too many messages", "4.3.2 ... throttled"; others: "rate limit", "slow down",
-#: "too many connections"): slows the channel down instead of counting a failed attempt.
-_SLOW_DOWN = re.compile(r"too many|throttl|rate.?limit|slow down|try again later|exceeded", re.IGNORECASE)
+#: "4.7.0 Too many messages", "4.7.500 Server busy", "... throttled"; others: "rate limit",
+#: "slow down", "too many connections"): slows the channel down instead of counting a failed
+#: attempt. Not a plain "try later" (greylisting, one mailbox busy): that is one message's.
+_SLOW_DOWN = re.compile(r"too many|throttl|rate.?limit|slow down|server busy|4\.7\.500", re.IGNORECASE)
 
 
 def _reply(code: int, message: bytes | str) -> str:
