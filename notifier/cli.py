@@ -37,6 +37,7 @@ from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Ledger, Record
+from notifier.memo import no_collection_at_exit
 from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rehearsal import rehearse as run_rehearsal
@@ -800,6 +801,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI, mapping errors to the contract's exit codes."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    no_collection_at_exit()
     try:
         cli.main(args=argv, prog_name="notifier", standalone_mode=False)
     except click.exceptions.Exit as exc:
