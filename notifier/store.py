@@ -17,6 +17,7 @@ Times are stored as UTC and always read back as aware UTC datetimes, on both dia
 from __future__ import annotations
 
 import fcntl
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -540,6 +541,7 @@ def check_current(engine: Engine) -> None:
 # ---------------------------------------------------------------------------
 
 _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
+_TIME_COLUMNS = ("created", "updated", "sent_at")
 #: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 _OUTCOME_COLUMNS = tuple(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created"))
@@ -554,6 +556,11 @@ class Store:
         compiled = self._archive.compile(dialect=engine.dialect)
         self._archive_sql = str(compiled)
         self._archive_order = tuple(compiled.positiontup or ())  # qmark (SQLite): the parameters' order
+        order = self._archive_order or _SETTLED_COLUMNS
+        self._row_values = operator.attrgetter(*order)  # one C call for every column of a Settled
+        self._row_names = None if self._archive_order else order  # named (PostgreSQL): a dict
+        self._lists_at = order.index("lists")
+        self._times_at = tuple((i, name) for i, name in enumerate(order) if name in _TIME_COLUMNS)
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
@@ -712,19 +719,23 @@ class Store:
     def _driver_row(self, item: Settled) -> Any:
         """The parameters of one row for the driver's executemany, bypassing SQLAlchemy's
         per-row processing (two thirds of archiving's CPU): times as :class:`UTCDateTime`
-        stores them, in the order a positional (SQLite) statement wants."""
-        row = item.row()
-        for name in ("created", "updated", "sent_at"):
-            value = row[name]
+        stores them, in the order a positional (SQLite) statement wants. The columns are read
+        with one ``attrgetter`` call, not a dict built per row (a tenth of a worker's
+        archiving CPU, bench/RESULTS.md 2026-11-30)."""
+        row = list(self._row_values(item))
+        row[self._lists_at] = " ".join(row[self._lists_at])
+        for i, name in self._times_at:
+            value = row[i]
             if value is not None:
                 if value.tzinfo is None:
                     raise StoreError(
                         f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
                     )
-                value = value.astimezone(UTC)
+                if value.utcoffset():  # the ledger's times are UTC already
+                    value = value.astimezone(UTC)
                 # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
-                row[name] = value.replace(tzinfo=None).isoformat(" ", "microseconds") if self._archive_order else value
-        return tuple(row[name] for name in self._archive_order) if self._archive_order else row
+                row[i] = value.replace(tzinfo=None).isoformat(" ", "microseconds") if self._row_names is None else value
+        return tuple(row) if self._row_names is None else dict(zip(self._row_names, row, strict=True))
 
     def deliveries(self, consultation: str) -> Iterator[tuple[str, Settled]]:
         """(event, delivery) for each delivery row of the consultation, by occurrence, channel, recipient."""
