@@ -752,6 +752,20 @@ class Store:
                 values[lists_at] = tuple(values[lists_at].split())
                 yield values[0], Settled(*values[1:])
 
+    def settled(self, occurrence_id: str) -> list[Settled]:
+        """Every recorded delivery of one occurrence (what Redis is given back when it has lost them)."""
+        query = select(*(deliveries.c[name] for name in _SETTLED_COLUMNS)).where(
+            deliveries.c.occurrence == occurrence_id
+        )
+        lists_at = _SETTLED_COLUMNS.index("lists")
+        found = []
+        with self._tx() as connection:
+            for row in connection.execute(query).tuples():
+                values = list(row)
+                values[lists_at] = tuple(values[lists_at].split())
+                found.append(Settled(*values))
+        return found
+
     def delivery_rows(self, consultation: str) -> Iterator[tuple[Any, ...]]:
         """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk
         export: times as ISO 8601 UTC to the millisecond and absent values as ``""`` (the form

@@ -147,6 +147,32 @@ def test_a_bounced_address_stays_suppressed_after_redis_is_flushed(
         store.close()
 
 
+def test_retry_after_redis_is_flushed_sends_the_failed_deliveries_from_the_record_once(
+    production: Project,
+    redis_url: str,
+    smtp_server: SmtpServer,
+) -> None:
+    production.env["NOTIFIER_MAX_ATTEMPTS"] = "1"
+    smtp_server.handler.always[JANE] = "451 4.3.0 relay unavailable"  # out of attempts: failed
+    assert production.run("send", SOC, "opened", "--wait").returncode == 2
+    delivered = smtp_server.handler.count()
+
+    _flush(redis_url)
+    del smtp_server.handler.always[JANE]  # the relay is back
+    result = production.run("retry", SOC, "opened", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert f"retrying 1 failed delivery of {SOC}:opened:1" in result.stdout
+    assert smtp_server.handler.count() == delivered + 1 and len(smtp_server.handler.to(JANE)) == 1
+
+    again = production.run("retry", SOC, "opened", "--wait")
+    assert again.returncode == 0 and "no failed deliveries; nothing to retry" in again.stdout
+    _flush(redis_url)
+    assert "nothing to retry" in production.run("retry", SOC, "opened", "--wait", check=True).stdout
+    assert smtp_server.handler.count() == delivered + 1, "a retried delivery was sent twice"
+    jane = [r for r in _report(production)["deliveries"] if r["recipient"] == JANE]
+    assert [(r["occurrence"], r["status"]) for r in jane] == [(f"{SOC}:opened:1", "sent")]
+
+
 @pytest.fixture
 def crowd(project: Project, redis_url: str, smtp_server: SmtpServer, database: str) -> Iterator[Service]:
     """A Service on the example with 600 more people on the media list, on a real SMTP server."""
