@@ -214,7 +214,7 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
         batch = delivery.Batch(occurrence_id, channel, tuple(recipients))
         rt = runtime()
         retry_in = delivery.deliver(rt, batch, message_id=message.message_id if message else None)
-        acknowledgement.settle(rt.ledger, rt.settings, occurrence_id)  # a thank-you sent: its response marked
+        acknowledgement.settle(rt.ledger, rt.store, occurrence_id)  # a thank-you sent: its response marked
         if retry_in is not None:
             raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
 

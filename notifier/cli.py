@@ -42,7 +42,7 @@ from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rehearsal import rehearse as run_rehearsal
 from notifier.rendering import Renderer
-from notifier.responders import RESPONDED, Responders, responders, shared_store, skipped
+from notifier.responders import RESPONDED, Responders, responders, skipped
 from notifier.scheduler import offset_clock, serve
 from notifier.scheduler import status as event_states
 from notifier.service import Service
@@ -192,7 +192,11 @@ def _responders(settings: Settings, consultation: str, config: Config) -> Respon
     """Who responded to ``consultation``, for an event's ``skip``; None (and a note) when the
     record cannot be read."""
     try:
-        return responders(shared_store(settings), consultation, config.tz)
+        store = Store.open(settings)
+        try:
+            return responders(store, consultation, config.tz)
+        finally:
+            store.close()
     except NotifierError as exc:
         err.print(f"note: responses unknown, audiences shown before skipping ({exc})", style="yellow", markup=False)
         return None
@@ -695,7 +699,7 @@ def run(threads: int, now: str | None) -> None:
         raise
     stop = threading.Event()
     _stop_on((signal.SIGTERM, signal.SIGINT), stop)
-    web_server = make_server(settings, client=service.client)
+    web_server = make_server(settings, service=service)  # one Service in the process, shared
     web_thread = threading.Thread(target=web_server.run, name="notifier-web", daemon=True)
     try:
         with service.worker(threads=threads):
