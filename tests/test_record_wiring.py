@@ -12,17 +12,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import event
-from starlette.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.scheduler import Scheduler, offset_clock
 from notifier.service import Service
 from notifier.store import Store, make_engine
-from notifier.web import create_app
 from tests.conftest import Project, SmtpServer, wait_until
+from tests.test_web import Servers
 
 SOC = "soc-strategy-2019"
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -99,8 +99,12 @@ def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
     production.run("send", SOC, "opened", "--wait", check=True)
     link = str(smtp_server.handler.to(JANE)[0]["List-Unsubscribe"]).strip("<>")
     settings = Settings.from_env(production.settings_env())
-    with TestClient(create_app(settings)) as web:
-        assert web.post(link.removeprefix(settings.public_url)).status_code == 200
+    servers = Servers()  # a live `notifier web` (starlette's TestClient warns that it is deprecated)
+    try:
+        base = servers.start(settings.model_copy(update={"web_bind": "127.0.0.1:0"}))
+        assert httpx.post(base + link.removeprefix(settings.public_url), timeout=30).status_code == 200
+    finally:
+        servers.stop()
 
     _flush(redis_url)
     production.run("send", SOC, "reminder", "--wait", check=True)
