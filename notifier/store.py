@@ -61,6 +61,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
+from notifier.columns import REPORT_COLUMNS as REPORT_COLUMNS  # re-exported: the evidence rows' columns
 from notifier.config import Config, Settings
 from notifier.errors import SchemaBehindError, StoreError
 
@@ -70,24 +71,6 @@ SOURCES: tuple[str, ...] = ("config", "unsubscribe", "bounce", "manual")
 ROLES: tuple[str, ...] = ("viewer", "sender", "admin")
 #: The statuses that count as told: the message reached the recipient's server.
 TOLD: tuple[str, ...] = ("sent",)
-#: The columns of :meth:`Store.delivery_rows`: those of ``report`` (notifier.report.FIELDS), then the Message-ID.
-REPORT_COLUMNS: tuple[str, ...] = (
-    "occurrence",
-    "event",
-    "channel",
-    "recipient",
-    "name",
-    "lists",
-    "status",
-    "attempts",
-    "last_error",
-    "provider_id",
-    "url",
-    "created",
-    "updated",
-    "sent_at",
-    "message_id",
-)
 #: Rows per INSERT when archiving: bounded memory, and well under SQLite's 32,766 parameters.
 BATCH = 2_000
 
