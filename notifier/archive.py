@@ -40,7 +40,7 @@ from notifier.channels.base import Delivery
 from notifier.channels.email import message_id as email_message_id
 from notifier.config import Config
 from notifier.errors import StoreError
-from notifier.ledger import Ledger, Occurrence, Record, Status, now_iso
+from notifier.ledger import Ledger, Record, Status, now_iso
 from notifier.store import OccurrenceRecord, Settled, Store, record_config
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class Archiver:
         """Record the occurrence (its outcomes' rows refer to it) when its state has changed."""
         occurrence = self.ledger.occurrence(occurrence_id)
         if self._states.get(occurrence_id) != occurrence.state:
-            self.store.record_occurrence(occurrence_record(occurrence))
+            self.store.record_occurrence(occurrence)
             self._states[occurrence_id] = occurrence.state
 
     def _settled(self, occurrence_id: str, raw: list[Any]) -> Iterator[Settled]:
@@ -218,21 +218,6 @@ class Archiver:
                 updated=_time(values["updated"]),
                 sent_at=_time(values["sent_at"]),
             )
-
-
-def occurrence_record(occurrence: Occurrence) -> OccurrenceRecord:
-    """The database's form of a ledger occurrence."""
-    return OccurrenceRecord(
-        occurrence.id,
-        occurrence.consultation,
-        occurrence.event,
-        occurrence.number,
-        occurrence.at,
-        occurrence.fired_at,
-        occurrence.late,
-        occurrence.state,
-        occurrence.rehearsal,
-    )
 
 
 class ArchiveMiddleware(dramatiq.Middleware):
@@ -289,10 +274,7 @@ def restore(ledger: Ledger, store: Store, consultation: str, events: Iterable[st
             latest[found.event] = found
     restored = []
     for found in latest.values():
-        occurrence = Occurrence(
-            found.id, found.consultation, found.event, found.number, found.at, found.fired_at, found.late, found.state
-        )
-        if ledger.restore(occurrence):
+        if ledger.restore(found):
             log.warning("%s is recorded in the database but not in Redis: known as fired again", found.id)
             restore_deliveries(ledger, store, found.id)
             restored.append(found.id)
@@ -339,7 +321,7 @@ def fired(store: Store, config: Config, ledger: Ledger, occurrence_id: str, *, a
     record_config(store, config)
     store.sync_config_suppressions(m.email for lst in config.lists.values() for m in lst.members if not m.subscribed)
     occurrence = ledger.occurrence(occurrence_id)
-    store.record_occurrence(occurrence_record(occurrence))
+    store.record_occurrence(occurrence)
     store.audit(
         actor,
         f"send {occurrence.event}",

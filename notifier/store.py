@@ -64,6 +64,7 @@ from sqlalchemy.types import TypeDecorator
 from notifier.columns import REPORT_COLUMNS as REPORT_COLUMNS  # re-exported: the evidence rows' columns
 from notifier.config import Config, Settings
 from notifier.errors import SchemaBehindError, StoreError
+from notifier.ledger import Occurrence
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SuppressionSource = Literal["config", "unsubscribe", "bounce", "manual"]
@@ -253,19 +254,9 @@ class ConsultationRecord:
     pruned_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OccurrenceRecord:
-    """One firing of an event (the id is the ledger's, ``<consultation>:<event>:<number>``)."""
-
-    id: str
-    consultation: str
-    event: str
-    number: int
-    at: datetime
-    fired_at: datetime
-    late: bool = False
-    state: str = "claimed"
-    rehearsal: bool = False
+#: One firing of an event as recorded: the ledger's own :class:`~notifier.ledger.Occurrence` (the
+#: same fields and id, ``<consultation>:<event>:<number>``), not a copy of it.
+OccurrenceRecord = Occurrence
 
 
 @dataclass(frozen=True, slots=True)
