@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from notifier import audience
-from notifier.config import Settings, load_config, load_partial, read_yaml, token_variable
+from notifier.config import Member, Settings, load_config, load_partial, read_yaml, token_variable
 from notifier.errors import ConfigError, Problem
 from tests.conftest import Project
 
@@ -354,6 +354,20 @@ def test_an_audience_is_remembered_only_for_the_very_lists_it_came_from(project:
     del config, first
     gc.collect()
     assert dropped() is None, "a dropped config's audience was kept alive"
+
+
+def test_members_given_the_same_fields_still_say_which_they_were_given_after_one_is_copied() -> None:
+    a = Member.model_validate({"email": "a@police.example", "organisation": "West Mercia Police", "role": "Chief"})
+    b = Member.model_validate({"email": "b@police.example", "organisation": "West Mercia Police", "role": "Chief"})
+    c = a.model_copy(update={"name": "Ann Jones"})
+    assert c.model_fields_set == {"email", "organisation", "role", "name"}
+    assert a.model_fields_set == b.model_fields_set == {"email", "organisation", "role"}
+    assert a.name is None and b.model_dump(exclude_unset=True) == {
+        "email": "b@police.example",
+        "organisation": "West Mercia Police",
+        "role": "Chief",
+    }
+    assert (a.organisation, a.extra) == ("West Mercia Police", {"role": "Chief"}) and a != b
 
 
 def test_csv_rows_give_members_and_problems_at_their_lines(project: Project) -> None:
