@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 
@@ -37,6 +37,10 @@ def main() -> None:
     occ = Occurrence("bench:opened:1", "bench", "opened", 1, at, at, state="fanned-out")
     ledger.restore(occ)
     now = now_iso()
+    # each outcome settled a millisecond after the one before: a worker's pace is a few a
+    # millisecond, so this leaves the store fewer repeated times than it meets in a worker
+    start = datetime.fromisoformat(now)
+    settled = [(start + timedelta(milliseconds=i)).isoformat(timespec="milliseconds") for i in range(n)]
     records = (
         Record(
             "email",
@@ -47,8 +51,8 @@ def main() -> None:
             attempts=1,
             provider_id=f"<{i}@x>",
             created=now,
-            updated=now,
-            sent_at=now,
+            updated=settled[i],
+            sent_at=settled[i],
         )
         for i in range(n)
     )

@@ -535,6 +535,7 @@ class Store:
         self._row_names = None if self._archive_order else order  # named (PostgreSQL): a dict
         self._lists_at = order.index("lists")
         self._times_at = tuple((i, name) for i, name in enumerate(order) if name in _TIME_COLUMNS)
+        self._sqlite_times: dict[datetime, str] = {}  # the times of a batch repeat (created: all of a fan-out)
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
@@ -694,22 +695,33 @@ class Store:
         """The parameters of one row for the driver's executemany, bypassing SQLAlchemy's
         per-row processing (two thirds of archiving's CPU): times as :class:`UTCDateTime`
         stores them, in the order a positional (SQLite) statement wants. The columns are read
-        with one ``attrgetter`` call, not a dict built per row (a tenth of a worker's
-        archiving CPU, bench/RESULTS.md 2026-11-30)."""
+        with one ``attrgetter`` call, not a dict built per row, and SQLite's text of a time is
+        remembered (a fan-out's rows share their ``created``, and an archiver's batch many of
+        its ``updated``): bench/archiver.py, bench/RESULTS.md 2026-11-30."""
         row = list(self._row_values(item))
         row[self._lists_at] = " ".join(row[self._lists_at])
         for i, name in self._times_at:
             value = row[i]
-            if value is not None:
-                if value.tzinfo is None:
-                    raise StoreError(
-                        f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
-                    )
-                if value.utcoffset():  # the ledger's times are UTC already
-                    value = value.astimezone(UTC)
-                # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
-                row[i] = value.replace(tzinfo=None).isoformat(" ", "microseconds") if self._row_names is None else value
+            if value is None:
+                continue
+            if value.tzinfo is None:
+                raise StoreError(
+                    f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
+                )
+            if self._row_names is None:
+                row[i] = self._sqlite_times.get(value) or self._sqlite_time(value)
+            elif value.utcoffset():  # the ledger's times are UTC already
+                row[i] = value.astimezone(UTC)
         return tuple(row) if self._row_names is None else dict(zip(self._row_names, row, strict=True))
+
+    def _sqlite_time(self, value: datetime) -> str:
+        """An aware time as SQLite's naive UTC text (what :class:`UTCDateTime` stores), remembered."""
+        if len(self._sqlite_times) >= 4_096:
+            self._sqlite_times.clear()
+        # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        self._sqlite_times[value] = text
+        return text
 
     def deliveries(self, consultation: str) -> Iterator[tuple[str, Settled]]:
         """(event, delivery) for each delivery row of the consultation, by occurrence, channel, recipient."""
