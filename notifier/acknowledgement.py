@@ -32,15 +32,14 @@ from notifier import timeline
 from notifier.audience import Recipient
 from notifier.broker import NAMESPACE
 from notifier.channels import registry
-from notifier.config import Config, Settings
+from notifier.config import Config
 from notifier.errors import ConfigError, Problem, UnknownOccurrenceError
 from notifier.ledger import SUCCEEDED, Ledger
 from notifier.rendering import EMAIL_NAMES, Renderer
-from notifier.responders import shared_store
 from notifier.responses import response_key
 
 if TYPE_CHECKING:
-    from notifier.store import Response
+    from notifier.store import Response, Store
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +110,18 @@ def response_id(ledger: Ledger, occurrence: str) -> int | None:
     return int(json.loads(raw)["id"]) if raw is not None else None
 
 
-def settle(ledger: Ledger, settings: Settings, occurrence: str) -> None:
+def settle(ledger: Ledger, store: Store | None, occurrence: str) -> None:
     """After a ``deliver`` of ``occurrence``: if it is an acknowledgement whose e-mail has gone
     (sent, or written to the outbox), mark its response acknowledged in the record, at the
     time it went. Not for rehearsals (their outbox is not the respondent's inbox)."""
-    if ledger.ns != NAMESPACE or f":{EVENT}:" not in occurrence:
+    if store is None or ledger.ns != NAMESPACE or f":{EVENT}:" not in occurrence:
         return
     found = response_id(ledger, occurrence)
     record = next((r for r in ledger.records(occurrence) if registry.per_recipient(r.channel)), None)
     if found is None or record is None or record.status not in SUCCEEDED:
         return
     at = datetime.fromisoformat(record.sent_at) if record.sent_at else datetime.now(UTC)
-    shared_store(settings).mark_acknowledged([found], at=at)
+    store.mark_acknowledged([found], at=at)
     log.info("response %d acknowledged (%s)", found, occurrence)
 
 

@@ -31,7 +31,7 @@ from notifier.broker import NAMESPACE, NotifierBroker
 from notifier.channels import registry
 from notifier.compose import compose
 from notifier.errors import ConfigError, UsageError
-from notifier.ledger import Occurrence
+from notifier.ledger import FANNED_OUT, Occurrence
 from notifier.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class Sweeper(dramatiq.Middleware):
         ids = {message.message_id for message in live}
         sent = 0
         for occurrence in quiet:
-            if occurrence.state != "fanned-out":
+            if occurrence.state != FANNED_OUT:
                 lost = occurrence.id not in firing and now - occurrence.fired_at.timestamp() > LOST_AFTER_S
                 if lost and now - self._refired.get(occurrence.id, 0.0) > REFIRE_AFTER_S:
                     self._refired[occurrence.id] = now
@@ -207,14 +207,14 @@ def declare(broker: dramatiq.Broker, runtime: Callable[[], Runtime]) -> Actors:
         except BaseException:
             rt.ledger.release_fan_out(occurrence_id, owner=owner)  # the retry, or the next fire, takes it
             raise
-        rt.ledger.set_state(occurrence_id, "fanned-out")
+        rt.ledger.set_state(occurrence_id, FANNED_OUT)
 
     def deliver(occurrence_id: str, channel: str, recipients: list[str]) -> None:
         message = CurrentMessage.get_current_message()
         batch = delivery.Batch(occurrence_id, channel, tuple(recipients))
         rt = runtime()
         retry_in = delivery.deliver(rt, batch, message_id=message.message_id if message else None)
-        acknowledgement.settle(rt.ledger, rt.settings, occurrence_id)  # a thank-you sent: its response marked
+        acknowledgement.settle(rt.ledger, rt.store, occurrence_id)  # a thank-you sent: its response marked
         if retry_in is not None:
             raise dramatiq.Retry(f"{channel} deliveries to retry", delay=int(retry_in * 1000))
 

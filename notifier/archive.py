@@ -12,8 +12,9 @@ settled. They meet here:
   transaction), and only then trims them from the list. A crash between the commit and the
   trim archives them again, which the upsert makes harmless.
 * **Fired is fired.** Before an event fires, :func:`restore` puts back into Redis an
-  occurrence the database records and Redis has lost (``FLUSHALL``, a new empty Redis), so
-  the event is not sent again and ``--again`` numbers after it.
+  occurrence the database records and Redis has lost (``FLUSHALL``, a new empty Redis), with
+  its settled deliveries, so the event is not sent again, ``--again`` numbers after it, and
+  ``notifier retry`` finds its failed deliveries.
 * **Suppressions.** Unsubscribes, bounces and ``subscribed: false`` are written to the
   database with their source; :func:`seed_suppressions` copies the database's back into an
   empty Redis before a fan-out, so the delivery path (which reads Redis) still sees them.
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 
@@ -39,7 +40,7 @@ from notifier.channels.base import Delivery
 from notifier.channels.email import message_id as email_message_id
 from notifier.config import Config
 from notifier.errors import StoreError
-from notifier.ledger import Ledger, Occurrence, now_iso
+from notifier.ledger import Ledger, Record, Status, now_iso
 from notifier.store import OccurrenceRecord, Settled, Store, record_config
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class Archiver:
         """Record the occurrence (its outcomes' rows refer to it) when its state has changed."""
         occurrence = self.ledger.occurrence(occurrence_id)
         if self._states.get(occurrence_id) != occurrence.state:
-            self.store.record_occurrence(occurrence_record(occurrence))
+            self.store.record_occurrence(occurrence)
             self._states[occurrence_id] = occurrence.state
 
     def _settled(self, occurrence_id: str, raw: list[Any]) -> Iterator[Settled]:
@@ -217,21 +218,6 @@ class Archiver:
                 updated=_time(values["updated"]),
                 sent_at=_time(values["sent_at"]),
             )
-
-
-def occurrence_record(occurrence: Occurrence) -> OccurrenceRecord:
-    """The database's form of a ledger occurrence."""
-    return OccurrenceRecord(
-        occurrence.id,
-        occurrence.consultation,
-        occurrence.event,
-        occurrence.number,
-        occurrence.at,
-        occurrence.fired_at,
-        occurrence.late,
-        occurrence.state,
-        occurrence.rehearsal,
-    )
 
 
 class ArchiveMiddleware(dramatiq.Middleware):
@@ -277,7 +263,8 @@ class ArchiveMiddleware(dramatiq.Middleware):
 
 def restore(ledger: Ledger, store: Store, consultation: str, events: Iterable[str] | None = None) -> list[str]:
     """Put back into Redis the latest occurrence of each event (of ``events``, or all) of the
-    consultation that the database records and Redis does not know; the ids put back."""
+    consultation that the database records and Redis does not know, with its recorded
+    deliveries (:func:`restore_deliveries`); the ids put back."""
     wanted = None if events is None else set(events)
     latest: dict[str, OccurrenceRecord] = {}
     for found in store.occurrences(consultation):
@@ -287,13 +274,45 @@ def restore(ledger: Ledger, store: Store, consultation: str, events: Iterable[st
             latest[found.event] = found
     restored = []
     for found in latest.values():
-        occurrence = Occurrence(
-            found.id, found.consultation, found.event, found.number, found.at, found.fired_at, found.late, found.state
-        )
-        if ledger.restore(occurrence):
+        if ledger.restore(found):
             log.warning("%s is recorded in the database but not in Redis: known as fired again", found.id)
+            restore_deliveries(ledger, store, found.id)
             restored.append(found.id)
     return restored
+
+
+def restore_deliveries(ledger: Ledger, store: Store, occurrence_id: str) -> int:
+    """Put back into Redis the occurrence's deliveries that the database records and Redis has
+    lost, as they settled: ``report`` reads them there again and ``notifier retry`` finds the
+    failed ones. Deliveries Redis still knows are left as they are (the ledger adds only what
+    it lacks), so this is harmless when nothing was lost and when run twice. Returns how many
+    were put back (they are archived once more, which changes nothing)."""
+    records = [
+        Record(
+            s.channel,
+            s.recipient,
+            cast(Status, s.status),
+            name=s.name,
+            lists=s.lists,
+            attempts=s.attempts,
+            error=s.last_error,
+            provider_id=s.provider_id,
+            url=s.url,
+            created=_iso(s.created) or now_iso(),
+            updated=_iso(s.updated),
+            sent_at=_iso(s.sent_at),
+        )
+        for s in store.settled(occurrence_id)
+    ]
+    restored = ledger.add(occurrence_id, records)
+    if restored:
+        log.warning("%d deliveries of %s put back into Redis from the database", restored, occurrence_id)
+    return restored
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A time as the ledger writes it (UTC, to the millisecond)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else None
 
 
 def fired(store: Store, config: Config, ledger: Ledger, occurrence_id: str, *, actor: str) -> None:
@@ -302,7 +321,7 @@ def fired(store: Store, config: Config, ledger: Ledger, occurrence_id: str, *, a
     record_config(store, config)
     store.sync_config_suppressions(m.email for lst in config.lists.values() for m in lst.members if not m.subscribed)
     occurrence = ledger.occurrence(occurrence_id)
-    store.record_occurrence(occurrence_record(occurrence))
+    store.record_occurrence(occurrence)
     store.audit(
         actor,
         f"send {occurrence.event}",

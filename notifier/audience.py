@@ -48,7 +48,7 @@ class Suppressed:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakly referable: the memo must not keep one alive
 class Audience:
     """The resolved audience of an event: who is told, who is left out, and any warnings."""
 

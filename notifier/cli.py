@@ -38,11 +38,12 @@ from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
 from notifier.errors import ConfigError, EmbeddedDataError, NotifierError, Problem, UsageError
 from notifier.ledger import STATUSES, SUCCEEDED, Ledger, Record
+from notifier.memo import no_collection_at_exit
 from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rehearsal import rehearse as run_rehearsal
 from notifier.rendering import Renderer
-from notifier.responders import RESPONDED, Responders, responders, shared_store, skipped
+from notifier.responders import RESPONDED, Responders, responders, skipped
 from notifier.scheduler import offset_clock, serve
 from notifier.scheduler import status as event_states
 from notifier.service import Service
@@ -221,7 +222,11 @@ def _responders(settings: Settings, consultation: str, config: Config) -> Respon
     """Who responded to ``consultation``, for an event's ``skip``; None (and a note) when the
     record cannot be read."""
     try:
-        return responders(shared_store(settings), consultation, config.tz)
+        store = Store.open(settings)
+        try:
+            return responders(store, consultation, config.tz)
+        finally:
+            store.close()
     except NotifierError as exc:
         err.print(f"note: responses unknown, audiences shown before skipping ({exc})", style="yellow", markup=False)
         return None
@@ -724,7 +729,7 @@ def run(threads: int, now: str | None) -> None:
         raise
     stop = threading.Event()
     _stop_on((signal.SIGTERM, signal.SIGINT), stop)
-    web_server = make_server(settings, client=service.client)
+    web_server = make_server(settings, service=service)  # one Service in the process, shared
     web_thread = threading.Thread(target=web_server.run, name="notifier-web", daemon=True)
     try:
         with service.worker(threads=threads):
@@ -832,6 +837,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI, mapping errors to the contract's exit codes."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    no_collection_at_exit()
     try:
         cli.main(args=argv, prog_name="notifier", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -75,7 +75,7 @@ def fan_out(rt: Runtime, occurrence_id: str) -> Iterator[Batch]:
         suppressed = rt.suppressed()
         left_out = list(opted_out(rt.config.lists, event.audience))
         skip = skipped_by_event(
-            rt.settings, event.consultation_id, event.skip, prepared.recipients.values(), rt.config.tz
+            lambda: rt.record, event.consultation_id, event.skip, prepared.recipients.values(), rt.config.tz
         )
         recipients: list[Recipient] = []
         skipped: list[Suppressed] = []  # left out by the event's skip (a response recorded), and why

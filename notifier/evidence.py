@@ -25,11 +25,11 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment
 
+from notifier.columns import FIELDS, REPORT_COLUMNS
 from notifier.errors import StoreError
-from notifier.report import FIELDS
 
 __all__ = ["CSV_FIELDS", "FIELDS", "Evidence", "build", "day", "overview", "write"]
-from notifier.store import REPORT_COLUMNS, TOLD, ConsultationRecord, Count, Store, told_in
+from notifier.store import TOLD, ConsultationRecord, Count, Store, told_in
 
 EMAIL = "email"
 #: The columns of deliveries.csv: the report's, and the Message-ID the record adds.

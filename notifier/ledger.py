@@ -56,6 +56,10 @@ FINAL: frozenset[str] = frozenset({"sent", "outbox", "failed", "suppressed", "sk
 SUCCEEDED: frozenset[str] = frozenset({"sent", "outbox"})
 #: The statuses a delivery can have, in the order summaries show them.
 STATUSES: tuple[Status, ...] = ("sent", "outbox", "failed", "bounced", "suppressed", "skipped", "pending")
+#: An occurrence's state (``occ:<id>`` field ``state``) once claimed to fire, before it has fanned out.
+CLAIMED = "claimed"
+#: An occurrence's state once every delivery is recorded (the Lua scripts here spell it too).
+FANNED_OUT = "fanned-out"
 CLAIM_LEASE_MS = 300_000
 CHUNK = 1_000
 #: ``json.dumps`` with options builds an encoder on every call; this one is built once.
@@ -167,7 +171,7 @@ class Occurrence:
     at: datetime
     fired_at: datetime
     late: bool = False
-    state: str = "claimed"
+    state: str = CLAIMED
     rehearsal: bool = False
 
     @classmethod
@@ -182,7 +186,7 @@ class Occurrence:
             at=datetime.fromisoformat(d["at"]),
             fired_at=datetime.fromisoformat(d["fired_at"]),
             late=d.get("late") == "1",
-            state=d.get("state", "claimed"),
+            state=d.get("state", CLAIMED),
             rehearsal=d.get("rehearsal") == "1",
         )
 
@@ -761,7 +765,7 @@ class Ledger:
             data, recorded = replies[2 * n], replies[2 * n + 1]
             if data and not recorded:
                 occurrence = Occurrence.from_hash(i, data)
-                if occurrence.state == "claimed":
+                if occurrence.state == CLAIMED:
                     out.append(occurrence)
         return out
 
@@ -785,7 +789,7 @@ class Ledger:
             if not data:
                 continue
             occurrence = Occurrence.from_hash(i, data)
-            waiting = occurrence.state != "fanned-out" or any(k.endswith("|pending") and v for k, v in counts.items())
+            waiting = occurrence.state != FANNED_OUT or any(k.endswith("|pending") and v for k, v in counts.items())
             if waiting and not occurrence.rehearsal:
                 out.append((occurrence, counts))
         return out

@@ -148,7 +148,7 @@ def _acknowledge(settings: Settings, consultation: str, new: list[Response]) -> 
             with service.worker():
                 progress = [service.wait(o) for o in started]
         for occurrence in started:  # as the deliver actor does: again here, whichever worker sent it
-            acknowledgement.settle(service.ledger, settings, occurrence)
+            acknowledgement.settle(service.ledger, service.store, occurrence)
         records = [r for o in started for r in service.ledger.records(o)]
     finally:
         service.close()

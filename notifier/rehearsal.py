@@ -21,7 +21,7 @@ from notifier import delivery, timeline
 from notifier.broker import NAMESPACE, connect
 from notifier.channels.registry import per_recipient
 from notifier.config import Settings
-from notifier.ledger import SUCCEEDED, Ledger, Record
+from notifier.ledger import FANNED_OUT, SUCCEEDED, Ledger, Record
 from notifier.runtime import Runtime
 from notifier.source import ConfigSource
 
@@ -76,7 +76,7 @@ def rehearse(settings: Settings, consultation_id: str, *, now: datetime | None =
             assert occurrence_id is not None  # a fresh namespace has fired nothing
             for batch in delivery.fan_out(rt, occurrence_id):
                 _deliver(rt, batch)
-            rt.ledger.set_state(occurrence_id, "fanned-out")
+            rt.ledger.set_state(occurrence_id, FANNED_OUT)
             received += _what(rt, folder, event, at, rt.ledger.records(occurrence_id))
         for key in client.scan_iter(f"{namespace}:*"):
             client.expire(key, KEEP_SECONDS)

@@ -15,28 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from notifier.columns import FIELDS as FIELDS  # re-exported: the report's columns (report.FIELDS)
 from notifier.ledger import Ledger
 
 if TYPE_CHECKING:  # the database's modules are imported by those who open one
     from notifier.store import OccurrenceRecord, Settled, Store
-
-#: The columns of a delivery row, in the order CSV writes them.
-FIELDS = (
-    "occurrence",
-    "event",
-    "channel",
-    "recipient",
-    "name",
-    "lists",
-    "status",
-    "attempts",
-    "last_error",
-    "provider_id",
-    "url",
-    "created",
-    "updated",
-    "sent_at",
-)
 
 
 @dataclass(frozen=True, slots=True)

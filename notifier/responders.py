@@ -1,45 +1,26 @@
 """Who has responded to a consultation, as the consultation record says: for ``skip: [responded]``
 and the acknowledgements.
 
-A process that delivers (a worker, ``send --wait``, ``responses import``) opens the record once
-(:func:`shared_store`) and keeps it: fanning out an event that skips responders, and marking an
-acknowledgement sent, each need a look at it.
-
-SQLAlchemy is imported when the record is first opened, not when this module is: every
-``notifier`` command imports the delivery core, and most never touch the record.
+A process that delivers (a worker, ``send --wait``, ``responses import``) opens the record once,
+in its :class:`~notifier.runtime.Runtime` (``Runtime.record``), and keeps it: fanning out an
+event that skips responders, and marking an acknowledgement sent, each need a look at it.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from notifier.audience import Recipient
-from notifier.config import Settings
 from notifier.rendering import format_date
-from notifier.store import Store, database_url
 
 if TYPE_CHECKING:
     from notifier.store import Response, Store
 
 #: The ``skip`` value that leaves out those who responded.
 RESPONDED = "responded"
-
-_stores: dict[str, Store] = {}
-_stores_lock = threading.Lock()
-
-
-def shared_store(settings: Settings) -> Store:
-    """This process' :class:`~notifier.store.Store` of ``settings``' database, opened once."""
-    url = database_url(settings)
-    with _stores_lock:
-        found = _stores.get(url)
-        if found is None:
-            found = _stores[url] = Store.open(settings)
-        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +73,10 @@ def skipped(skip: Iterable[str], reasons: Responders | None, recipients: Iterabl
 
 
 def skipped_by_event(
-    settings: Settings, consultation: str, skip: Iterable[str], recipients: Iterable[Recipient], tz: tzinfo
+    record: Callable[[], Store], consultation: str, skip: Iterable[str], recipients: Iterable[Recipient], tz: tzinfo
 ) -> dict[str, str]:
-    """:func:`skipped` for an event about to fan out, reading the record only when its
-    ``skip`` asks for it."""
+    """:func:`skipped` for an event about to fan out, opening the record (``record()``, the
+    runtime's) only when its ``skip`` asks for it."""
     if RESPONDED not in skip:
         return {}
-    return skipped(skip, responders(shared_store(settings), consultation, tz), recipients)
+    return skipped(skip, responders(record(), consultation, tz), recipients)

@@ -132,15 +132,20 @@ class Runtime:
     # -- the consultation record -------------------------------------------
 
     @property
-    def store(self) -> Store | None:
-        """The consultation record, opened once per process; None for a rehearsal, which
-        never counts as the real thing."""
-        if self.rehearsal:
-            return None
+    def record(self) -> Store:
+        """The consultation record, opened once per process: the one place a delivering
+        process opens it (the archiver writes to it, a fan-out reads who responded from it,
+        an acknowledgement is marked in it, the web desk records responses in it)."""
         with self._lock:
             if self._store is None:
                 self._store = Store.open(self.settings)
             return self._store
+
+    @property
+    def store(self) -> Store | None:
+        """The :attr:`record` to write to; None for a rehearsal, which never counts as the
+        real thing (it still reads who responded from the record)."""
+        return None if self.rehearsal else self.record
 
     def archiver(self) -> archive.Archiver | None:
         """This process' :class:`~notifier.archive.Archiver` (None for a rehearsal)."""

@@ -24,7 +24,7 @@ from notifier.broker import NotifierBroker, connect, make_broker, workers_alive
 from notifier.config import Config, Settings
 from notifier.delivery import BATCH
 from notifier.errors import ConfigError, Problem, UsageError
-from notifier.ledger import FINAL, Ledger
+from notifier.ledger import FANNED_OUT, FINAL, Ledger
 from notifier.runtime import Runtime
 from notifier.source import ConfigSource
 from notifier.store import Store
@@ -197,7 +197,7 @@ class Service:
         total = sum(sum(c.values()) for c in counts.values())
         done = sum(n for c in counts.values() for status, n in c.items() if status in FINAL)
         state = self.ledger.occurrence(occurrence_id).state
-        return Progress(total=total, done=done, counts=counts, fanned_out=state == "fanned-out")
+        return Progress(total=total, done=done, counts=counts, fanned_out=state == FANNED_OUT)
 
     def archive(self, occurrence_id: str) -> int:
         """Archive every settled outcome of the occurrence still waiting in Redis now (``send

@@ -17,6 +17,7 @@ Times are stored as UTC and always read back as aware UTC datetimes, on both dia
 from __future__ import annotations
 
 import fcntl
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -62,8 +63,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
+from notifier.columns import REPORT_COLUMNS as REPORT_COLUMNS  # re-exported: the evidence rows' columns
 from notifier.config import Config, Settings
 from notifier.errors import SchemaBehindError, StoreError
+from notifier.ledger import Occurrence
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SuppressionSource = Literal["config", "unsubscribe", "bounce", "manual"]
@@ -71,24 +74,6 @@ SOURCES: tuple[str, ...] = ("config", "unsubscribe", "bounce", "manual")
 ROLES: tuple[str, ...] = ("viewer", "sender", "admin")
 #: The statuses that count as told: the message reached the recipient's server.
 TOLD: tuple[str, ...] = ("sent",)
-#: The columns of :meth:`Store.delivery_rows`: those of ``report`` (notifier.report.FIELDS), then the Message-ID.
-REPORT_COLUMNS: tuple[str, ...] = (
-    "occurrence",
-    "event",
-    "channel",
-    "recipient",
-    "name",
-    "lists",
-    "status",
-    "attempts",
-    "last_error",
-    "provider_id",
-    "url",
-    "created",
-    "updated",
-    "sent_at",
-    "message_id",
-)
 #: Rows per INSERT when archiving: bounded memory, and well under SQLite's 32,766 parameters.
 BATCH = 2_000
 
@@ -273,19 +258,9 @@ class ConsultationRecord:
     pruned_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OccurrenceRecord:
-    """One firing of an event (the id is the ledger's, ``<consultation>:<event>:<number>``)."""
-
-    id: str
-    consultation: str
-    event: str
-    number: int
-    at: datetime
-    fired_at: datetime
-    late: bool = False
-    state: str = "claimed"
-    rehearsal: bool = False
+#: One firing of an event as recorded: the ledger's own :class:`~notifier.ledger.Occurrence` (the
+#: same fields and id, ``<consultation>:<event>:<number>``), not a copy of it.
+OccurrenceRecord = Occurrence
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,6 +519,7 @@ def check_current(engine: Engine) -> None:
 # ---------------------------------------------------------------------------
 
 _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
+_TIME_COLUMNS = ("created", "updated", "sent_at")
 #: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 _OUTCOME_COLUMNS = tuple(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created"))
@@ -558,6 +534,12 @@ class Store:
         compiled = self._archive.compile(dialect=engine.dialect)
         self._archive_sql = str(compiled)
         self._archive_order = tuple(compiled.positiontup or ())  # qmark (SQLite): the parameters' order
+        order = self._archive_order or _SETTLED_COLUMNS
+        self._row_values = operator.attrgetter(*order)  # one C call for every column of a Settled
+        self._row_names = None if self._archive_order else order  # named (PostgreSQL): a dict
+        self._lists_at = order.index("lists")
+        self._times_at = tuple((i, name) for i, name in enumerate(order) if name in _TIME_COLUMNS)
+        self._sqlite_times: dict[datetime, str] = {}  # the times of a batch repeat (created: all of a fan-out)
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
@@ -716,19 +698,34 @@ class Store:
     def _driver_row(self, item: Settled) -> Any:
         """The parameters of one row for the driver's executemany, bypassing SQLAlchemy's
         per-row processing (two thirds of archiving's CPU): times as :class:`UTCDateTime`
-        stores them, in the order a positional (SQLite) statement wants."""
-        row = item.row()
-        for name in ("created", "updated", "sent_at"):
-            value = row[name]
-            if value is not None:
-                if value.tzinfo is None:
-                    raise StoreError(
-                        f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
-                    )
-                value = value.astimezone(UTC)
-                # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
-                row[name] = value.replace(tzinfo=None).isoformat(" ", "microseconds") if self._archive_order else value
-        return tuple(row[name] for name in self._archive_order) if self._archive_order else row
+        stores them, in the order a positional (SQLite) statement wants. The columns are read
+        with one ``attrgetter`` call, not a dict built per row, and SQLite's text of a time is
+        remembered (a fan-out's rows share their ``created``, and an archiver's batch many of
+        its ``updated``): bench/archiver.py, bench/RESULTS.md 2026-11-30."""
+        row = list(self._row_values(item))
+        row[self._lists_at] = " ".join(row[self._lists_at])
+        for i, name in self._times_at:
+            value = row[i]
+            if value is None:
+                continue
+            if value.tzinfo is None:
+                raise StoreError(
+                    f"{name} of {item.occurrence}/{item.channel}/{item.recipient} is a naive datetime: say its zone"
+                )
+            if self._row_names is None:
+                row[i] = self._sqlite_times.get(value) or self._sqlite_time(value)
+            elif value.utcoffset():  # the ledger's times are UTC already
+                row[i] = value.astimezone(UTC)
+        return tuple(row) if self._row_names is None else dict(zip(self._row_names, row, strict=True))
+
+    def _sqlite_time(self, value: datetime) -> str:
+        """An aware time as SQLite's naive UTC text (what :class:`UTCDateTime` stores), remembered."""
+        if len(self._sqlite_times) >= 4_096:
+            self._sqlite_times.clear()
+        # isoformat with microseconds is _SQLITE_TIME, three times faster than strftime
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        self._sqlite_times[value] = text
+        return text
 
     def deliveries(self, consultation: str) -> Iterator[tuple[str, Settled]]:
         """(event, delivery) for each delivery row of the consultation, by occurrence, channel, recipient."""
@@ -768,6 +765,20 @@ class Store:
         )
         with self._tx() as connection:
             return connection.execute(query).rowcount > 0
+
+    def settled(self, occurrence_id: str) -> list[Settled]:
+        """Every recorded delivery of one occurrence (what Redis is given back when it has lost them)."""
+        query = select(*(deliveries.c[name] for name in _SETTLED_COLUMNS)).where(
+            deliveries.c.occurrence == occurrence_id
+        )
+        lists_at = _SETTLED_COLUMNS.index("lists")
+        found = []
+        with self._tx() as connection:
+            for row in connection.execute(query).tuples():
+                values = list(row)
+                values[lists_at] = tuple(values[lists_at].split())
+                found.append(Settled(*values))
+        return found
 
     def delivery_rows(self, consultation: str) -> Iterator[tuple[Any, ...]]:
         """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk

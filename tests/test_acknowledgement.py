@@ -5,6 +5,7 @@ real SMTP server (aiosmtpd) and the consultation record on SQLite and PostgreSQL
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ from notifier.errors import ConfigError
 from notifier.responders import Responders, skipped
 from notifier.service import Service
 from notifier.store import Response, Store, make_engine
+from notifier.web import bound_port, make_server
 from tests.conftest import Project, SmtpServer, wait_until
 from tests.record_fixtures import SOC
 from tests.test_web import Servers
@@ -240,3 +242,31 @@ def test_the_responses_api_is_off_without_an_admin_token_and_records_nothing(
         assert store.responses(SOC) == []
     finally:
         store.close()
+
+
+def test_the_web_app_of_notifier_run_records_responses_through_the_process_service_and_leaves_it_open(
+    example: Project, smtp_server: SmtpServer, database: str
+) -> None:
+    settings = Settings.from_env(example.settings_env()).model_copy(
+        update={"web_bind": "127.0.0.1:0", "database_url": database, "env": {"NOTIFIER_ADMIN_TOKEN": "admin-secret"}}
+    )
+    service = Service(settings)  # as `notifier run` makes it: one per process
+    try:
+        server = make_server(settings, service=service)
+        thread = threading.Thread(target=server.run, name="test-web", daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, 10, "the web server")
+        url = f"http://127.0.0.1:{bound_port(server)}/api/consultations/{SOC}/responses"
+        with httpx.Client(timeout=30) as http:
+            answer = http.post(url, json={"email": PAT}, headers={"Authorization": "Bearer admin-secret"})
+        assert answer.status_code == 201, answer.text
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the web server did not shut down"
+
+        # the app has shut down and left the process' service open: its worker sends the thank-you
+        with service.worker(threads=1):
+            wait_until(lambda: len(_thanks(smtp_server)) == 1, 60, "the thank-you to Pat")
+        assert [r.email for r in service.store.responses(SOC)] == [PAT]
+    finally:
+        service.close()

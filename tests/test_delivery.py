@@ -17,8 +17,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+import dramatiq
 import pytest
 
+from notifier.actors import QUEUE
 from notifier.channels.email import LANES
 from notifier.config import Settings
 from notifier.service import Service
@@ -73,6 +75,12 @@ def fire_and_deliver(service: Service, event: str = "opened", *, timeout: float 
 # ---------------------------------------------------------------------------
 
 
+def drained(service: Service, worker: dramatiq.Worker) -> None:
+    """Wait until the queue is empty and the worker has finished every message it took."""
+    service.broker.join(QUEUE, timeout=60_000)
+    worker.join()
+
+
 def test_everyone_in_the_audience_gets_exactly_one_email(
     project: Project, service: Service, smtp_server: SmtpServer
 ) -> None:
@@ -105,8 +113,8 @@ def test_firing_the_same_event_twice_sends_one_email_per_person(service: Service
     first = smtp_server.handler.count()
 
     assert service.fire("soc-strategy-2019", "opened") is None
-    with service.worker(threads=2):
-        time.sleep(1.0)  # a worker had every chance to send anything a second fire enqueued
+    with service.worker(threads=2) as worker:
+        drained(service, worker)  # anything a second fire enqueued has run
     assert smtp_server.handler.count() == first
     assert max(Counter(smtp_server.handler.recipients()).values()) == 1
 
@@ -122,9 +130,9 @@ def test_duplicate_delivery_messages_in_one_worker_send_each_email_once(
     for batch in delivery.fan_out(service.runtime, occurrence):
         service.actors.deliver.send(batch.occurrence_id, batch.channel, list(batch.recipients))
     service.actors.fire.send(occurrence)
-    with service.worker(threads=8):
+    with service.worker(threads=8) as worker:
         assert service.wait(occurrence, timeout=60).finished
-        time.sleep(0.5)  # let any straggling duplicate run
+        drained(service, worker)  # every duplicate message has run
 
     received = Counter(smtp_server.handler.recipients())
     assert set(received) == example_emails(project)

@@ -73,14 +73,14 @@ def channel(server: SmtpServer) -> contextlib.closing[SmtpChannel]:
 def test_the_server_offers_pipelining_so_the_pipelined_path_runs(pipelining_server: SmtpServer) -> None:
     with channel(pipelining_server) as smtp:
         smtp.send_many(items(1))
-        [conn] = smtp.engine._all
+        [conn] = smtp.engine.connections
         assert conn.has_extn("pipelining")
 
 
 def test_every_message_is_accepted_once_with_its_message_id(pipelining_server: SmtpServer) -> None:
     with channel(pipelining_server) as smtp:
         results = smtp.send_many(items(7))
-        assert len(smtp.engine._all) == LANES, "the messages were dealt to the thread's connections"
+        assert len(smtp.engine.connections) == LANES, "the messages were dealt to the thread's connections"
 
     assert all(isinstance(r, Receipt) for r in results)
     # two connections: the server may take them in either order, but each exactly once
@@ -179,21 +179,32 @@ def test_delivery_end_to_end_over_a_pipelining_server(
     assert accepted["Message-ID"] == records[jane].provider_id == pipelining_server.handler.refused[0]["Message-ID"]
 
 
+class StoppedError(Exception):
+    """What a worker's time limit raises in the middle of a send."""
+
+
 def test_a_lane_stopped_mid_transaction_drops_its_connection(pipelining_server: SmtpServer) -> None:
     """A worker's time limit can stop a send between a write and its replies: the
     connection, with replies unread, must not be reused, or the next message would read
     the previous one's replies as its own."""
+
+    def time_limit(index: int, result: object) -> None:
+        raise StoppedError  # at the first reply read: the other lane has written its message, unread
+
     with channel(pipelining_server) as smtp:
-        envelopes = [(address(n), b"Subject: x\r\n\r\nhello\r\n") for n in range(3)]
-        lane = smtp.engine._lane(0, SENDER.from_address, envelopes, [f"<{n}@pcc.example>" for n in range(3)])
-        next(lane)  # the first message's commands are written, its replies not yet read
-        assert len(smtp.engine._all) == 1
-        lane.close()
-        assert smtp.engine._all == [], "the half-used connection was dropped"
-        results = smtp.send_many(items(2))  # and new ones work
+        envelopes = [(address(n), b"Subject: x\r\n\r\nhello\r\n") for n in range(10, 13)]
+        ids = [f"<{n}@pcc.example>" for n in range(10, 13)]
+        with pytest.raises(StoppedError):
+            smtp.engine.send_many(SENDER.from_address, envelopes, ids, on_result=time_limit)
+        assert smtp.engine.connections == (), "the half-used connections were dropped"
+        results = smtp.send_many(items(2))  # and new ones work, each with its own reply
 
     assert all(isinstance(r, Receipt) for r in results)
-    assert Counter(pipelining_server.handler.recipients()) == Counter(address(n) for n in range(2))
+    received = Counter(pipelining_server.handler.recipients())
+    assert [received[address(n)] for n in range(2)] == [1, 1]
+    for n, result in enumerate(results):
+        assert isinstance(result, Receipt)
+        assert pipelining_server.handler.to(address(n))[0]["Message-ID"] == result.provider_id
 
 
 def test_when_one_lane_fails_the_others_are_stopped_too() -> None:

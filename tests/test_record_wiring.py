@@ -12,17 +12,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import event
-from starlette.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.scheduler import Scheduler, offset_clock
 from notifier.service import Service
 from notifier.store import Store, make_engine
-from notifier.web import create_app
 from tests.conftest import Project, SmtpServer, wait_until
+from tests.test_web import Servers
 
 SOC = "soc-strategy-2019"
 JANE = "jane.smith@telford-wrekin-csp.example"
@@ -99,8 +99,12 @@ def test_an_unsubscribed_person_stays_unsubscribed_after_redis_is_flushed(
     production.run("send", SOC, "opened", "--wait", check=True)
     link = str(smtp_server.handler.to(JANE)[0]["List-Unsubscribe"]).strip("<>")
     settings = Settings.from_env(production.settings_env())
-    with TestClient(create_app(settings)) as web:
-        assert web.post(link.removeprefix(settings.public_url)).status_code == 200
+    servers = Servers()  # a live `notifier web` (starlette's TestClient warns that it is deprecated)
+    try:
+        base = servers.start(settings.model_copy(update={"web_bind": "127.0.0.1:0"}))
+        assert httpx.post(base + link.removeprefix(settings.public_url), timeout=30).status_code == 200
+    finally:
+        servers.stop()
 
     _flush(redis_url)
     production.run("send", SOC, "reminder", "--wait", check=True)
@@ -145,6 +149,32 @@ def test_a_bounced_address_stays_suppressed_after_redis_is_flushed(
         assert suppression is not None and suppression.source == "bounce"
     finally:
         store.close()
+
+
+def test_retry_after_redis_is_flushed_sends_the_failed_deliveries_from_the_record_once(
+    production: Project,
+    redis_url: str,
+    smtp_server: SmtpServer,
+) -> None:
+    production.env["NOTIFIER_MAX_ATTEMPTS"] = "1"
+    smtp_server.handler.always[JANE] = "451 4.3.0 relay unavailable"  # out of attempts: failed
+    assert production.run("send", SOC, "opened", "--wait").returncode == 2
+    delivered = smtp_server.handler.count()
+
+    _flush(redis_url)
+    del smtp_server.handler.always[JANE]  # the relay is back
+    result = production.run("retry", SOC, "opened", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert f"retrying 1 failed delivery of {SOC}:opened:1" in result.stdout
+    assert smtp_server.handler.count() == delivered + 1 and len(smtp_server.handler.to(JANE)) == 1
+
+    again = production.run("retry", SOC, "opened", "--wait")
+    assert again.returncode == 0 and "no failed deliveries; nothing to retry" in again.stdout
+    _flush(redis_url)
+    assert "nothing to retry" in production.run("retry", SOC, "opened", "--wait", check=True).stdout
+    assert smtp_server.handler.count() == delivered + 1, "a retried delivery was sent twice"
+    jane = [r for r in _report(production)["deliveries"] if r["recipient"] == JANE]
+    assert [(r["occurrence"], r["status"]) for r in jane] == [(f"{SOC}:opened:1", "sent")]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ of the model, for messages that name a file and line.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -97,6 +98,10 @@ def _no_control(value: str) -> None:
         )
 
 
+#: The distinct sets of fields given to members (by content), for :meth:`Member._shared`.
+_FIELDS_GIVEN: dict[frozenset[str], set[str]] = {}
+
+
 class Member(BaseModel):
     """A stakeholder: ``email`` required; ``name``, ``organisation``, ``subscribed`` optional.
 
@@ -123,6 +128,27 @@ class Member(BaseModel):
         if value is not None:
             _no_control(value)
         return value
+
+    @model_validator(mode="after")
+    def _shared(self) -> Member:
+        """Share what repeats from member to member instead of keeping a copy in each: the
+        set of fields given (pydantic keeps one per instance: 216 bytes) and the text of the
+        organisation and of extra keys (``role``…), interned: many members share them. Names
+        and addresses are mostly unique and are left alone. Every process that loads the
+        config holds every member, so at 100,000 members this saves megabytes in each (a
+        worker peaked at 220 MB against a goal of 200: bench/RESULTS.md, 2026-11-30). Safe
+        because a member is frozen: pydantic never changes the set of an instance it has made
+        (a copy gets its own)."""
+        given = self.__pydantic_fields_set__
+        object.__setattr__(self, "__pydantic_fields_set__", _FIELDS_GIVEN.setdefault(frozenset(given), given))
+        if self.organisation is not None:
+            self.__dict__["organisation"] = sys.intern(self.organisation)
+        extra = self.__pydantic_extra__
+        if extra:
+            for key, value in extra.items():
+                if type(value) is str:
+                    extra[key] = sys.intern(value)
+        return self
 
     @property
     def extra(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from notifier.config import Settings
 from notifier.ledger import Ledger
+from notifier.service import Service
 from notifier.store import Store
 from notifier.web import accounts, api, bounce_hook, console_routes, health, pages, signin
 from notifier.web.auth import session_middleware
@@ -69,18 +70,22 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         web.desk.close()
         for client in web.owned:
             client.close()
-        if web.store is not None:
+        if web.store is not None and web.owns_store:
             web.store.close()
 
 
-def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Starlette:
+def create_app(settings: Settings, *, client: redis.Redis | None = None, service: Service | None = None) -> Starlette:
     """The Starlette app: unsubscribe pages, ``/healthz``, ``/metrics``, ``/`` and the admin API.
 
-    ``client`` is used for the ledger when given (``notifier run`` shares its own); otherwise
-    one is made for the configured Redis and closed at shutdown. Raises ConfigError when
-    there is no secret key (``NOTIFIER_SECRET_KEY`` with an external Redis).
+    ``client`` is used for the ledger when given; otherwise one is made for the configured
+    Redis and closed at shutdown. ``service`` (``notifier run`` gives its own) is shared, not
+    made again: its Redis client, its consultation record and, for the responses API, the
+    service itself; the app leaves it open. Raises ConfigError when there is no secret key
+    (``NOTIFIER_SECRET_KEY`` with an external Redis).
     """
     key = settings.secret_key()
+    if client is None and service is not None:
+        client = service.client
     main = client_for(settings) if client is None else client
     checker = bounded_client(main)
     web = WebState(
@@ -91,8 +96,9 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Star
         brand=Branding.load(settings),
         admin_token=settings.env.get("NOTIFIER_ADMIN_TOKEN") or "",
         owned=(checker,) if client is not None else (checker, main),
-        desk=ResponseDesk(settings),
-        store=Store.open(settings),
+        desk=ResponseDesk(settings, service=service),
+        store=Store.open(settings) if service is None else service.store,
+        owns_store=service is None,
     )
     app = Starlette(
         routes=ROUTES,

@@ -1,9 +1,10 @@
 """Recording a consultation response by the JSON API, and thanking the respondent once.
 
 The web service makes what this needs on the first response it records, not at start-up
-(most deployments never use it): the config (reloaded when its files change), the consultation
-record, and a :class:`~notifier.service.Service` to enqueue the acknowledgement for the workers,
-exactly as ``notifier responses import`` does (see :mod:`notifier.acknowledgement`).
+(most deployments never use it): a :class:`~notifier.service.Service` (its config, reloaded when
+the files change, and its consultation record) to enqueue the acknowledgement for the workers,
+exactly as ``notifier responses import`` does (see :mod:`notifier.acknowledgement`). Inside
+``notifier run`` the desk is given the process' own service instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from notifier import acknowledgement
 from notifier.config import Settings
 from notifier.errors import StoreError
-from notifier.responders import shared_store
 from notifier.responses import from_fields, response_key
 from notifier.service import Service
 from notifier.store import Response, record_config
@@ -33,10 +33,12 @@ class Recorded:
 class ResponseDesk:
     """Records responses for one web app; thread-safe, built lazily, closed with the app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, service: Service | None = None) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._service: Service | None = None
+        #: ``notifier run`` gives its own service (one per process); it is not closed here.
+        self._service: Service | None = service
+        self._owned = service is None
 
     def service(self) -> Service:
         """The app's :class:`Service` (made on first use)."""
@@ -55,7 +57,7 @@ class ResponseDesk:
         config.consultation(consultation_id)
         given = from_fields(body, config.tz)
         acknowledgement.ready(config, consultation_id)  # a broken thank-you: nothing recorded
-        store = shared_store(self.settings)
+        store = service.store
         record_config(store, config)
         added = store.add_responses(consultation_id, [given])
         store.audit(
@@ -70,8 +72,8 @@ class ResponseDesk:
         raise StoreError(f"response {given.key!r} was neither added nor found: was it deleted meanwhile?")
 
     def close(self) -> None:
-        """Release the service (its Redis connections and channels), if it was made."""
+        """Release the service (its Redis connections and channels), if it made it."""
         with self._lock:
-            if self._service is not None:
+            if self._service is not None and self._owned:
                 self._service.close()
                 self._service = None

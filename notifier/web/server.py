@@ -15,6 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from notifier.config import Settings
 from notifier.errors import ConfigError, Problem
 from notifier.redaction import redact
+from notifier.service import Service
 from notifier.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -121,20 +122,25 @@ class _HeadDeadline(H11Protocol):
 
 
 def make_server(
-    settings: Settings, *, client: redis.Redis | None = None, limits: ConnectionLimits | None = None
+    settings: Settings,
+    *,
+    client: redis.Redis | None = None,
+    limits: ConnectionLimits | None = None,
+    service: Service | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for :func:`create_app` on ``settings.web_bind``, not started.
 
     Run it with ``server.run()`` (in any thread; it handles SIGINT/SIGTERM itself only in
     the main thread) and stop it with ``server.should_exit = True``: it stops accepting,
     lets requests in progress finish (up to 10 s) and closes its Redis clients. ``limits``
-    bounds what a client may hold (:class:`ConnectionLimits`).
+    bounds what a client may hold (:class:`ConnectionLimits`). ``service`` is the process' own
+    (``notifier run``), shared with the app (see :func:`create_app`).
     """
     host, port = parse_bind(settings.web_bind)
     limits = limits or ConnectionLimits()
     protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout": limits.head_timeout})
     config = uvicorn.Config(
-        create_app(settings, client=client),
+        create_app(settings, client=client, service=service),
         host=host,
         port=port,
         http=protocol,

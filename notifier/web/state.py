@@ -99,8 +99,9 @@ class WebState:
     #: Records responses given to the API and queues their acknowledgements.
     desk: ResponseDesk
     #: The consultation record: unsubscribes and resubscribes are recorded there (opened by
-    #: ``create_app``, closed at shutdown).
+    #: ``create_app`` and closed at shutdown, unless it is a shared service's: ``owns_store``).
     store: Store | None = None
+    owns_store: bool = True
 
 
 def state(request: Request) -> WebState:

@@ -332,6 +332,12 @@ class SmtpEngine:
         #: at once rather than each waiting the timeout again.
         self._silent: tuple[float, str] | None = None
 
+    @property
+    def connections(self) -> tuple[smtplib.SMTP, ...]:
+        """The connections open now, of every thread (what :meth:`close` quits)."""
+        with self._lock:
+            return tuple(self._all)
+
     def _connection(self, lane: int = 0) -> smtplib.SMTP:
         """This thread's open connection for ``lane``, opened if need be.
 
