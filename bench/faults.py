@@ -229,7 +229,7 @@ class Bench:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
             "NOTIFIER_CONFIG": str(root / "config"),
-            "NOTIFIER_DATA_DIR": str(root / "var"),
+            "NOTIFIER_DATA_DIR": str(root / "var-0"),  # a new one each round (_fresh)
             "NOTIFIER_REDIS_URL": self.redis.url,
             "NOTIFIER_SMTP_URL": f"smtp://127.0.0.1:{self.smtp_port}",
             "NOTIFIER_SECRET_KEY": "bench-secret-key-not-for-production",
@@ -237,6 +237,7 @@ class Bench:
             "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
         }
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.rounds = 0
 
     def start(self) -> None:
         """Start Redis and the SMTP server."""
@@ -278,9 +279,14 @@ class Bench:
                 worker.wait()
 
     def _fresh(self) -> redis.Redis:
-        """An empty Redis (the script's own server) and an SMTP count of zero."""
+        """An empty Redis (the script's own server), a new data directory and an SMTP count
+        of zero. The data directory holds the consultation record, from which notifier
+        restores a fired occurrence that Redis lost: with the previous round's record the
+        event would count as sent already and nothing would go."""
         client = self.client()
         client.flushall()
+        self.rounds += 1
+        self.env["NOTIFIER_DATA_DIR"] = str(self.root / f"var-{self.rounds}")
         self.handler.reset()
         return client
 
