@@ -852,7 +852,9 @@ class Recorder:
             self._conn.send_command("SCRIPT", "LOAD", _MARK)
             self._unread = 1
         try:
-            self._conn.send_command(*self._head, field_, outcome.status, outcome.to_json())
+            # No health check (a PING when the connection has been idle past the client's
+            # health_check_interval): it would read an unread mark's reply instead of PONG.
+            self._conn.send_command(*self._head, field_, outcome.status, outcome.to_json(), check_health=False)
         except BaseException:
             self.abort()
             raise

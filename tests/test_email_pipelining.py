@@ -9,6 +9,7 @@ message (4xx transient, 5xx permanent), and nothing is sent twice or lost.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -225,3 +226,38 @@ def test_when_one_lane_fails_the_others_are_stopped_too() -> None:
     with pytest.raises(RuntimeError, match="time limit"):
         _in_step([lane("a", fail=True), lane("b", fail=False)])
     assert sorted(stopped) == ["a", "b"], "b was closed, not left suspended mid-transaction"
+
+
+def test_a_channel_closed_by_another_thread_mid_batch_still_delivers_every_message_once(
+    pipelining_server: SmtpServer,
+) -> None:
+    """A reloaded config closes the old channels from whichever thread sees it first (the
+    archiver, another worker thread) while a worker thread is still sending a batch on
+    them: that batch must still go out whole, each message once and intact, and its
+    connections be quit when it is done, not under it."""
+    smtp = SmtpChannel(SmtpTarget.parse(pipelining_server.url), SENDER)
+    paused, resume = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def on_result(index: int, result: object) -> None:
+        if index == 0:  # the first reply read: the lanes' next commands are written, unanswered
+            paused.set()
+            resume.wait(30)
+
+    def batch() -> None:
+        try:
+            results.extend(smtp.send_many(items(6), on_result=on_result))
+        except Exception as exc:  # what the sending thread would have hit, for the assertion
+            results.append(exc)
+
+    sender = threading.Thread(target=batch)
+    sender.start()
+    assert paused.wait(30), "the batch started"
+    smtp.close()  # as Runtime does when the config changed, from this (another) thread
+    resume.set()
+    sender.join(30)
+
+    assert len(results) == 6 and all(isinstance(r, Receipt) for r in results), results
+    assert Counter(pipelining_server.handler.recipients()) == Counter(address(n) for n in range(6))
+    assert all(str(m["Subject"]) == "Consultation open" for m in pipelining_server.handler.messages)
+    assert smtp.engine.connections == (), "the sending thread quit its connections when it was done"

@@ -387,3 +387,26 @@ def test_a_rehearsal_ledger_sees_the_same_live_workers(redis_client: redis.Redis
 
     assert states(rehearsal, occurrence, "w1|m1", JANE) == ["claimed"]
     assert states(rehearsal, occurrence, "w2|m2", JANE) == ["busy"], "w1 is alive, so its claim holds"
+
+
+def test_outcomes_recorded_past_a_connection_health_check_are_all_kept(redis_url: str) -> None:
+    """The production client checks a connection's health (a PING) when it has been idle past
+    ``health_check_interval``; a recorder's writes leave replies unread, so such a PING would
+    read a mark's reply, fail, and drop the batch's outcomes (then sent again)."""
+    client = redis.Redis.from_url(redis_url, health_check_interval=1)
+    ledger = Ledger(client)
+    occurrence = fired(ledger)
+    people = [f"person{n}@example.org" for n in range(3)]
+    ledger.add(occurrence, emails(*people))
+    beat(client, "w1")
+    claims = ledger.claim(occurrence, fields(*people), owner="w1|m1")
+    recorder = ledger.recorder(occurrence, owner="w1|m1")
+    for claim in claims:
+        recorder.record(claim.field, Outcome("sent", 1))
+        due = time.monotonic() + 1.1  # the health check falls due between two writes, as on a slow relay
+        while time.monotonic() < due:
+            time.sleep(0.05)
+    recorder.flush()
+
+    assert ledger.counts(occurrence) == {"email": {"sent": 3}}
+    client.close()

@@ -26,7 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -318,15 +318,48 @@ class _Results(list[_Result]):
             self.on_result(self.lane + LANES * (len(self) - 1), result)
 
 
+class _Lanes:
+    """One thread's kept-open connections, by lane, and whether that thread is sending on
+    them now (only then may it change them; only when it is not may another thread quit them)."""
+
+    __slots__ = ("busy", "conns")
+
+    def __init__(self) -> None:
+        self.conns: dict[int, smtplib.SMTP] = {}
+        self.busy = False
+
+    def take(self) -> list[smtplib.SMTP]:
+        """The connections, forgotten here (to be quit by the caller)."""
+        conns = list(self.conns.values())
+        self.conns.clear()
+        return conns
+
+
+def _quit(conns: Iterable[smtplib.SMTP]) -> None:
+    for conn in conns:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            conn.quit()
+
+
 class SmtpEngine:
     """Sends ready-made messages over SMTP, with up to :data:`LANES` connections per thread
-    kept open and reused."""
+    kept open and reused.
+
+    A connection is only ever used by the thread that opened it: :meth:`close` (called by
+    whichever thread first sees a new config) quits at once only the connections of threads
+    not sending now; a thread in the middle of :meth:`send` or :meth:`send_many` finishes on
+    its own connections and quits them itself when it returns. (Quitting them under it
+    interleaved a QUIT with its pipelined commands: a message's data corrupted or its reply
+    read by the wrong thread, and the closing thread reading a reply from a buffer the
+    sending thread had just freed.)
+    """
 
     def __init__(self, target: SmtpTarget) -> None:
         self.target = target
         self._local = threading.local()
-        self._all: list[smtplib.SMTP] = []
+        self._threads: list[_Lanes] = []  # every thread's, guarded by _lock
         self._lock = threading.Lock()
+        self._closed = False
         #: Until when (time.monotonic()) a new connection is not tried, and why: set when
         #: connecting timed out, so the other messages of a batch (and other threads) fail
         #: at once rather than each waiting the timeout again.
@@ -336,7 +369,7 @@ class SmtpEngine:
     def connections(self) -> tuple[smtplib.SMTP, ...]:
         """The connections open now, of every thread (what :meth:`close` quits)."""
         with self._lock:
-            return tuple(self._all)
+            return tuple(conn for lanes in self._threads for conn in tuple(lanes.conns.values()))
 
     def _connection(self, lane: int = 0) -> smtplib.SMTP:
         """This thread's open connection for ``lane``, opened if need be.
@@ -345,7 +378,7 @@ class SmtpEngine:
         server accepted but did not answer in time), never ``SMTPServerDisconnected``, which
         the senders take for a kept-open connection the server closed and retry at once.
         """
-        conns: dict[int, smtplib.SMTP] = self._conns()
+        conns = self._lanes().conns
         conn = conns.get(lane)
         if conn is not None:
             return conn
@@ -355,8 +388,6 @@ class SmtpEngine:
         conn = self._open()
         self._silent = None
         conns[lane] = conn
-        with self._lock:
-            self._all.append(conn)
         return conn
 
     def _open(self) -> smtplib.SMTP:
@@ -397,40 +428,56 @@ class SmtpEngine:
             raise
         return conn
 
-    def _conns(self) -> dict[int, smtplib.SMTP]:
-        """This thread's open connections, by lane."""
-        conns: dict[int, smtplib.SMTP] | None = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        return conns
+    def _lanes(self) -> _Lanes:
+        """This thread's connections."""
+        lanes: _Lanes | None = getattr(self._local, "lanes", None)
+        if lanes is None:
+            lanes = self._local.lanes = _Lanes()
+        return lanes
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """This thread's connections in use for the block: :meth:`close` leaves them alone
+        meanwhile, and if it was called, they are quit here at the end."""
+        lanes = self._lanes()
+        with self._lock:
+            lanes.busy = True
+            if lanes not in self._threads:
+                self._threads.append(lanes)
+        try:
+            yield
+        finally:
+            with self._lock:
+                lanes.busy = False
+                left = lanes.take() if self._closed else []
+            _quit(left)
 
     def _drop(self, lane: int = 0) -> None:
-        conn = self._conns().pop(lane, None)
+        conn = self._lanes().conns.pop(lane, None)
         if conn is not None:
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
     def send(self, from_address: str, to_address: str, data: bytes, provider_id: str) -> Receipt:
         """Send one message; its receipt carries ``provider_id``, or the translated error is raised."""
-        for _ in (1, 2):
-            try:
-                conn = self._connection()
-                transaction(conn, from_address, to_address, data)
-                return Receipt(provider_id=provider_id)
-            except smtplib.SMTPServerDisconnected as exc:
-                self._drop()  # a kept-open connection the server closed: reconnect once
-                disconnected = exc
-            except smtplib.SMTPAuthenticationError as exc:
-                self._drop()
-                raise PermanentDeliveryError(f"SMTP login refused: {_reply(exc.smtp_code, exc.smtp_error)}") from None
-            except (smtplib.SMTPException, OSError) as exc:
-                if not isinstance(exc, smtplib.SMTPRecipientsRefused | smtplib.SMTPSenderRefused):
+        with self._sending():
+            for _ in (1, 2):
+                try:
+                    conn = self._connection()
+                    transaction(conn, from_address, to_address, data)
+                    return Receipt(provider_id=provider_id)
+                except smtplib.SMTPServerDisconnected as exc:
+                    self._drop()  # a kept-open connection the server closed: reconnect once
+                    disconnected = exc
+                except smtplib.SMTPAuthenticationError as exc:
                     self._drop()
-                raise translate(exc) from None
-        raise translate(disconnected) from None  # closed on both tries
+                    refused = _reply(exc.smtp_code, exc.smtp_error)
+                    raise PermanentDeliveryError(f"SMTP login refused: {refused}") from None
+                except (smtplib.SMTPException, OSError) as exc:
+                    if not isinstance(exc, smtplib.SMTPRecipientsRefused | smtplib.SMTPSenderRefused):
+                        self._drop()
+                    raise translate(exc) from None
+            raise translate(disconnected) from None  # closed on both tries
 
     def send_many(
         self,
@@ -466,7 +513,8 @@ class SmtpEngine:
             )
             for lane in range(min(LANES, len(envelopes)))
         ]
-        results = _in_step(lanes)
+        with self._sending():
+            results = _in_step(lanes)
         return [results[i % LANES][i // LANES] for i in range(len(envelopes))]
 
     def _lane(  # noqa: PLR0913 - one lane's share of send_many's arguments
@@ -514,9 +562,9 @@ class SmtpEngine:
         return out
 
     def close(self) -> None:
-        """Quit every open connection."""
+        """Quit every open connection: now those of threads not sending, and those of a
+        thread sending now when it has finished (see the class doc)."""
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                conn.quit()
+            self._closed = True
+            idle = [conn for lanes in self._threads if not lanes.busy for conn in lanes.take()]
+        _quit(idle)
