@@ -174,6 +174,8 @@ deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("provider_id", Text, nullable=True),
     Column("message_id", Text, nullable=True),
+    # The delivery key of the Message-ID (``<key@domain>``): what a bounce names it by, indexed.
+    Column("message_key", String(32), nullable=True),
     Column("url", Text, nullable=True),
     Column("created", UTCDateTime, nullable=False),
     Column("updated", UTCDateTime, nullable=True),
@@ -252,6 +254,8 @@ users = Table(
 Index(None, occurrences.c.consultation)
 #: The console's deliveries table filtered by status reads this in (channel, recipient) order.
 Index(None, deliveries.c.occurrence, deliveries.c.status, deliveries.c.channel, deliveries.c.recipient)
+#: A bounce finds its delivery by the key of its Message-ID.
+Index(None, deliveries.c.message_key)
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +335,7 @@ class Settled:
         """The ``deliveries`` row."""
         values = {name: getattr(self, name) for name in _SETTLED_COLUMNS}
         values["lists"] = " ".join(self.lists)
+        values["message_key"] = message_key(self.message_id)
         return values
 
 
@@ -415,6 +420,15 @@ class Pruned:
 
     consultations: tuple[str, ...]
     rows: int
+
+
+_MESSAGE_KEY = re.compile(r"<([0-9a-f]{32})@[^>]*>")
+
+
+def message_key(message_id: str | None) -> str | None:
+    """The delivery key of one of our Message-IDs (``<key@domain>``), or None for another form."""
+    found = _MESSAGE_KEY.fullmatch(message_id.strip()) if message_id else None
+    return found.group(1) if found else None
 
 
 def _when(value: str | datetime | None) -> datetime | None:
@@ -546,7 +560,10 @@ def check_current(engine: Engine) -> None:
 _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
 #: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
-_OUTCOME_COLUMNS = tuple(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created"))
+_OUTCOME_COLUMNS = (
+    *(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created")),
+    "message_key",
+)
 
 
 class Store:
@@ -747,11 +764,12 @@ class Store:
 
     def delivery_by_key(self, key: str) -> tuple[str, str, str, str] | None:
         """(occurrence, channel, recipient, status) of the e-mail whose Message-ID is
-        ``<key@…>`` (a delivery's key: 32 hex digits), or None when none is recorded."""
+        ``<key@…>`` (a delivery's key: 32 hex digits), or None when none is recorded: an
+        exact match on the indexed ``message_key``."""
         if not re.fullmatch(r"[0-9a-f]{32}", key):
             return None
         d = deliveries.c
-        query = select(d.occurrence, d.channel, d.recipient, d.status).where(d.message_id.like(f"<{key}@%")).limit(1)
+        query = select(d.occurrence, d.channel, d.recipient, d.status).where(d.message_key == key).limit(1)
         with self._tx() as connection:
             row = connection.execute(query).first()
         return None if row is None else (row.occurrence, row.channel, row.recipient, row.status)
