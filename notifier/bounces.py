@@ -15,7 +15,8 @@ through SNS (``POST /api/bounces``, :mod:`notifier.web.bounce_hook`). Each is re
   and only when the recipient it was sent to is among the failed addresses the bounce names.
 * **What it does.** A hard bounce marks the delivery ``bounced`` and suppresses the address
   (source ``bounce``), the record first, then Redis, as unsubscribing does; so do three
-  soft bounces of one address within :data:`SOFT_WINDOW` (each delivery counted once). Every
+  soft bounces of one address within :data:`SOFT_WINDOW` (each delivery counted once, in the
+  record, so a Redis ``FLUSHALL`` forgets none; lifting the suppression forgets them). Every
   step is idempotent: the same bounce read twice changes nothing more.
 """
 
@@ -27,7 +28,6 @@ import imaplib
 import logging
 import mailbox
 import ssl
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -199,15 +199,9 @@ class BounceBook:
         return None
 
     def _soft_count(self, recipient: str, key: str) -> int:
-        """Count a soft bounce of ``recipient`` (once per delivery); how many within the window."""
-        now = time.time()
-        name = f"{self.ledger.ns}:softbounce:{recipient.lower()}"
-        pipe = self.ledger.client.pipeline(transaction=True)
-        pipe.zadd(name, {key: now}, nx=True)
-        pipe.zremrangebyscore(name, "-inf", now - SOFT_WINDOW.total_seconds())
-        pipe.zcard(name)
-        pipe.expire(name, int(SOFT_WINDOW.total_seconds()))
-        return int(pipe.execute()[2])
+        """Count a soft bounce of ``recipient`` (once per delivery) in the record, which
+        outlives Redis; how many within the window."""
+        return self.store.soft_bounce(recipient, key, within=SOFT_WINDOW)
 
     def _bounced(self, occurrence: str, channel: str, recipient: str, detail: str) -> bool:
         """Mark the delivery bounced and suppress the address: the record first (it outlives

@@ -2,10 +2,13 @@
 
 * **What was announced.** Every occurrence remembers, in its ledger hash, the ``closes`` of
   the config it fired with (:func:`remember`); an ``extended`` occurrence also keeps
-  ``previous_closes``. The closing date stakeholders were last told (:func:`announced`) is
-  that of the latest ``extended`` occurrence, else the one ``opened`` fired with. (An
-  ``opened`` that fired before this was kept is stamped with the current ``closes`` the
-  first time it is looked at: no extension is invented for it.)
+  ``previous_closes``. Both are recorded in the database with the occurrence
+  (:func:`notifier.archive.fired`), and put back with it into a Redis that lost them
+  (:func:`notifier.archive.restore`), so an extension is still found after a ``FLUSHALL``.
+  The closing date stakeholders were last told (:func:`announced`) is that of the latest
+  ``extended`` occurrence, else the one ``opened`` fired with. (An ``opened`` that fired
+  before this was kept is stamped with the current ``closes`` the first time it is looked
+  at: no extension is invented for it.)
 * **When it fires.** With the configured ``closes`` later than the announced one, an
   ``extended`` event is due at once, or at ``events: {extended: {at: …}}`` if that is later
   (:func:`pending`). The scheduler fires it (:func:`claim`) as a named occurrence whose id
@@ -32,8 +35,11 @@ from notifier.timeline import EXTENDED, Event, event
 
 OPENED = "opened"
 CLOSED = "closed"
-_CLOSES = "closes"
-_PREVIOUS = "previous_closes"
+#: The fields of an occurrence's ledger hash (and columns of its record) that keep what it told.
+CLOSES_FIELD = "closes"
+PREVIOUS_FIELD = "previous_closes"
+_CLOSES = CLOSES_FIELD
+_PREVIOUS = PREVIOUS_FIELD
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,9 @@ occurrences = Table(
     Column("late", Boolean, nullable=False, default=False),
     Column("state", String(20), nullable=False),
     Column("rehearsal", Boolean, nullable=False, default=False),
+    # The closes the occurrence told (notifier.extension), and what an ``extended`` one moved it from.
+    Column("closes", UTCDateTime, nullable=True),
+    Column("previous_closes", UTCDateTime, nullable=True),
     UniqueConstraint("consultation", "event", "number"),
 )
 
@@ -208,6 +211,14 @@ suppressions = Table(
     Column("detail", Text, nullable=True),
     Column("at", UTCDateTime, nullable=False),
     CheckConstraint("source IN ('config', 'unsubscribe', 'bounce', 'manual')", name="source"),
+)
+
+soft_bounces = Table(
+    "soft_bounces",
+    metadata,
+    Column("email", String(320), primary_key=True),  # lower case
+    Column("message_key", String(32), primary_key=True),  # each delivery counted once
+    Column("at", UTCDateTime, nullable=False),
 )
 
 responses = Table(
@@ -290,6 +301,8 @@ class OccurrenceRecord:
     late: bool = False
     state: str = "claimed"
     rehearsal: bool = False
+    closes: datetime | None = None
+    previous_closes: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,11 +668,19 @@ class Store:
     # -- occurrences ------------------------------------------------------------
 
     def record_occurrence(self, occurrence: OccurrenceRecord) -> None:
-        """Insert an occurrence, or update the state and lateness of one already recorded."""
+        """Insert an occurrence, or update the state and lateness of one already recorded (the
+        ``closes`` it told, and ``previous_closes``, are kept once known)."""
         values = {f.name: getattr(occurrence, f.name) for f in fields(occurrence)}
         stmt = self._insert(occurrences).values(values)
+        o = occurrences.c
         stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"state": stmt.excluded.state, "late": stmt.excluded.late}
+            index_elements=["id"],
+            set_={
+                "state": stmt.excluded.state,
+                "late": stmt.excluded.late,
+                "closes": func.coalesce(o.closes, stmt.excluded.closes),
+                "previous_closes": func.coalesce(o.previous_closes, stmt.excluded.previous_closes),
+            },
         )
         with self._tx() as connection:
             connection.execute(stmt)
@@ -938,10 +959,25 @@ class Store:
             connection.execute(stmt)
 
     def unsuppress(self, email: str) -> bool:
-        """Lift a suppression; False if the address was not suppressed."""
+        """Lift a suppression, and forget the address's soft bounces (someone who resubscribes
+        starts again); False if the address was not suppressed."""
+        address = email.strip().lower()
         with self._tx() as connection:
-            result = connection.execute(delete(suppressions).where(suppressions.c.email == email.strip().lower()))
+            result = connection.execute(delete(suppressions).where(suppressions.c.email == address))
+            connection.execute(delete(soft_bounces).where(soft_bounces.c.email == address))
         return result.rowcount > 0
+
+    def soft_bounce(self, email: str, message_key: str, *, within: timedelta, at: datetime | None = None) -> int:
+        """Count a soft bounce of ``email`` for the delivery ``message_key`` (each delivery
+        once); how many of the address's soft bounces are within ``within`` of ``at``."""
+        address, now = email.strip().lower(), at or datetime.now(UTC)
+        stmt = self._insert(soft_bounces).on_conflict_do_nothing(index_elements=["email", "message_key"])
+        b = soft_bounces.c
+        with self._tx() as connection:
+            connection.execute(stmt.values(email=address, message_key=message_key, at=now))
+            connection.execute(delete(soft_bounces).where(b.email == address, b.at < now - within))
+            found = connection.execute(select(func.count()).where(b.email == address)).scalar()
+        return int(found or 0)
 
     def sync_config_suppressions(self, emails: Iterable[str]) -> None:
         """Make the ``config`` suppressions exactly ``emails`` (the members with ``subscribed: false``),

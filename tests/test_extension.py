@@ -119,3 +119,17 @@ def test_an_extension_with_its_own_at_waits_for_it_and_plan_shows_it_scheduled(
     assert due.previous == datetime(2019, 8, 15, 22, 59, tzinfo=UTC)
     row = next(line for line in project.run("plan", SOC, check=True).stdout.splitlines() if "extended" in line)
     assert "07 Jan 2030 09:00" in row and "scheduled" in row
+
+
+def test_an_extension_after_redis_lost_everything_is_still_announced(example: Project, redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()  # as FLUSHALL: the record alone knows opened told 15 August
+    edit(example, CONSULTATION, r"^closes: .*$", "closes: 2019-08-22 23:59")
+    row = next((line for line in example.run("plan", SOC, check=True).stdout.splitlines() if "extended" in line), "")
+    assert "due" in row, "the record remembers the closes opened told, so the move is an extension"
+    service = Service(Settings.from_env(example.env))
+    try:
+        moved = load_config(example.config).consultation(SOC)
+        due = extension.pending(service.ledger, moved, LONDON, datetime(2019, 8, 1, tzinfo=UTC))
+        assert due is not None and due.previous == datetime(2019, 8, 15, 22, 59, tzinfo=UTC)
+    finally:
+        service.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
 
-from notifier.store import MIGRATIONS, Settled, Store, make_engine, upgrade
+from notifier.store import MIGRATIONS, OccurrenceRecord, Settled, Store, make_engine, upgrade
 from tests.record_fixtures import OPENS, occurrence
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -86,3 +87,23 @@ def test_rows_archived_before_the_index_are_found_by_it_after_the_upgrade(blank_
     upgrade(engine)
     assert Store(engine).delivery_by_key(KEY) == ("soc:opened:1", "email", "jane@example.org", "sent")
     engine.dispose()
+
+
+def test_soft_bounces_count_each_delivery_once_within_the_window_and_a_resubscribe_forgets_them(
+    store: Store,
+) -> None:
+    window = timedelta(days=30)
+    assert store.soft_bounce("Jane@Example.org", "a" * 32, within=window, at=OPENS - timedelta(days=40)) == 1
+    assert store.soft_bounce("jane@example.org", "b" * 32, within=window, at=OPENS) == 1, "the old one expired"
+    assert store.soft_bounce("jane@example.org", "b" * 32, within=window, at=OPENS) == 1, "one delivery, once"
+    assert store.soft_bounce("jane@example.org", "c" * 32, within=window, at=OPENS) == 2
+    store.unsuppress("JANE@example.org")
+    assert store.soft_bounce("jane@example.org", "d" * 32, within=window, at=OPENS) == 1
+
+
+def test_the_closes_an_occurrence_told_is_kept_once_known(store: Store) -> None:
+    told = OPENS + timedelta(days=37)
+    store.record_occurrence(OccurrenceRecord("soc:opened:1", "soc", "opened", 1, OPENS, OPENS, closes=told))
+    store.record_occurrence(OccurrenceRecord("soc:opened:1", "soc", "opened", 1, OPENS, OPENS, state="done"))
+    [found] = store.occurrences("soc")
+    assert found.closes == told and found.state == "done"

@@ -1,5 +1,6 @@
 """Bounces and extensions outlive Redis: the delivery key of each e-mail's Message-ID, indexed,
-so a bounce finds its delivery by an exact lookup instead of a scan.
+so a bounce finds its delivery by an exact lookup instead of a scan; soft bounces counted in
+the record; the ``closes`` each occurrence told (and an extension's ``previous_closes``).
 
 Revision ID: 0003
 Revises: 0002
@@ -21,6 +22,16 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
+    op.create_table(
+        "soft_bounces",
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("message_key", sa.String(length=32), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("email", "message_key", name=op.f("pk_soft_bounces")),
+    )
+    with op.batch_alter_table("occurrences", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("closes", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("previous_closes", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.add_column(sa.Column("message_key", sa.String(length=32), nullable=True))
         batch_op.create_index(batch_op.f("ix_deliveries_message_key"), ["message_key"], unique=False)
@@ -36,3 +47,7 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_deliveries_message_key"))
         batch_op.drop_column("message_key")
+    with op.batch_alter_table("occurrences", schema=None) as batch_op:
+        batch_op.drop_column("previous_closes")
+        batch_op.drop_column("closes")
+    op.drop_table("soft_bounces")
