@@ -69,17 +69,24 @@ class Bounce:
     addresses: tuple[str, ...] = ()
 
 
-Result = Literal["bounced", "soft", "already", "unknown"]
+Result = Literal["bounced", "soft", "already", "unknown", "pending"]
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What recording one bounce did: ``bounced`` (marked and suppressed now), ``soft`` (a
-    soft bounce counted), ``already`` (nothing new), ``unknown`` (no delivery of ours)."""
+    soft bounce counted), ``already`` (nothing new), ``unknown`` (no delivery of ours),
+    ``pending`` (its VERP id is ours, but the delivery's outcome is not in the record yet:
+    still queued for archiving)."""
 
     result: Result
     occurrence: str | None = None
     recipient: str | None = None
+
+    @property
+    def later(self) -> bool:
+        """Whether nothing was recorded, and the bounce is to be read again later."""
+        return self.result in ("unknown", "pending")
 
 
 def _text(value: bytes | str) -> str:
@@ -169,6 +176,9 @@ class BounceBook:
     def record(self, bounce: Bounce) -> Recorded:
         """Record one bounce against the delivery it names, if it names one of ours."""
         found = self._delivery(bounce)
+        if isinstance(found, str):
+            log.info("a bounce names delivery %s, not in the record yet (%s)", found, bounce.detail)
+            return Recorded("pending")
         if found is None:
             log.info("a bounce names no delivery of ours (%s)", bounce.detail)
             return Recorded("unknown")
@@ -181,8 +191,10 @@ class BounceBook:
         changed = self._bounced(occurrence, channel, recipient, detail)
         return Recorded("bounced" if changed else "already", occurrence, recipient)
 
-    def _delivery(self, bounce: Bounce) -> tuple[str, str, str, str] | None:
-        """(occurrence, channel, recipient, key) of the delivery the bounce is about."""
+    def _delivery(self, bounce: Bounce) -> tuple[str, str, str, str] | str | None:
+        """(occurrence, channel, recipient, key) of the delivery the bounce is about; the key
+        alone when a VERP id of ours names a delivery the record does not hold yet."""
+        pending: str | None = None
         for opaque in bounce.opaque:
             try:
                 key = verp.unseal(self.key, opaque)
@@ -191,12 +203,13 @@ class BounceBook:
             found = self.store.delivery_by_key(key)
             if found is not None:
                 return found[0], found[1], found[2], key
+            pending = pending or key
         for message_id in bounce.message_ids:
             key = message_id.strip("<> ").partition("@")[0]
             found = self.store.delivery_by_key(key)
             if found is not None and found[2].lower() in bounce.addresses:
                 return found[0], found[1], found[2], key
-        return None
+        return pending
 
     def _soft_count(self, recipient: str, key: str) -> int:
         """Count a soft bounce of ``recipient`` (once per delivery) in the record, which
@@ -239,7 +252,7 @@ class Tally:
             self.bounced += 1
         elif recorded.result == "soft":
             self.soft += 1
-        elif recorded.result == "unknown":
+        elif recorded.later:
             self.unknown += 1
 
     def __str__(self) -> str:
@@ -263,7 +276,7 @@ def import_maildir(path: Path, book: BounceBook) -> Tally:
         bounce = read(message)
         recorded = None if bounce is None else book.record(bounce)
         tally.add(recorded)
-        if recorded is None or recorded.result != "unknown":
+        if recorded is None or not recorded.later:
             message.set_subdir("cur")
             message.add_flag("S")
             box[key] = message
@@ -309,7 +322,7 @@ def poll_imap(
                 bounce = read(email.message_from_bytes(raw))
                 recorded = None if bounce is None else book.record(bounce)
                 tally.add(recorded)
-                if recorded is None or recorded.result != "unknown":
+                if recorded is None or not recorded.later:
                     imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
     except (imaplib.IMAP4.error, OSError) as exc:
         raise MailboxError(f"bounce mailbox imaps://{mailbox_.user}@{mailbox_.host}/{mailbox_.folder}: {exc}") from None
