@@ -96,6 +96,22 @@ def test_the_openapi_document_describes_every_api_route(client: TestClient) -> N
     assert described == document()
 
 
+def test_the_bounce_hook_is_described_as_needing_no_token_and_an_unsigned_message_is_a_403(
+    client: TestClient,
+) -> None:
+    operation = client.get("/api/openapi.json").json()["paths"]["/api/bounces"]["post"]
+    assert operation["security"] == [] and "403" in operation["responses"]
+    unsigned = {
+        "Type": "Notification",
+        "MessageId": "m-1",
+        "TopicArn": "arn:aws:sns:eu-west-2:123456789012:ses-bounces",
+        "Message": "{}",
+        "Timestamp": "2019-07-10T09:00:00.000Z",
+    }
+    refused = client.post("/api/bounces", json=unsigned)
+    assert refused.status_code == 403 and "refused" in refused.json()["error"]
+
+
 # ---------------------------------------------------------------------------
 # Fire
 # ---------------------------------------------------------------------------
