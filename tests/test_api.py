@@ -255,6 +255,17 @@ def test_a_sender_fires_only_with_the_session_csrf_token(
     assert suppress.status_code == 403  # suppressions are an admin's
 
 
+def test_a_response_a_signed_in_user_records_is_audited_as_theirs(client: TestClient, record: Store) -> None:
+    token = signed_in(client, record, "sender")
+    body = {"email": JANE, "organisation": "Telford & Wrekin CSP"}
+    recorded = client.post(f"/api/consultations/{SOC}/responses", json=body, headers={"X-CSRF-Token": token})
+    assert recorded.status_code == 201
+    actors = [e.actor for e in record.audit_entries(SOC) if e.action == "responses record"]
+    assert actors == ["sender@pcc.example"]
+    client.post(f"/api/consultations/{SOC}/responses", json=body, headers=ADMIN)
+    assert next(e.actor for e in record.audit_entries(SOC) if e.action == "responses record") == "api"
+
+
 def test_a_wrong_bearer_token_is_401_and_no_token_at_all_is_401(client: TestClient) -> None:
     assert client.get("/api/suppressions", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/suppressions").status_code == 401
