@@ -795,6 +795,13 @@ class Store:
             row = connection.execute(query).first()
         return None if row is None else (row.occurrence, row.channel, row.recipient, row.status)
 
+    def reached(self, occurrence: str, statuses: Iterable[str]) -> list[tuple[str, str]]:
+        """(channel, recipient) of each of an occurrence's deliveries with one of ``statuses``."""
+        d = deliveries.c
+        query = select(d.channel, d.recipient).where(d.occurrence == occurrence, d.status.in_(list(statuses)))
+        with self._tx() as connection:
+            return [(channel, recipient) for channel, recipient in connection.execute(query).tuples()]
+
     def mark_bounced(self, occurrence: str, channel: str, recipient: str, error: str) -> bool:
         """Record that a delivery bounced (status ``bounced``, the bounce as its last error);
         False when it was bounced already or is not recorded."""
