@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from notifier import users
+from notifier.bounces import SOFT_WINDOW
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
@@ -110,6 +111,15 @@ def test_the_bounce_hook_is_described_as_needing_no_token_and_an_unsigned_messag
     }
     refused = client.post("/api/bounces", json=unsigned)
     assert refused.status_code == 403 and "refused" in refused.json()["error"]
+
+
+def test_lifting_a_suppression_by_the_api_forgets_the_addresses_soft_bounces(client: TestClient, record: Store) -> None:
+    for key in ("a" * 32, "b" * 32):
+        record.soft_bounce(JANE, key, within=SOFT_WINDOW)
+    client.post("/api/suppressions", json={"email": JANE, "reason": "asked"}, headers=ADMIN)
+    lifted = client.delete(f"/api/suppressions/{JANE}", params={"reason": "asked back in"}, headers=ADMIN)
+    assert lifted.status_code == 200
+    assert record.soft_bounce(JANE, "c" * 32, within=SOFT_WINDOW) == 1, "counting starts again"
 
 
 # ---------------------------------------------------------------------------
