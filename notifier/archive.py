@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,7 +41,8 @@ from notifier.channels.base import Delivery
 from notifier.channels.email import message_id as email_message_id
 from notifier.config import Config
 from notifier.errors import StoreError
-from notifier.ledger import Ledger, Record, Status, now_iso
+from notifier.extension import CLOSES_FIELD, PREVIOUS_FIELD
+from notifier.ledger import Ledger, Occurrence, Record, Status, now_iso
 from notifier.store import OccurrenceRecord, Settled, Store, record_config
 
 log = logging.getLogger(__name__)
@@ -274,6 +276,8 @@ def restore(ledger: Ledger, store: Store, consultation: str, events: Iterable[st
             latest[found.event] = found
     restored = []
     for found in latest.values():
+        if ledger.fired(found.consultation, found.event) is None:
+            _put_back_closes(ledger, found)  # before it is known as fired: nothing reads it without them
         if ledger.restore(found):
             log.warning("%s is recorded in the database but not in Redis: known as fired again", found.id)
             restore_deliveries(ledger, store, found.id)
@@ -315,13 +319,30 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else None
 
 
+def _put_back_closes(ledger: Ledger, found: OccurrenceRecord) -> None:
+    """The ``closes`` (and ``previous_closes``) an occurrence told, back into its ledger hash."""
+    for name, value in ((CLOSES_FIELD, found.closes), (PREVIOUS_FIELD, found.previous_closes)):
+        if value is not None:
+            ledger.keep_occurrence_field(found.id, name, value.astimezone(UTC).isoformat())
+
+
+def _with_closes(ledger: Ledger, occurrence: Occurrence) -> OccurrenceRecord:
+    """The record of an occurrence with the ``closes`` and ``previous_closes`` it keeps in the
+    ledger (:mod:`notifier.extension`)."""
+    return replace(
+        occurrence,
+        closes=_time(ledger.occurrence_field(occurrence.id, CLOSES_FIELD)),
+        previous_closes=_time(ledger.occurrence_field(occurrence.id, PREVIOUS_FIELD)),
+    )
+
+
 def fired(store: Store, config: Config, ledger: Ledger, occurrence_id: str, *, actor: str) -> None:
     """Record a new occurrence: the consultation and lists as configured, the ``subscribed:
     false`` members, the occurrence, and who fired it."""
     record_config(store, config)
     store.sync_config_suppressions(m.email for lst in config.lists.values() for m in lst.members if not m.subscribed)
     occurrence = ledger.occurrence(occurrence_id)
-    store.record_occurrence(occurrence)
+    store.record_occurrence(_with_closes(ledger, occurrence))
     store.audit(
         actor,
         f"send {occurrence.event}",

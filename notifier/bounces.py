@@ -15,7 +15,8 @@ through SNS (``POST /api/bounces``, :mod:`notifier.web.bounce_hook`). Each is re
   and only when the recipient it was sent to is among the failed addresses the bounce names.
 * **What it does.** A hard bounce marks the delivery ``bounced`` and suppresses the address
   (source ``bounce``), the record first, then Redis, as unsubscribing does; so do three
-  soft bounces of one address within :data:`SOFT_WINDOW` (each delivery counted once). Every
+  soft bounces of one address within :data:`SOFT_WINDOW` (each delivery counted once, in the
+  record, so a Redis ``FLUSHALL`` forgets none; lifting the suppression forgets them). Every
   step is idempotent: the same bounce read twice changes nothing more.
 """
 
@@ -27,7 +28,6 @@ import imaplib
 import logging
 import mailbox
 import ssl
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,17 +69,24 @@ class Bounce:
     addresses: tuple[str, ...] = ()
 
 
-Result = Literal["bounced", "soft", "already", "unknown"]
+Result = Literal["bounced", "soft", "already", "unknown", "pending"]
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What recording one bounce did: ``bounced`` (marked and suppressed now), ``soft`` (a
-    soft bounce counted), ``already`` (nothing new), ``unknown`` (no delivery of ours)."""
+    soft bounce counted), ``already`` (nothing new), ``unknown`` (no delivery of ours),
+    ``pending`` (its VERP id is ours, but the delivery's outcome is not in the record yet:
+    still queued for archiving)."""
 
     result: Result
     occurrence: str | None = None
     recipient: str | None = None
+
+    @property
+    def later(self) -> bool:
+        """Whether nothing was recorded, and the bounce is to be read again later."""
+        return self.result in ("unknown", "pending")
 
 
 def _text(value: bytes | str) -> str:
@@ -169,6 +176,9 @@ class BounceBook:
     def record(self, bounce: Bounce) -> Recorded:
         """Record one bounce against the delivery it names, if it names one of ours."""
         found = self._delivery(bounce)
+        if isinstance(found, str):
+            log.info("a bounce names delivery %s, not in the record yet (%s)", found, bounce.detail)
+            return Recorded("pending")
         if found is None:
             log.info("a bounce names no delivery of ours (%s)", bounce.detail)
             return Recorded("unknown")
@@ -181,8 +191,10 @@ class BounceBook:
         changed = self._bounced(occurrence, channel, recipient, detail)
         return Recorded("bounced" if changed else "already", occurrence, recipient)
 
-    def _delivery(self, bounce: Bounce) -> tuple[str, str, str, str] | None:
-        """(occurrence, channel, recipient, key) of the delivery the bounce is about."""
+    def _delivery(self, bounce: Bounce) -> tuple[str, str, str, str] | str | None:
+        """(occurrence, channel, recipient, key) of the delivery the bounce is about; the key
+        alone when a VERP id of ours names a delivery the record does not hold yet."""
+        pending: str | None = None
         for opaque in bounce.opaque:
             try:
                 key = verp.unseal(self.key, opaque)
@@ -191,23 +203,18 @@ class BounceBook:
             found = self.store.delivery_by_key(key)
             if found is not None:
                 return found[0], found[1], found[2], key
+            pending = pending or key
         for message_id in bounce.message_ids:
             key = message_id.strip("<> ").partition("@")[0]
             found = self.store.delivery_by_key(key)
             if found is not None and found[2].lower() in bounce.addresses:
                 return found[0], found[1], found[2], key
-        return None
+        return pending
 
     def _soft_count(self, recipient: str, key: str) -> int:
-        """Count a soft bounce of ``recipient`` (once per delivery); how many within the window."""
-        now = time.time()
-        name = f"{self.ledger.ns}:softbounce:{recipient.lower()}"
-        pipe = self.ledger.client.pipeline(transaction=True)
-        pipe.zadd(name, {key: now}, nx=True)
-        pipe.zremrangebyscore(name, "-inf", now - SOFT_WINDOW.total_seconds())
-        pipe.zcard(name)
-        pipe.expire(name, int(SOFT_WINDOW.total_seconds()))
-        return int(pipe.execute()[2])
+        """Count a soft bounce of ``recipient`` (once per delivery) in the record, which
+        outlives Redis; how many within the window."""
+        return self.store.soft_bounce(recipient, key, within=SOFT_WINDOW)
 
     def _bounced(self, occurrence: str, channel: str, recipient: str, detail: str) -> bool:
         """Mark the delivery bounced and suppress the address: the record first (it outlives
@@ -245,7 +252,7 @@ class Tally:
             self.bounced += 1
         elif recorded.result == "soft":
             self.soft += 1
-        elif recorded.result == "unknown":
+        elif recorded.later:
             self.unknown += 1
 
     def __str__(self) -> str:
@@ -269,7 +276,7 @@ def import_maildir(path: Path, book: BounceBook) -> Tally:
         bounce = read(message)
         recorded = None if bounce is None else book.record(bounce)
         tally.add(recorded)
-        if recorded is None or recorded.result != "unknown":
+        if recorded is None or not recorded.later:
             message.set_subdir("cur")
             message.add_flag("S")
             box[key] = message
@@ -315,7 +322,7 @@ def poll_imap(
                 bounce = read(email.message_from_bytes(raw))
                 recorded = None if bounce is None else book.record(bounce)
                 tally.add(recorded)
-                if recorded is None or recorded.result != "unknown":
+                if recorded is None or not recorded.later:
                     imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
     except (imaplib.IMAP4.error, OSError) as exc:
         raise MailboxError(f"bounce mailbox imaps://{mailbox_.user}@{mailbox_.host}/{mailbox_.folder}: {exc}") from None

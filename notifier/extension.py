@@ -2,16 +2,23 @@
 
 * **What was announced.** Every occurrence remembers, in its ledger hash, the ``closes`` of
   the config it fired with (:func:`remember`); an ``extended`` occurrence also keeps
-  ``previous_closes``. The closing date stakeholders were last told (:func:`announced`) is
-  that of the latest ``extended`` occurrence, else the one ``opened`` fired with. (An
-  ``opened`` that fired before this was kept is stamped with the current ``closes`` the
-  first time it is looked at: no extension is invented for it.)
+  ``previous_closes``. Both are recorded in the database with the occurrence
+  (:func:`notifier.archive.fired`), and put back with it into a Redis that lost them
+  (:func:`notifier.archive.restore`), so an extension is still found after a ``FLUSHALL``.
+  The closing date stakeholders were last told (:func:`announced`) is that of the latest
+  ``extended`` occurrence, else the one ``opened`` fired with. (An ``opened`` that fired
+  before this was kept is stamped with the current ``closes`` the first time it is looked
+  at: no extension is invented for it.)
 * **When it fires.** With the configured ``closes`` later than the announced one, an
   ``extended`` event is due at once, or at ``events: {extended: {at: …}}`` if that is later
   (:func:`pending`). The scheduler fires it (:func:`claim`) as a named occurrence whose id
   comes from the new date, ``<consultation>:extended:<minutes since the epoch>``: however
   often the config is reloaded, or several schedulers look, one date is announced once.
   A later extension again is a new date, and so a new occurrence.
+* **Who is told.** Everyone ``opened`` reached: the recipients whose ``opened`` delivery was
+  sent or written to the outbox, and the accounts it posted to (:func:`told`, from the ledger
+  and the record), not the audience as it is now: someone added to a list since was never
+  told the first date.
 * **What moves.** ``reminder`` and ``closed`` are resolved from ``closes`` as before, so they
   move with it; one that fired already stays fired.
 * **What is refused.** ``validate`` (:func:`problems`) refuses ``closes`` moved earlier than
@@ -28,12 +35,50 @@ from notifier.config import Config, Consultation
 from notifier.errors import Problem
 from notifier.ledger import Ledger
 from notifier.moments import normalise, parse_at
+from notifier.store import Store
 from notifier.timeline import EXTENDED, Event, event
 
 OPENED = "opened"
 CLOSED = "closed"
-_CLOSES = "closes"
-_PREVIOUS = "previous_closes"
+#: The fields of an occurrence's ledger hash (and columns of its record) that keep what it told.
+CLOSES_FIELD = "closes"
+PREVIOUS_FIELD = "previous_closes"
+_CLOSES = CLOSES_FIELD
+_PREVIOUS = PREVIOUS_FIELD
+
+
+#: The statuses of an ``opened`` delivery that told its recipient (or account) the first date.
+REACHED = ("sent", "outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """Who ``opened`` reached: (channel, recipient key) of each delivery sent or written to the
+    outbox (an account's post has the recipient ``*``)."""
+
+    deliveries: frozenset[tuple[str, str]]
+
+    def recipients(self, channel: str) -> set[str]:
+        """The recipient keys reached on ``channel``."""
+        return {recipient for found, recipient in self.deliveries if found == channel}
+
+    def posted(self, channel: str) -> bool:
+        """Whether anything on ``channel`` was reached (an account posted to)."""
+        return any(found == channel for found, _ in self.deliveries)
+
+
+def told(ledger: Ledger, store: Store | None, consultation_id: str) -> Told:
+    """Who every ``opened`` occurrence of the consultation reached, from the ledger (outcomes
+    not yet archived) and the record (what Redis may have lost)."""
+    found: set[tuple[str, str]] = set()
+    ids = {o.id for o in ledger.occurrences(consultation_id) if o.event == OPENED}
+    if store is not None:
+        ids |= {o.id for o in store.occurrences(consultation_id) if o.event == OPENED}
+        for occurrence_id in ids:
+            found.update(store.reached(occurrence_id, REACHED))
+    for occurrence_id in ids:
+        found.update((r.channel, r.recipient) for r in ledger.records(occurrence_id) if r.status in REACHED)
+    return Told(frozenset(found))
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,10 @@ class Occurrence:
     late: bool = False
     state: str = CLAIMED
     rehearsal: bool = False
+    #: The ``closes`` it told, and the one before an extension (:mod:`notifier.extension` keeps
+    #: them in the hash; the record keeps them too, so they outlive Redis).
+    closes: datetime | None = None
+    previous_closes: datetime | None = None
 
     @classmethod
     def from_hash(cls, occurrence_id: str, data: Mapping[Any, Any]) -> Occurrence:

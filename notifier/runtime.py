@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,18 +116,29 @@ class Runtime:
                 consultation = config.consultation(occurrence.consultation)
                 event = timeline.event(consultation, occurrence.event, config.tz)
                 context = self.renderer.context(consultation, event, at=occurrence.at)
-                if occurrence.event == timeline.EXTENDED:
-                    context["previous_closes"] = extension.previous_closes(self.ledger, occurrence_id, config.tz)
                 if occurrence.event == acknowledgement.EVENT:  # the one respondent, and the response
                     respondent, context["response"] = acknowledgement.respondent(self.ledger, occurrence_id, config.tz)
                     recipients = {respondent.key: respondent}
                 else:
                     recipients = {r.key: r for r in resolve(config.lists, event.audience).recipients}
+                if occurrence.event == timeline.EXTENDED:
+                    context["previous_closes"] = extension.previous_closes(self.ledger, occurrence_id, config.tz)
+                    event, recipients = self._told_of_opening(consultation.id, event, recipients)
                 found = Prepared(occurrence, consultation, event, context, recipients)
                 if len(self._prepared) > 64:
                     self._prepared.clear()
                 self._prepared[occurrence_id] = found
             return found
+
+    def _told_of_opening(
+        self, consultation_id: str, event: timeline.Event, recipients: dict[str, Recipient]
+    ) -> tuple[timeline.Event, dict[str, Recipient]]:
+        """An ``extended`` event goes to those ``opened`` reached (:func:`notifier.extension.told`):
+        its recipients narrowed to them, its accounts to those posted to."""
+        told = extension.told(self.ledger, self.store, consultation_id)
+        people = set().union(*(told.recipients(c) for c in event.channels if registry.per_recipient(c)))
+        channels = tuple(c for c in event.channels if registry.per_recipient(c) or told.posted(c))
+        return replace(event, channels=channels), {k: r for k, r in recipients.items() if k in people}
 
     # -- the consultation record -------------------------------------------
 

@@ -143,6 +143,9 @@ occurrences = Table(
     Column("late", Boolean, nullable=False, default=False),
     Column("state", String(20), nullable=False),
     Column("rehearsal", Boolean, nullable=False, default=False),
+    # The closes the occurrence told (notifier.extension), and what an ``extended`` one moved it from.
+    Column("closes", UTCDateTime, nullable=True),
+    Column("previous_closes", UTCDateTime, nullable=True),
     UniqueConstraint("consultation", "event", "number"),
 )
 
@@ -159,6 +162,8 @@ deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("provider_id", Text, nullable=True),
     Column("message_id", Text, nullable=True),
+    # The delivery key of the Message-ID (``<key@domain>``): what a bounce names it by, indexed.
+    Column("message_key", String(32), nullable=True),
     Column("url", Text, nullable=True),
     Column("created", UTCDateTime, nullable=False),
     Column("updated", UTCDateTime, nullable=True),
@@ -191,6 +196,14 @@ suppressions = Table(
     Column("detail", Text, nullable=True),
     Column("at", UTCDateTime, nullable=False),
     CheckConstraint("source IN ('config', 'unsubscribe', 'bounce', 'manual')", name="source"),
+)
+
+soft_bounces = Table(
+    "soft_bounces",
+    metadata,
+    Column("email", String(320), primary_key=True),  # lower case
+    Column("message_key", String(32), primary_key=True),  # each delivery counted once
+    Column("at", UTCDateTime, nullable=False),
 )
 
 responses = Table(
@@ -237,6 +250,8 @@ users = Table(
 Index(None, occurrences.c.consultation)
 #: The console's deliveries table filtered by status reads this in (channel, recipient) order.
 Index(None, deliveries.c.occurrence, deliveries.c.status, deliveries.c.channel, deliveries.c.recipient)
+#: A bounce finds its delivery by the key of its Message-ID.
+Index(None, deliveries.c.message_key)
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +321,7 @@ class Settled:
         """The ``deliveries`` row."""
         values = {name: getattr(self, name) for name in _SETTLED_COLUMNS}
         values["lists"] = " ".join(self.lists)
+        values["message_key"] = message_key(self.message_id)
         return values
 
 
@@ -390,6 +406,15 @@ class Pruned:
 
     consultations: tuple[str, ...]
     rows: int
+
+
+_MESSAGE_KEY = re.compile(r"<([0-9a-f]{32})@[^>]*>")
+
+
+def message_key(message_id: str | None) -> str | None:
+    """The delivery key of one of our Message-IDs (``<key@domain>``), or None for another form."""
+    found = _MESSAGE_KEY.fullmatch(message_id.strip()) if message_id else None
+    return found.group(1) if found else None
 
 
 def _when(value: str | datetime | None) -> datetime | None:
@@ -522,7 +547,10 @@ _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
 _TIME_COLUMNS = ("created", "updated", "sent_at")
 #: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
-_OUTCOME_COLUMNS = tuple(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created"))
+_OUTCOME_COLUMNS = (
+    *(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created")),
+    "message_key",
+)
 
 
 class Store:
@@ -620,11 +648,19 @@ class Store:
     # -- occurrences ------------------------------------------------------------
 
     def record_occurrence(self, occurrence: OccurrenceRecord) -> None:
-        """Insert an occurrence, or update the state and lateness of one already recorded."""
+        """Insert an occurrence, or update the state and lateness of one already recorded (the
+        ``closes`` it told, and ``previous_closes``, are kept once known)."""
         values = {f.name: getattr(occurrence, f.name) for f in fields(occurrence)}
         stmt = self._insert(occurrences).values(values)
+        o = occurrences.c
         stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"state": stmt.excluded.state, "late": stmt.excluded.late}
+            index_elements=["id"],
+            set_={
+                "state": stmt.excluded.state,
+                "late": stmt.excluded.late,
+                "closes": func.coalesce(o.closes, stmt.excluded.closes),
+                "previous_closes": func.coalesce(o.previous_closes, stmt.excluded.previous_closes),
+            },
         )
         with self._tx() as connection:
             connection.execute(stmt)
@@ -744,14 +780,22 @@ class Store:
 
     def delivery_by_key(self, key: str) -> tuple[str, str, str, str] | None:
         """(occurrence, channel, recipient, status) of the e-mail whose Message-ID is
-        ``<key@…>`` (a delivery's key: 32 hex digits), or None when none is recorded."""
+        ``<key@…>`` (a delivery's key: 32 hex digits), or None when none is recorded: an
+        exact match on the indexed ``message_key``."""
         if not re.fullmatch(r"[0-9a-f]{32}", key):
             return None
         d = deliveries.c
-        query = select(d.occurrence, d.channel, d.recipient, d.status).where(d.message_id.like(f"<{key}@%")).limit(1)
+        query = select(d.occurrence, d.channel, d.recipient, d.status).where(d.message_key == key).limit(1)
         with self._tx() as connection:
             row = connection.execute(query).first()
         return None if row is None else (row.occurrence, row.channel, row.recipient, row.status)
+
+    def reached(self, occurrence: str, statuses: Iterable[str]) -> list[tuple[str, str]]:
+        """(channel, recipient) of each of an occurrence's deliveries with one of ``statuses``."""
+        d = deliveries.c
+        query = select(d.channel, d.recipient).where(d.occurrence == occurrence, d.status.in_(list(statuses)))
+        with self._tx() as connection:
+            return [(channel, recipient) for channel, recipient in connection.execute(query).tuples()]
 
     def mark_bounced(self, occurrence: str, channel: str, recipient: str, error: str) -> bool:
         """Record that a delivery bounced (status ``bounced``, the bounce as its last error);
@@ -931,10 +975,25 @@ class Store:
             connection.execute(stmt)
 
     def unsuppress(self, email: str) -> bool:
-        """Lift a suppression; False if the address was not suppressed."""
+        """Lift a suppression, and forget the address's soft bounces (someone who resubscribes
+        starts again); False if the address was not suppressed."""
+        address = email.strip().lower()
         with self._tx() as connection:
-            result = connection.execute(delete(suppressions).where(suppressions.c.email == email.strip().lower()))
+            result = connection.execute(delete(suppressions).where(suppressions.c.email == address))
+            connection.execute(delete(soft_bounces).where(soft_bounces.c.email == address))
         return result.rowcount > 0
+
+    def soft_bounce(self, email: str, message_key: str, *, within: timedelta, at: datetime | None = None) -> int:
+        """Count a soft bounce of ``email`` for the delivery ``message_key`` (each delivery
+        once); how many of the address's soft bounces are within ``within`` of ``at``."""
+        address, now = email.strip().lower(), at or datetime.now(UTC)
+        stmt = self._insert(soft_bounces).on_conflict_do_nothing(index_elements=["email", "message_key"])
+        b = soft_bounces.c
+        with self._tx() as connection:
+            connection.execute(stmt.values(email=address, message_key=message_key, at=now))
+            connection.execute(delete(soft_bounces).where(b.email == address, b.at < now - within))
+            found = connection.execute(select(func.count()).where(b.email == address)).scalar()
+        return int(found or 0)
 
     def sync_config_suppressions(self, emails: Iterable[str]) -> None:
         """Make the ``config`` suppressions exactly ``emails`` (the members with ``subscribed: false``),

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from notifier import users
+from notifier.bounces import SOFT_WINDOW
 from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import Store
@@ -94,6 +95,31 @@ def test_the_openapi_document_describes_every_api_route(client: TestClient) -> N
     listed = {(path, method) for path, item in described["paths"].items() for method in item}
     assert served == listed
     assert described == document()
+
+
+def test_the_bounce_hook_is_described_as_needing_no_token_and_an_unsigned_message_is_a_403(
+    client: TestClient,
+) -> None:
+    operation = client.get("/api/openapi.json").json()["paths"]["/api/bounces"]["post"]
+    assert operation["security"] == [] and "403" in operation["responses"]
+    unsigned = {
+        "Type": "Notification",
+        "MessageId": "m-1",
+        "TopicArn": "arn:aws:sns:eu-west-2:123456789012:ses-bounces",
+        "Message": "{}",
+        "Timestamp": "2019-07-10T09:00:00.000Z",
+    }
+    refused = client.post("/api/bounces", json=unsigned)
+    assert refused.status_code == 403 and "refused" in refused.json()["error"]
+
+
+def test_lifting_a_suppression_by_the_api_forgets_the_addresses_soft_bounces(client: TestClient, record: Store) -> None:
+    for key in ("a" * 32, "b" * 32):
+        record.soft_bounce(JANE, key, within=SOFT_WINDOW)
+    client.post("/api/suppressions", json={"email": JANE, "reason": "asked"}, headers=ADMIN)
+    lifted = client.delete(f"/api/suppressions/{JANE}", params={"reason": "asked back in"}, headers=ADMIN)
+    assert lifted.status_code == 200
+    assert record.soft_bounce(JANE, "c" * 32, within=SOFT_WINDOW) == 1, "counting starts again"
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +263,17 @@ def test_a_sender_fires_only_with_the_session_csrf_token(
     assert any(e.actor == "sender@pcc.example" for e in record.audit_entries(SOC))
     suppress = client.post("/api/suppressions", json={"email": JANE, "reason": "x"}, headers={"X-CSRF-Token": token})
     assert suppress.status_code == 403  # suppressions are an admin's
+
+
+def test_a_response_a_signed_in_user_records_is_audited_as_theirs(client: TestClient, record: Store) -> None:
+    token = signed_in(client, record, "sender")
+    body = {"email": JANE, "organisation": "Telford & Wrekin CSP"}
+    recorded = client.post(f"/api/consultations/{SOC}/responses", json=body, headers={"X-CSRF-Token": token})
+    assert recorded.status_code == 201
+    actors = [e.actor for e in record.audit_entries(SOC) if e.action == "responses record"]
+    assert actors == ["sender@pcc.example"]
+    client.post(f"/api/consultations/{SOC}/responses", json=body, headers=ADMIN)
+    assert next(e.actor for e in record.audit_entries(SOC) if e.action == "responses record") == "api"
 
 
 def test_a_wrong_bearer_token_is_401_and_no_token_at_all_is_401(client: TestClient) -> None:

@@ -8,6 +8,7 @@ import mailbox
 from pathlib import Path
 
 import pytest
+import redis
 
 from notifier.channels.email import verp
 from notifier.channels.email.verp import Verp
@@ -154,3 +155,16 @@ def test_a_verp_id_names_its_delivery_alone_and_cannot_be_forged_or_read() -> No
         verp.unseal(b"another-key", opaque)
     with pytest.raises(BadToken):
         verp.unseal(b"test-secret-key", opaque[:-2] + ("AA" if not opaque.endswith("AA") else "BB"))
+
+
+def test_soft_bounces_still_count_after_redis_lost_everything(
+    example: Project, smtp_server: SmtpServer, tmp_path: Path, redis_url: str
+) -> None:
+    for n, event in enumerate(("opened", "reminder", "closed")):
+        example.run("send", SOC, event, "--early", "--wait", check=True)
+        soft = dsn(envelope_of(smtp_server, JANE, n), JANE, status="4.2.2", action="delayed")
+        if event == "closed":
+            redis.Redis.from_url(redis_url).flushdb()  # as FLUSHALL: the record keeps the two counted
+        result = example.run("bounces", "import", str(drop(tmp_path / event, soft)), check=True)
+        assert ("1 delivery(ies) marked bounced" in result.stdout) == (event == "closed")
+    assert statuses(example)[("closed", "email", JANE)] == "bounced"

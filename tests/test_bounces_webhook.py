@@ -15,13 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from sqlalchemy import text
 
+from notifier.broker import NAMESPACE
 from notifier.config import Settings
+from notifier.ledger import Ledger
 from notifier.sns import TRUSTED_CERT_VARIABLE, SnsVerifier, canonical
+from notifier.store import Store
 from notifier.web.bounce_hook import TOPICS_VARIABLE
 from tests.conftest import Project, SmtpServer
 from tests.record_fixtures import SOC
@@ -132,6 +137,49 @@ def test_a_signed_ses_bounce_marks_the_delivery_bounced_and_suppresses_the_addre
 
     example.run("send", SOC, "reminder", "--early", "--wait", check=True)
     assert statuses(example)[("reminder", "email", JANE)] == "suppressed"
+
+
+def queue_again(example: Project, recipient: str) -> tuple[redis.Redis, str]:
+    """Take ``recipient``'s ``opened`` outcome out of the record and queue it for archiving
+    again, as it is a moment after it settled; (the Redis client, the occurrence id)."""
+    client = redis.Redis.from_url(example.env["NOTIFIER_REDIS_URL"])
+    occurrence = Ledger(client).fired(SOC, "opened")
+    assert occurrence is not None
+    store = Store.open(Settings.from_env(example.env))
+    with store.engine.begin() as connection:
+        connection.execute(
+            text("DELETE FROM deliveries WHERE occurrence = :o AND recipient = :r"), {"o": occurrence, "r": recipient}
+        )
+    store.close()
+    client.rpush(f"{NAMESPACE}:arc:{occurrence}", f"email|{recipient}")
+    client.sadd(f"{NAMESPACE}:arcq", occurrence)
+    return client, occurrence
+
+
+def test_a_bounce_arriving_before_its_outcome_is_archived_waits_for_it(
+    web: str, example: Project, smtp_server: SmtpServer, signer: rsa.RSAPrivateKey, cert_url: str
+) -> None:
+    queue_again(example, JANE)
+    message = signed(notification(envelope_of(smtp_server, JANE), JANE, cert_url), signer)
+    response = httpx.post(f"{web}/api/bounces", content=json.dumps(message), timeout=30)
+    assert response.status_code == 200 and response.json() == {"recorded": "bounced"}
+    assert statuses(example)[("opened", "email", JANE)] == "bounced"
+
+
+def test_a_bounce_whose_outcome_cannot_be_archived_yet_is_a_503_so_sns_delivers_it_again(
+    web: str, example: Project, smtp_server: SmtpServer, signer: rsa.RSAPrivateKey, cert_url: str
+) -> None:
+    client, occurrence = queue_again(example, JANE)
+    client.set(f"{NAMESPACE}:arclock:{occurrence}", "another-archiver", px=60_000)  # busy elsewhere
+    message = signed(notification(envelope_of(smtp_server, JANE), JANE, cert_url), signer)
+    refused = httpx.post(f"{web}/api/bounces", content=json.dumps(message), timeout=30)
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+    assert "not in the record yet" in refused.json()["error"]
+
+    client.delete(f"{NAMESPACE}:arclock:{occurrence}")  # that archiver died; SNS delivers it again
+    again = httpx.post(f"{web}/api/bounces", content=json.dumps(message), timeout=30)
+    assert again.status_code == 200 and again.json() == {"recorded": "bounced"}
+    assert statuses(example)[("opened", "email", JANE)] == "bounced"
 
 
 @pytest.mark.parametrize(

@@ -119,3 +119,45 @@ def test_an_extension_with_its_own_at_waits_for_it_and_plan_shows_it_scheduled(
     assert due.previous == datetime(2019, 8, 15, 22, 59, tzinfo=UTC)
     row = next(line for line in project.run("plan", SOC, check=True).stdout.splitlines() if "extended" in line)
     assert "07 Jan 2030 09:00" in row and "scheduled" in row
+
+
+def test_an_extension_after_redis_lost_everything_is_still_announced(example: Project, redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()  # as FLUSHALL: the record alone knows opened told 15 August
+    edit(example, CONSULTATION, r"^closes: .*$", "closes: 2019-08-22 23:59")
+    row = next((line for line in example.run("plan", SOC, check=True).stdout.splitlines() if "extended" in line), "")
+    assert "due" in row, "the record remembers the closes opened told, so the move is an extension"
+    service = Service(Settings.from_env(example.env))
+    try:
+        moved = load_config(example.config).consultation(SOC)
+        due = extension.pending(service.ledger, moved, LONDON, datetime(2019, 8, 1, tzinfo=UTC))
+        assert due is not None and due.previous == datetime(2019, 8, 15, 22, 59, tzinfo=UTC)
+    finally:
+        service.close()
+
+
+def test_an_extension_tells_only_those_the_opening_reached(
+    example: Project, smtp_server: SmtpServer, service: Service
+) -> None:
+    told = smtp_server.handler.count()
+    newcomer = "new.person@telford-wrekin-csp.example"
+    edit(
+        example,
+        "config/stakeholders/community-safety.yaml",
+        r"^    members:$",
+        f"    members:\n      - {{name: New Person, organisation: Telford & Wrekin CSP, email: {newcomer}}}",
+    )
+    edit(example, CONSULTATION, r"^closes: .*$", "closes: 2019-08-22 23:59")
+    scheduler = Scheduler(service, clock=offset_clock(datetime(2019, 8, 1, 12, 0, tzinfo=UTC)), reload_every=0.1)
+    with service.worker(threads=4):
+        scheduler.start()
+        try:
+            scheduler.catch_up()
+            occurrence = service.ledger.fired(SOC, "extended")
+            assert occurrence is not None
+            wait_until(lambda: service.progress(occurrence).finished, 60, "the extension to be delivered")
+        finally:
+            scheduler.stop()
+    counts = extended_to(smtp_server)
+    assert len(counts) == told, "everyone the opening told, once"
+    assert not any(newcomer in to for to in counts), "someone added since was never told the first date"
+    assert all(len(posts(example, account, "extended")) == 1 for account in ACCOUNTS)

@@ -231,7 +231,8 @@ async def record_response(request: Request) -> Response:
         return body
     desk = state(request).desk
     try:
-        recorded = await anyio.to_thread.run_sync(desk.record, consultation, body)
+        record = functools.partial(desk.record, actor=request.state.actor)  # the console user, or the API
+        recorded = await anyio.to_thread.run_sync(record, consultation, body)
     except BadResponseError as exc:
         return error(422, "invalid response", problems=[p.message for p in exc.problems])
     except UsageError as exc:

@@ -8,12 +8,19 @@ but it can only bounce a delivery it names by its VERP address or Message-ID (wh
 that delivery's recipient has seen). A signed subscription confirmation is
 confirmed (its ``SubscribeURL`` fetched, only on an SNS host of Amazon's); a signed bounce
 notification is recorded like a bounce read from a mailbox (:class:`notifier.bounces.BounceBook`).
+
+A bounce can arrive before its delivery's outcome reaches the record (outcomes wait in Redis
+for an archiver, :mod:`notifier.archive`). When its VERP id is ours but the record does not
+hold the delivery yet, the hook archives what is waiting and looks again, for at most
+:data:`SETTLE_S`; still not there, it answers 503 (with ``Retry-After``), so SNS delivers it
+again later rather than the bounce being lost.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import anyio.to_thread
@@ -22,7 +29,7 @@ import redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from notifier.bounces import BounceBook, from_ses
+from notifier.bounces import Bounce, BounceBook, Recorded, from_ses
 from notifier.errors import BadSignatureError, StoreError
 from notifier.sns import TRUSTED_CERT_VARIABLE, SnsVerifier, amazon_url
 from notifier.web.state import describe, state
@@ -32,6 +39,10 @@ log = logging.getLogger(__name__)
 MAX_BODY = 256 * 1024  # SNS messages are at most 256 KB
 #: The SNS topics whose messages are believed (comma-separated ARNs); unset: any topic's.
 TOPICS_VARIABLE = "NOTIFIER_SNS_TOPIC_ARNS"
+#: How long a bounce waits for its delivery's outcome to reach the record before a 503.
+SETTLE_S = 5.0
+#: What a 503 asks SNS to wait before delivering the notification again (seconds).
+RETRY_AFTER_S = 30
 
 
 def _verifier(request: Request) -> SnsVerifier:
@@ -81,10 +92,32 @@ async def sns_bounces(request: Request) -> Response:
         return JSONResponse({"error": "the consultation record is not open"}, 503)
     book = BounceBook(web.ledger, web.store, web.key)
     try:
-        recorded = await anyio.to_thread.run_sync(book.record, bounce)
+        recorded = await anyio.to_thread.run_sync(_record_settled, request, book, bounce)
     except (redis.RedisError, StoreError) as exc:
         return JSONResponse({"error": f"unavailable: {describe(exc)}"}, 503)  # SNS delivers it again later
+    if recorded.result == "pending":
+        return JSONResponse(
+            {"error": "the bounced delivery's outcome is not in the record yet: deliver this again later"},
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return JSONResponse({"recorded": recorded.result})
+
+
+def _record_settled(request: Request, book: BounceBook, bounce: Bounce) -> Recorded:
+    """Record ``bounce``; while it names a delivery of ours not in the record yet, archive the
+    outcomes waiting in Redis (as ``notifier bounces import`` does) and try again, for at
+    most :data:`SETTLE_S`."""
+    deadline = time.monotonic() + SETTLE_S
+    recorded = book.record(bounce)
+    while recorded.result == "pending" and time.monotonic() < deadline:
+        archiver = state(request).desk.service().runtime.archiver()
+        if archiver is not None:
+            archiver.drain()
+        recorded = book.record(bounce)
+        if recorded.result == "pending":
+            time.sleep(0.1)  # another process' archiver holds it: let it finish
+    return recorded
 
 
 def _check_topic(request: Request, message: dict[str, Any]) -> None:

@@ -131,6 +131,42 @@ _SCHEMAS: dict[str, Any] = {
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "SnsMessage": {
+        "type": "object",
+        "required": ["Type", "MessageId", "TopicArn", "Timestamp", "SignatureVersion", "Signature", "SigningCertURL"],
+        "description": (
+            "An Amazon SNS message (HTTP/S delivery), signed by SNS. A `Notification`'s `Message` is an "
+            "Amazon SES notification (JSON, as text); only a `Bounce` is recorded."
+        ),
+        "properties": {
+            "Type": {"type": "string", "enum": ["Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"]},
+            "MessageId": {"type": "string"},
+            "TopicArn": {"type": "string"},
+            "Subject": {"type": "string"},
+            "Message": {"type": "string", "description": "The SES notification, as JSON text."},
+            "Timestamp": {"type": "string", "format": "date-time"},
+            "SignatureVersion": {"type": "string", "enum": ["1", "2"]},
+            "Signature": {"type": "string", "description": "Base64, over the message's canonical form."},
+            "SigningCertURL": {"type": "string", "description": "An https URL on an SNS host of Amazon's."},
+            "SubscribeURL": {"type": "string", "description": "For a SubscriptionConfirmation."},
+            "Token": {"type": "string"},
+        },
+    },
+    "BounceRecorded": {
+        "type": "object",
+        "required": ["recorded"],
+        "properties": {
+            "recorded": {
+                "type": ["string", "null"],
+                "enum": ["bounced", "soft", "already", "unknown", None],
+                "description": (
+                    "`bounced`: the delivery marked bounced and the address suppressed now; `soft`: a soft "
+                    "bounce counted (three in 30 days suppress); `already`: nothing new; `unknown`: it names no "
+                    "delivery of ours; null: not a bounce (a delivery or complaint notification)."
+                ),
+            }
+        },
+    },
 }
 
 _PATHS: dict[str, Any] = {
@@ -230,6 +266,32 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+}
+
+_PATHS["/api/bounces"] = {
+    "post": {
+        "operationId": "recordBounce",
+        "summary": "Record an Amazon SES bounce notification delivered by SNS (no token: the SNS signature)",
+        "description": (
+            "Point an SNS topic's HTTPS subscription here (SES publishes bounces to it). The SNS signature is "
+            "the credential: an unsigned or forged message, a signing certificate off Amazon's SNS hosts, or a "
+            "topic `NOTIFIER_SNS_TOPIC_ARNS` does not name, is refused with 403 and changes nothing. A signed "
+            "SubscriptionConfirmation is confirmed. A bounce naming a delivery whose outcome is not in the "
+            "record yet is a 503 with Retry-After, so SNS delivers it again."
+        ),
+        "security": [],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SnsMessage")}}},
+        "responses": {
+            "200": _json(
+                {"oneOf": [_ref("BounceRecorded"), {"type": "object", "required": ["confirmed"]}]},
+                "Recorded (what it did), or the subscription confirmed.",
+            ),
+            "400": _error("Not an SNS message (JSON), or a notification whose Message is not JSON."),
+            "403": _error("Unsigned, forged, a certificate not Amazon's, or a topic not allowed: nothing changed."),
+            "502": _error("The subscription could not be confirmed (its SubscribeURL failed)."),
+            "503": _error("Redis or the database is unavailable, or the delivery is not in the record yet: retry."),
+        },
+    }
 }
 
 _DOCUMENT: dict[str, Any] = {
