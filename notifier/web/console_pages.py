@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from notifier import timeline
+from notifier import agenda, timeline
 from notifier.config import Config, Consultation
 from notifier.errors import ConfigError, NotifierError, UsageError
 from notifier.validation import load_and_check
@@ -30,7 +30,7 @@ def _overview(request: Request) -> dict[str, Any]:
     """``validate``'s result and each consultation's plan (None where it cannot be made)."""
     cfg, problems = load_and_check(settings(request))
     svc = service(request)
-    plans: list[tuple[Consultation, console_plan.Plan | None]] = []
+    plans: list[tuple[Consultation, agenda.Agenda | None]] = []
     for item in sorted(cfg.consultations.values(), key=lambda c: c.opens, reverse=True):
         try:
             plans.append((item, console_plan.plan(svc.settings, svc.ledger, store(request), cfg, item)))
@@ -45,7 +45,7 @@ async def consultations(request: Request) -> Response:
     """GET ``/admin/consultations``: each consultation's dates, state and next event, and the
     result of ``validate`` (every problem as ``PATH:LINE: message``)."""
     found = await blocking(_overview, request)
-    return page(request, "console/consultations.html", local=console_plan.local, **found)
+    return page(request, "console/consultations.html", local=agenda.local, **found)
 
 
 def _consultation(request: Request, consultation_id: str) -> dict[str, Any]:
@@ -65,7 +65,7 @@ async def consultation(request: Request) -> Response:
         found = await blocking(_consultation, request, request.path_params["consultation"])
     except ConfigError as exc:
         return page(request, "console/broken.html", status=409, problems=exc.problems)
-    return page(request, "console/consultation.html", local=console_plan.local, **found)
+    return page(request, "console/consultation.html", local=agenda.local, describe=console_plan.describe, **found)
 
 
 def event_of(cfg: Config, item: Consultation, name: str) -> timeline.Event:
@@ -85,7 +85,7 @@ def _previews(request: Request, consultation_id: str, name: str, to: str | None)
     return {
         "consultation": item,
         "event": event,
-        "when": console_plan.local(event.at, cfg),
+        "when": agenda.local(event.at, cfg),
         "previews": found,
         "audience": console_preview.audience_of(cfg, event),
         "options": [

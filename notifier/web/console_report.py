@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from notifier import agenda
 from notifier.errors import UnknownOccurrenceError, UsageError
 from notifier.ledger import FINAL, STATUSES
-from notifier.web import console_plan
 from notifier.web.auth import checked_form, require
 from notifier.web.console import blocking, consultation_or_404, page, service, store, user
 from notifier.web.render import PAGE_HEADERS, console_csp
@@ -172,7 +172,7 @@ def _occurrence_page(request: Request, occurrence: str, filters: Filters) -> dic
         "status_options": [("", "Any status"), *((s, s) for s in STATUSES)],
         "channel_options": [("", "Any channel"), *((c, c) for c in sorted(found.by_channel))],
         "list_options": [("", "Any list"), *((k, str(cfg.lists[k].name or k)) for k in sorted(cfg.lists))],
-        "local": console_plan.local,
+        "local": agenda.local,
     }
 
 
