@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from typing import Any, NoReturn
 
 import click
@@ -26,13 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from notifier import __version__, agenda, archive, extension, timeline
+from notifier import preview as previewing
 from notifier import report as reporting
-from notifier.audience import Recipient, resolve
+from notifier.audience import resolve
 from notifier.bounce_cli import bounces
 from notifier.broker import connect
-from notifier.channels import limits, registry
-from notifier.channels.base import Delivery, EmailPayload
-from notifier.channels.email import Sender, build_message, message_id
+from notifier.channels import registry
 from notifier.compose import compose
 from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
@@ -47,9 +45,8 @@ from notifier.responders import Responders, responders
 from notifier.scheduler import offset_clock, serve
 from notifier.service import Service
 from notifier.store import Store
-from notifier.tokens import sign
 from notifier.users_cli import users
-from notifier.validation import check, check_event, load_and_check
+from notifier.validation import check, load_and_check
 
 # emoji=False: text from templates and config is printed as it is (``:x:`` stays ``:x:``); every
 # print of such text also passes markup=False, so ``[red]`` is not taken for a style either.
@@ -232,70 +229,24 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     config = _load(settings)
     item = config.consultation(consultation)
     ev = timeline.event(item, event, config.tz)
-    channels = [channel] if channel else list(ev.channels)
-    for name in channels:
-        if not registry.per_recipient(name) and name not in config.accounts:
-            raise UsageError(f"unknown channel {name!r} (known: {', '.join(config.channels)})")
-    renderer = Renderer(config)
-    problems = [p for p in check_event(config, renderer, item, ev) if p.severity == "error"]
-    if problems:
-        raise ConfigError(problems)
-    context = renderer.context(item, ev)
     key = _preview_key(settings)
-    for name in channels:
-        recipient, url = None, None
-        if registry.per_recipient(name):
-            audience = resolve(config.lists, ev.audience)
-            recipient = _pick(audience.recipients, to, audience)
-            token = sign(key, recipient.email) if key else "<signed-token>"
-            url = f"{settings.public_url}/unsubscribe/{token}"
-        payload = compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
-        if isinstance(payload, EmailPayload):
-            sender = Sender.parse(config.email.from_, config.email.reply_to)
-            delivery = Delivery(f"{item.id}:{event}:preview", name, payload.to_email.lower())
-            _print_email(build_message(sender, payload, msgid=message_id(delivery, sender.domain)))
+    for found in previewing.previews(settings, config, item, ev, key, to, [channel] if channel else None):
+        if isinstance(found, previewing.EmailPreview):
+            _print_email(found)
         else:
-            platform = config.accounts[name].platform
-            post = payload.text
-            rules = registry.rules(platform)
-            most = rules.max_length
-            size = f"{limits.length(rules, post)}/{most}" if most else f"{len(post)} characters"
-            out.rule(f"{name} ({platform}, {size})")
-            out.print(post, markup=False)
+            size = f"{found.length}/{found.limit}" if found.limit else f"{len(found.text)} characters"
+            out.rule(f"{found.channel} ({found.platform}, {size})")
+            out.print(found.text, markup=False)
             out.print()
 
 
-def _pick(recipients: tuple[Recipient, ...], to: str | None, audience: Any) -> Recipient:
-    if not recipients and not to:
-        raise UsageError("this event's audience is empty")
-    if to is None:
-        return recipients[0]
-    found: Recipient | None = audience.find(to)
-    if found is None:
-        raise UsageError(f"{to} is not in this event's audience")
-    return found
-
-
-def _print_email(data: bytes) -> None:
-    message = message_from_bytes(data, policy=policy.default)
+def _print_email(found: previewing.EmailPreview) -> None:
     out.rule("email")
-    for header in (
-        "From",
-        "To",
-        "Reply-To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-    ):
-        if message[header]:
-            out.print(f"{header}: {message[header]}", markup=False)
-    for part in message.walk():
-        if part.get_content_maintype() == "multipart":
-            continue
-        out.rule(part.get_content_type())
-        out.print(part.get_content().rstrip(), markup=False)
+    for name, value in found.headers:
+        out.print(f"{name}: {value}", markup=False)
+    for kind, body in found.parts:
+        out.rule(kind)
+        out.print(body.rstrip(), markup=False)
     out.print()
 
 

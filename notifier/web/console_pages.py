@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from notifier import agenda, timeline
+from notifier import agenda, preview, timeline
 from notifier.config import Config, Consultation
 from notifier.errors import ConfigError, NotifierError, UsageError
 from notifier.validation import load_and_check
@@ -80,17 +80,15 @@ def _previews(request: Request, consultation_id: str, name: str, to: str | None)
     item = consultation_or_404(cfg, consultation_id)
     event = event_of(cfg, item, name)
     key = state(request).key
-    found = console_preview.previews(settings(request), cfg, item, event, key, to)
+    found = preview.previews(settings(request), cfg, item, event, key, to)
     fired = service(request).ledger.fired(item.id, event.name)
     return {
         "consultation": item,
         "event": event,
         "when": agenda.local(event.at, cfg),
         "previews": found,
-        "audience": console_preview.audience_of(cfg, event),
-        "options": [
-            (r.email, f"{r.name} <{r.email}>" if r.name else r.email) for r in console_preview.audience_of(cfg, event)
-        ],
+        "audience": preview.audience_of(cfg, event),
+        "options": [(r.email, f"{r.name} <{r.email}>" if r.name else r.email) for r in preview.audience_of(cfg, event)],
         "fired": fired,
     }
 
@@ -108,8 +106,6 @@ async def event_preview(request: Request) -> Response:
         return page(request, "console/broken.html", status=409, problems=exc.problems)
     except UsageError as exc:
         raise HTTPException(404, str(exc)) from None
-    emails = [p for p in found["previews"] if isinstance(p, console_preview.EmailPreview)]
-    csp = console_csp(
-        styles=[s for p in emails for s in p.styles], style_attributes=[s for p in emails for s in p.style_attributes]
-    )
+    inline, attributes = console_preview.styles(found["previews"])
+    csp = console_csp(styles=inline, style_attributes=attributes)
     return page(request, "console/event.html", headers={"Content-Security-Policy": csp}, to=to, **found)
