@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from typing import Any, NoReturn
 
 import click
@@ -25,14 +24,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from notifier import __version__, archive, extension, timeline
+from notifier import __version__, agenda, archive, extension, timeline
+from notifier import preview as previewing
 from notifier import report as reporting
-from notifier.audience import Recipient, resolve
+from notifier.audience import resolve
 from notifier.bounce_cli import bounces
 from notifier.broker import connect
-from notifier.channels import limits, registry
-from notifier.channels.base import Delivery, EmailPayload
-from notifier.channels.email import Sender, build_message, message_id
+from notifier.channels import registry
 from notifier.compose import compose
 from notifier.config import Config, Settings, load_config
 from notifier.delivery import ACCOUNT
@@ -43,14 +41,12 @@ from notifier.moments import normalise
 from notifier.record_cli import check_schema, db, evidence, responses
 from notifier.rehearsal import rehearse as run_rehearsal
 from notifier.rendering import Renderer
-from notifier.responders import RESPONDED, Responders, responders, skipped
+from notifier.responders import Responders, responders
 from notifier.scheduler import offset_clock, serve
-from notifier.scheduler import status as event_states
 from notifier.service import Service
 from notifier.store import Store
-from notifier.tokens import sign
 from notifier.users_cli import users
-from notifier.validation import check, check_event, load_and_check
+from notifier.validation import check, load_and_check
 
 # emoji=False: text from templates and config is printed as it is (``:x:`` stays ``:x:``); every
 # print of such text also passes markup=False, so ``[red]`` is not taken for a style either.
@@ -73,21 +69,6 @@ def _problems(problems: Iterable[Problem]) -> None:
 
 def _load(settings: Settings) -> Config:
     return load_config(settings.config_dir)
-
-
-def _local(moment: datetime | None, config: Config, none: str = "on demand") -> str:
-    if moment is None:
-        return none
-    local = normalise(moment, config.tz)
-    return f"{local:%a %d %b %Y %H:%M %Z}"
-
-
-def _fires(event: timeline.Event, config: Config) -> str:
-    """When an event fires; when the send window moved it, also when it was set for and why."""
-    actual = _local(event.at, config)
-    if event.configured is None:
-        return actual
-    return f"{actual}\nset for {_local(event.configured, config)}:\n{event.moved_because}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -168,42 +149,40 @@ def plan(consultation: str | None) -> None:
     if ledger:
         _restore(settings, ledger, [c.id for c in consultations])
     suppressed = ledger.suppressed() if ledger else {}
-    # One consultation is named in the title, leaving its column's width to the others.
-    single = consultations[0].id if len(consultations) == 1 else None
+    now = datetime.now(UTC)
+    agendas = [
+        agenda.agenda(
+            config, item, ledger, suppressed, lambda c: _responders(settings, c, config), now, grace=settings.grace
+        )
+        for item in consultations
+    ]
+    out.print(_plan_table(agendas, config))
+
+
+def _plan_table(agendas: list[agenda.Agenda], config: Config) -> Table:
+    """The agendas as one table; one consultation is named in the title, leaving its column's
+    width to the others."""
+    single = agendas[0].consultation.id if len(agendas) == 1 else None
     title = f"{single}: timeline" if single else "Timeline"
     table = Table(title=f"{title} ({config.timezone})", title_justify="left")
     columns = ["When", "Event", "Channels", "Audience", "State"]
-    paced = any(config.limits(channel) for item in consultations for channel in item.channels)
+    paced = any(item.paced for item in agendas)
     if paced:
         columns.insert(4, "Finishes")
     if not single:
         columns.insert(1, "Consultation")
     for column in columns:
         table.add_column(column, no_wrap=column in ("When", "Event"), overflow="fold")
-    now = datetime.now(UTC)
-    for item in consultations:
-        events = timeline.events(item, config.tz)
-        if ledger:
-            events = extension.plan_events(ledger, item, config.tz, now, events)
-        states = event_states(ledger, events, now, grace=settings.grace) if ledger else []
-        reasons = _responders(settings, item.id, config) if any(RESPONDED in e.skip for e in events) else None
-        for i, event in enumerate(events):
-            audience = resolve(config.lists, event.audience, suppressed=suppressed)
-            left_out = skipped(event.skip, reasons, audience.recipients)
-            notes = [f"{len(audience.suppressed)} suppressed"] * bool(audience.suppressed)
-            notes += [f"{len(left_out)} skipped: responded"] * bool(left_out)
-            size = f"{len(audience) - len(left_out)}" + (f" ({', '.join(notes)})" if notes else "")
-            cells = [
-                _fires(event, config),
-                event.name,
-                ", ".join(event.channels),
-                size,
-                _describe_state(states[i], config) if states else "?",
-            ]
+    for item in agendas:
+        for row in item.events:
+            when = row.when if row.configured is None else f"{row.when}\nset for {row.configured}:\n{row.moved_because}"
+            notes = f" ({', '.join(row.notes)})" if row.notes else ""
+            state = agenda.describe(row.status, config, by_hand="`notifier send`")
+            cells = [when, row.event.name, ", ".join(row.event.channels), f"{row.audience}{notes}", state]
             if paced:
-                cells.insert(4, _local(timeline.finishes(config, event, len(audience) - len(left_out)), config, "-"))
-            table.add_row(*(cells if single else [*cells[:1], item.id, *cells[1:]]))
-    out.print(table)
+                cells.insert(4, row.finishes)
+            table.add_row(*(cells if single else [*cells[:1], item.consultation.id, *cells[1:]]))
+    return table
 
 
 def _restore(settings: Settings, ledger: Any, consultations: list[str]) -> None:
@@ -232,16 +211,6 @@ def _responders(settings: Settings, consultation: str, config: Config) -> Respon
         return None
 
 
-def _describe_state(state: Any, config: Config) -> str:
-    if state.state == "fired":
-        return f"fired {_local(state.occurrence.fired_at, config)}" + (" (late)" if state.late else "")
-    if state.state == "missed":
-        return "missed (only `notifier send` fires it)"
-    if state.state == "due":
-        return "due: fires late when the scheduler runs"
-    return str(state.state)
-
-
 def _preview_key(settings: Settings) -> bytes | None:
     if settings.secret_key_env:
         return settings.secret_key_env.encode()
@@ -260,70 +229,24 @@ def preview(consultation: str, event: str, channel: str | None, to: str | None) 
     config = _load(settings)
     item = config.consultation(consultation)
     ev = timeline.event(item, event, config.tz)
-    channels = [channel] if channel else list(ev.channels)
-    for name in channels:
-        if not registry.per_recipient(name) and name not in config.accounts:
-            raise UsageError(f"unknown channel {name!r} (known: {', '.join(config.channels)})")
-    renderer = Renderer(config)
-    problems = [p for p in check_event(config, renderer, item, ev) if p.severity == "error"]
-    if problems:
-        raise ConfigError(problems)
-    context = renderer.context(item, ev)
     key = _preview_key(settings)
-    for name in channels:
-        recipient, url = None, None
-        if registry.per_recipient(name):
-            audience = resolve(config.lists, ev.audience)
-            recipient = _pick(audience.recipients, to, audience)
-            token = sign(key, recipient.email) if key else "<signed-token>"
-            url = f"{settings.public_url}/unsubscribe/{token}"
-        payload = compose(renderer, config, item, ev, name, recipient, context=context, unsubscribe_url=url)
-        if isinstance(payload, EmailPayload):
-            sender = Sender.parse(config.email.from_, config.email.reply_to)
-            delivery = Delivery(f"{item.id}:{event}:preview", name, payload.to_email.lower())
-            _print_email(build_message(sender, payload, msgid=message_id(delivery, sender.domain)))
+    for found in previewing.previews(settings, config, item, ev, key, to, [channel] if channel else None):
+        if isinstance(found, previewing.EmailPreview):
+            _print_email(found)
         else:
-            platform = config.accounts[name].platform
-            post = payload.text
-            rules = registry.rules(platform)
-            most = rules.max_length
-            size = f"{limits.length(rules, post)}/{most}" if most else f"{len(post)} characters"
-            out.rule(f"{name} ({platform}, {size})")
-            out.print(post, markup=False)
+            size = f"{found.length}/{found.limit}" if found.limit else f"{len(found.text)} characters"
+            out.rule(f"{found.channel} ({found.platform}, {size})")
+            out.print(found.text, markup=False)
             out.print()
 
 
-def _pick(recipients: tuple[Recipient, ...], to: str | None, audience: Any) -> Recipient:
-    if not recipients and not to:
-        raise UsageError("this event's audience is empty")
-    if to is None:
-        return recipients[0]
-    found: Recipient | None = audience.find(to)
-    if found is None:
-        raise UsageError(f"{to} is not in this event's audience")
-    return found
-
-
-def _print_email(data: bytes) -> None:
-    message = message_from_bytes(data, policy=policy.default)
+def _print_email(found: previewing.EmailPreview) -> None:
     out.rule("email")
-    for header in (
-        "From",
-        "To",
-        "Reply-To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-    ):
-        if message[header]:
-            out.print(f"{header}: {message[header]}", markup=False)
-    for part in message.walk():
-        if part.get_content_maintype() == "multipart":
-            continue
-        out.rule(part.get_content_type())
-        out.print(part.get_content().rstrip(), markup=False)
+    for name, value in found.headers:
+        out.print(f"{name}: {value}", markup=False)
+    for kind, body in found.parts:
+        out.rule(kind)
+        out.print(body.rstrip(), markup=False)
     out.print()
 
 
@@ -740,7 +663,7 @@ def run(threads: int, now: str | None) -> None:
                 f"e-mail goes to {where}. Ctrl-C stops."
             )
             if clock:
-                err.print(f"clock starts at {_local(clock(), config)} (--now)")
+                err.print(f"clock starts at {agenda.local(clock(), config)} (--now)")
             serve(settings, stop=stop, clock=clock, service=service)
             err.print("stopping: finishing in-flight deliveries")
             web_server.should_exit = True
@@ -781,7 +704,7 @@ def rehearse(consultation: str) -> None:
         mine = [r for r in result.received if r.event == event.name]
         emails = [r for r in mine if registry.per_recipient(r.channel)]
         timeline_table.add_row(
-            _local(event.at, config) if event.at else "on demand (rehearsed now)",
+            agenda.local(event.at, config) if event.at else "on demand (rehearsed now)",
             event.name,
             str(sum(r.status in SUCCEEDED for r in emails)),
             str(sum(r.status == "suppressed" for r in emails)),
@@ -800,7 +723,7 @@ def rehearse(consultation: str) -> None:
         first = items[0]
         who = f"{first.name} <{address}>" if first.name else address
         lines = [
-            f"{_local(r.at, config)}  {r.event}: " + (r.what if r.status in SUCCEEDED else f"not sent ({r.what})")
+            f"{agenda.local(r.at, config)}  {r.event}: " + (r.what if r.status in SUCCEEDED else f"not sent ({r.what})")
             for r in items
         ]
         people.add_row(who, ", ".join(first.lists), "\n".join(lines))
@@ -811,7 +734,7 @@ def rehearse(consultation: str) -> None:
         posts.add_column(column, overflow="fold")
     for r in result.received:
         if not registry.per_recipient(r.channel):
-            posts.add_row(_local(r.at, config), r.channel, r.what)
+            posts.add_row(agenda.local(r.at, config), r.channel, r.what)
     out.print(posts)
 
 

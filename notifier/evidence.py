@@ -26,15 +26,15 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment
 
 from notifier.columns import FIELDS, REPORT_COLUMNS
+from notifier.config import EMAIL_CHANNEL
 from notifier.errors import StoreError
+from notifier.ledger import STATUSES
 
 __all__ = ["CSV_FIELDS", "FIELDS", "Evidence", "build", "day", "overview", "write"]
 from notifier.store import TOLD, ConsultationRecord, Count, Store, told_in
 
-EMAIL = "email"
 #: The columns of deliveries.csv: the report's, and the Message-ID the record adds.
 CSV_FIELDS = REPORT_COLUMNS
-STATUSES = ("sent", "outbox", "failed", "bounced", "suppressed", "skipped", "pending")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ def build(store: Store, consultation_id: str) -> Evidence:
     ]
     if consultation.pruned_at is None:  # who was told, from the rows just read rather than again
         told, per_list = told_in(
-            (r["recipient"], r["lists"]) for r in rows if r["channel"] == EMAIL and r["status"] in TOLD
+            (r["recipient"], r["lists"]) for r in rows if r["channel"] == EMAIL_CHANNEL and r["status"] in TOLD
         )
     else:
         told, per_list = store.told(consultation_id)
@@ -184,7 +184,7 @@ def _channels(counts: Iterable[Count]) -> list[ChannelFacts]:
             first[n.channel] = n.first_at if old is None else min(old, n.first_at)
     facts = [ChannelFacts(ch, first[ch], totals[ch]) for ch in totals]
     never = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
-    return sorted(facts, key=lambda f: (f.first_sent or never, f.channel != EMAIL, f.channel))
+    return sorted(facts, key=lambda f: (f.first_sent or never, f.channel != EMAIL_CHANNEL, f.channel))
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -223,7 +223,7 @@ def _plural(n: int, word: str, words: str | None = None) -> str:
 
 
 def _channel_phrase(ch: ChannelFacts, tz: ZoneInfo) -> str:
-    name = "e-mail" if ch.channel == EMAIL else ch.channel
+    name = "e-mail" if ch.channel == EMAIL_CHANNEL else ch.channel
     when = f"first sent {day(ch.first_sent, tz)}" if ch.first_sent else "nothing sent"
     extra = "".join(f", {ch.counts[s]:,} {s}" for s in ("outbox", "failed", "bounced") if ch.counts.get(s))
     return f"{name} ({when}: {ch.sent:,} sent{extra})"

@@ -114,12 +114,15 @@ class Project:
     def data(self) -> Path:
         return self.root / "var"
 
-    def run(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run ``notifier ARGS`` in a subprocess on this project."""
+    def run(
+        self, *args: str, timeout: float = 120, check: bool = False, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``notifier ARGS`` in a subprocess on this project (``stdin``: what it reads)."""
         result = subprocess.run(
             [sys.executable, "-m", "notifier", *args],
             cwd=self.root,
             env=self.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

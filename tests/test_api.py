@@ -8,9 +8,7 @@ the workers (none run here): what is checked is the occurrence in the ledger and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from html import unescape
 
 import httpx2 as httpx  # what Starlette's TestClient answers with
 import pytest
@@ -18,7 +16,6 @@ import redis
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from notifier import users
 from notifier.bounces import SOFT_WINDOW
 from notifier.config import Settings
 from notifier.ledger import Ledger
@@ -26,13 +23,13 @@ from notifier.store import Store
 from notifier.web.app import ROUTES, create_app
 from notifier.web.openapi import document
 from tests.conftest import Project
+from tests.console_fixtures import signed_in
 
 TOKEN = "api-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SOC = "soc-strategy-2019"
 FUTURE = "violence-2099"
 JANE = "jane.smith@telford.example"
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
@@ -58,17 +55,6 @@ def record(settings: Settings) -> Iterator[Store]:
 def client(settings: Settings, record: Store) -> Iterator[TestClient]:
     with TestClient(create_app(settings), base_url="https://testserver", follow_redirects=False) as found:
         yield found
-
-
-def signed_in(client: TestClient, record: Store, role: str) -> str:
-    """Sign ``client`` in as a new user with ``role``; the session's CSRF token."""
-    email = f"{role}@pcc.example"
-    users.add_user(record, email, role, PASSWORD)
-    page = client.get("/admin/sign-in").text
-    token = unescape(re.findall(r'name="csrf_token" value="([^"]+)"', page)[0])
-    client.post("/admin/sign-in", data={"email": email, "password": PASSWORD, "csrf_token": token})
-    signed = client.get("/admin/sign-in").text
-    return unescape(re.findall(r'name="csrf_token" value="([^"]+)"', signed)[0])
 
 
 def fire(client: TestClient, body: object, consultation: str = SOC, **headers: str) -> httpx.Response:

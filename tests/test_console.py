@@ -19,47 +19,25 @@ import redis
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from notifier.config import Settings
 from notifier.ledger import Ledger
 from notifier.store import ConsultationRecord, OccurrenceRecord, Settled, Store
-from notifier.users import add_user
 from notifier.web import create_app
+from tests.console_fixtures import ROOT, csrf_of, signed_in, web_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 SOC = "soc-strategy-2019"
-PASSWORD = "correct horse battery staple"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def settings_for(tmp_path: Path, redis_url: str, config_dir: Path = ROOT / "config") -> Settings:
-    """Settings as ``notifier web`` reads them, on the example config and a fresh data dir."""
-    return Settings(
-        config_dir=config_dir,
-        data_dir=tmp_path / "var",
-        redis_url=redis_url,
-        public_url="https://notify.pcc.example",
-        secret_key_env="console-test-secret",
-    )
 
 
 @pytest.fixture
 def app(tmp_path: Path, redis_url: str) -> Starlette:
     """The web app on the example config."""
-    return create_app(settings_for(tmp_path, redis_url))
+    return create_app(web_settings(tmp_path, redis_url))
 
 
 def client_as(app: Starlette, role: str | None) -> TestClient:
     """A client signed in as a new user with ``role`` (None: not signed in)."""
     client = TestClient(app, base_url="https://testserver", follow_redirects=False)
     if role:
-        email = f"{role}@pcc.example"
-        add_user(app.state.web.store, email, role, PASSWORD)
-        form = client.get("/admin/sign-in")
-        found = CSRF.search(form.text)
-        assert found, "no csrf_token on the sign-in form"
-        data = {"email": email, "password": PASSWORD, "csrf_token": found.group(1)}
-        signed = client.post("/admin/sign-in", data=data)
-        assert signed.status_code == 303, signed.text
+        signed_in(client, app.state.web.store, role)
     return client
 
 
@@ -86,9 +64,7 @@ def csrf(client: TestClient, path: str = "/admin/consultations") -> str:
     has one: signing out)."""
     page = client.get(path)
     assert page.status_code == 200, page.text
-    found = CSRF.search(page.text)
-    assert found, f"no csrf_token on {path}"
-    return found.group(1)
+    return csrf_of(page.text)
 
 
 def test_the_console_asks_for_sign_in_first(app: Starlette) -> None:
@@ -269,7 +245,7 @@ def test_the_timeline_says_when_a_send_window_moved_an_event_and_when_a_paced_on
         "  reply_to: policy@pcc.example\n", "  reply_to: policy@pcc.example\n  rate: 30/minute\n"
     )
     settings_file.write_text(text + '\nsend_window:\n  days: mon-fri\n  hours: "09:00-17:00"\n')
-    app = create_app(settings_for(tmp_path, redis_url, tmp_path / "config"))
+    app = create_app(web_settings(tmp_path, redis_url, config_dir=tmp_path / "config"))
     with client_as(app, "viewer") as viewer:
         page = viewer.get(f"/admin/consultations/{SOC}")
     assert page.status_code == 200, page.text

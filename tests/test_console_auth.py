@@ -9,12 +9,8 @@ back as a browser would); the ``users`` commands run as ``python -m notifier`` s
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from html import unescape
 from pathlib import Path
 
 import argon2
@@ -27,28 +23,17 @@ from notifier.config import Settings
 from notifier.errors import AccountLocked, InvalidValueError, SignInRefused, UsageError
 from notifier.store import Store
 from notifier.web.app import create_app
+from tests import console_fixtures
 from tests.conftest import Project
+from tests.console_fixtures import PASSWORD, csrf_of, web_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 ADA = "ada.lovelace@pcc.example"
-PASSWORD = "correct horse battery staple"
 WRONG = "not the right password"
-
-
-def make_settings(tmp_path: Path, redis_url: str, *, public_url: str = "https://notify.pcc.example") -> Settings:
-    """Settings as ``notifier web`` reads them; the record is SQLite in the test's data dir."""
-    return Settings(
-        config_dir=ROOT / "config",
-        data_dir=tmp_path / "var",
-        redis_url=redis_url,
-        public_url=public_url,
-        secret_key_env="console-test-secret",
-    )
 
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
-    return make_settings(tmp_path, redis_url)
+    return web_settings(tmp_path, redis_url)
 
 
 @pytest.fixture
@@ -66,19 +51,9 @@ def client(settings: Settings, record: Store) -> Iterator[TestClient]:
         yield found
 
 
-def csrf_of(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "the page has no csrf_token field"
-    return unescape(found.group(1))
-
-
 def sign_in(client: TestClient, email: str = ADA, password: str = PASSWORD, next_: str | None = None) -> httpx.Response:
-    page = client.get("/admin/sign-in", params={"next": next_} if next_ else None)
-    form = {"email": email, "password": password, "csrf_token": csrf_of(page.text)}
-    if next_ is not None:
-        form["next"] = next_
-    response: httpx.Response = client.post("/admin/sign-in", data=form)
-    return response
+    """Ada (a sender) signs in, unless another is named."""
+    return console_fixtures.sign_in(client, email, password, next_)
 
 
 def is_signed_in(client: TestClient) -> bool:
@@ -114,7 +89,7 @@ def test_the_cookie_is_not_marked_secure_when_the_public_url_is_http(
     tmp_path: Path, redis_url: str, record: Store
 ) -> None:
     users.add_user(record, ADA, "viewer", PASSWORD)
-    app = create_app(make_settings(tmp_path, redis_url, public_url="http://localhost:8080"))
+    app = create_app(web_settings(tmp_path, redis_url, public_url="http://localhost:8080"))
     with TestClient(app, follow_redirects=False) as plain:
         cookie = session_cookie(sign_in(plain)).lower()
     assert "httponly" in cookie
@@ -314,22 +289,8 @@ def test_the_admin_root_goes_to_the_consultations(client: TestClient) -> None:
 # ---------------------------------------------------------------------------
 
 
-def run(project: Project, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "notifier", *args],
-        cwd=project.root,
-        env=project.env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_users_add_list_and_remove_from_the_command_line(project: Project) -> None:
-    added = run(
-        project,
+    added = project.run(
         "users",
         "add",
         "Ada.Lovelace@PCC.example",
@@ -340,34 +301,34 @@ def test_users_add_list_and_remove_from_the_command_line(project: Project) -> No
     )
     assert added.returncode == 0, added.stderr
     assert "added ada.lovelace@pcc.example as admin" in added.stdout
-    listed = run(project, "users", "list", "--format", "json")
+    listed = project.run("users", "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["users"][0]["email"] == ADA
-    assert ADA in run(project, "users", "list").stdout
+    assert ADA in project.run("users", "list").stdout
     store = Store.open(Settings.from_env(project.settings_env()))
     try:
         user = users.authenticate(store, ADA, PASSWORD)
         assert user.role == "admin"
     finally:
         store.close()
-    removed = run(project, "users", "remove", ADA)
+    removed = project.run("users", "remove", ADA)
     assert removed.returncode == 0, removed.stderr
-    assert ADA not in run(project, "users", "list").stdout
+    assert ADA not in project.run("users", "list").stdout
 
 
 def test_users_commands_refuse_bad_input_with_a_clear_message_and_exit_1(project: Project) -> None:
-    bad_role = run(project, "users", "add", ADA, "--role", "owner", "--password-stdin", stdin=PASSWORD)
+    bad_role = project.run("users", "add", ADA, "--role", "owner", "--password-stdin", stdin=PASSWORD)
     assert bad_role.returncode != 0 and "owner" in bad_role.stderr
-    short = run(project, "users", "add", ADA, "--role", "viewer", "--password-stdin", stdin="short\n")
+    short = project.run("users", "add", ADA, "--role", "viewer", "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and "at least 10 characters" in short.stderr
-    empty = run(project, "users", "add", ADA, "--role", "viewer", "--password-stdin", stdin="")
+    empty = project.run("users", "add", ADA, "--role", "viewer", "--password-stdin", stdin="")
     assert empty.returncode == 1 and "--password-stdin" in empty.stderr
-    bad_address = run(project, "users", "add", "not-an-address", "--role", "viewer", "--password-stdin", stdin=PASSWORD)
+    bad_address = project.run("users", "add", "not-an-address", "--role", "viewer", "--password-stdin", stdin=PASSWORD)
     assert bad_address.returncode == 1 and "not-an-address" in bad_address.stderr
-    assert run(project, "users", "add", ADA, "--role", "viewer", "--password-stdin", stdin=PASSWORD).returncode == 0
-    again = run(project, "users", "add", ADA, "--role", "admin", "--password-stdin", stdin=PASSWORD)
+    assert project.run("users", "add", ADA, "--role", "viewer", "--password-stdin", stdin=PASSWORD).returncode == 0
+    again = project.run("users", "add", ADA, "--role", "admin", "--password-stdin", stdin=PASSWORD)
     assert again.returncode == 1 and "already exists" in again.stderr
-    unknown = run(project, "users", "remove", "nobody@pcc.example")
+    unknown = project.run("users", "remove", "nobody@pcc.example")
     assert unknown.returncode == 1 and "no console user nobody@pcc.example" in unknown.stderr
 
 

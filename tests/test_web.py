@@ -34,8 +34,8 @@ from notifier.ledger import Ledger
 from notifier.tokens import sign
 from notifier.web import LEADER_KEY, ConnectionLimits, bound_port, make_server, mask_email, parse_bind
 from tests.conftest import wait_until
+from tests.console_fixtures import ROOT, web_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = b"web-test-secret"
 JANE = "jane.smith@telford.example"
 #: sign(KEY, JANE) as minted before tokens were encrypted: links in inboxes look like this.
@@ -61,14 +61,7 @@ def ledger(redis_client: redis.Redis) -> Ledger:
 
 def make_settings(tmp_path: Path, redis_url: str, config_dir: Path = ROOT / "config") -> Settings:
     """Settings as ``notifier web`` would read them, on an ephemeral port."""
-    return Settings(
-        config_dir=config_dir,
-        data_dir=tmp_path / "var",
-        redis_url=redis_url,
-        public_url="https://notify.pcc.example",
-        web_bind="127.0.0.1:0",
-        secret_key_env=KEY.decode(),
-    )
+    return web_settings(tmp_path, redis_url, config_dir=config_dir, secret=KEY.decode(), web_bind="127.0.0.1:0")
 
 
 @dataclass

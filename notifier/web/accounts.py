@@ -18,30 +18,17 @@ from starlette.responses import RedirectResponse, Response
 
 from notifier import users
 from notifier.errors import InvalidValueError, StoreError, UsageError
-from notifier.store import Store
-from notifier.web.auth import SignedIn, checked_form, csrf_token, require
+from notifier.web.auth import checked_form, csrf_token, require
+from notifier.web.console import store, user
 from notifier.web.render import render
-from notifier.web.state import state
 
 PATH = "/admin/users"
 _FLASH = "users_flash"
 
 
-def _store(request: Request) -> Store:
-    store = state(request).store
-    if store is None:
-        raise HTTPException(503, "The consultation record is not available.")
-    return store
-
-
-def _me(request: Request) -> SignedIn:
-    user: SignedIn = request.state.user
-    return user
-
-
 async def _page(request: Request, *, status: int = 200, **context: Any) -> Response:
     try:
-        found = await anyio.to_thread.run_sync(_store(request).users)
+        found = await anyio.to_thread.run_sync(store(request).users)
     except StoreError:
         raise HTTPException(503, "The consultation record is not available.") from None
     values: dict[str, Any] = {"errors": {}, "email": "", "role": "viewer", **context}
@@ -51,7 +38,7 @@ async def _page(request: Request, *, status: int = 200, **context: Any) -> Respo
         status=status,
         users=found,
         roles=users.ROLES,
-        me=_me(request),
+        me=user(request),
         is_locked=users.is_locked,
         csrf=csrf_token(request),
         flash=request.session.pop(_FLASH, None),
@@ -89,7 +76,7 @@ async def user_add(request: Request) -> Response:
     email = email.strip()
     errors = _field_errors(email, role, password)
     if not errors:
-        add = functools.partial(users.add_user, _store(request), email, role, password, actor=_me(request).email)
+        add = functools.partial(users.add_user, store(request), email, role, password, actor=user(request).email)
         try:
             added = await anyio.to_thread.run_sync(add)
         except UsageError:
@@ -105,11 +92,11 @@ async def user_remove(request: Request) -> Response:
     """POST ``/admin/users/remove`` (``email``): remove that user (not yourself); their sessions end."""
     form = await checked_form(request)
     email = str(form.get("email") or "").strip().lower()
-    if email == _me(request).email:
+    if email == user(request).email:
         return await _page(request, status=400, errors={"users": "You cannot remove your own account"})
     try:
         await anyio.to_thread.run_sync(
-            functools.partial(users.remove_user, _store(request), email, actor=_me(request).email)
+            functools.partial(users.remove_user, store(request), email, actor=user(request).email)
         )
     except UsageError:
         return await _page(request, status=400, errors={"users": f"There is no user {email}"})

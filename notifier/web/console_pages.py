@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from notifier import timeline
+from notifier import agenda, preview, timeline
 from notifier.config import Config, Consultation
 from notifier.errors import ConfigError, NotifierError, UsageError
 from notifier.validation import load_and_check
@@ -30,7 +30,7 @@ def _overview(request: Request) -> dict[str, Any]:
     """``validate``'s result and each consultation's plan (None where it cannot be made)."""
     cfg, problems = load_and_check(settings(request))
     svc = service(request)
-    plans: list[tuple[Consultation, console_plan.Plan | None]] = []
+    plans: list[tuple[Consultation, agenda.Agenda | None]] = []
     for item in sorted(cfg.consultations.values(), key=lambda c: c.opens, reverse=True):
         try:
             plans.append((item, console_plan.plan(svc.settings, svc.ledger, store(request), cfg, item)))
@@ -45,7 +45,7 @@ async def consultations(request: Request) -> Response:
     """GET ``/admin/consultations``: each consultation's dates, state and next event, and the
     result of ``validate`` (every problem as ``PATH:LINE: message``)."""
     found = await blocking(_overview, request)
-    return page(request, "console/consultations.html", local=console_plan.local, **found)
+    return page(request, "console/consultations.html", local=agenda.local, **found)
 
 
 def _consultation(request: Request, consultation_id: str) -> dict[str, Any]:
@@ -65,7 +65,7 @@ async def consultation(request: Request) -> Response:
         found = await blocking(_consultation, request, request.path_params["consultation"])
     except ConfigError as exc:
         return page(request, "console/broken.html", status=409, problems=exc.problems)
-    return page(request, "console/consultation.html", local=console_plan.local, **found)
+    return page(request, "console/consultation.html", local=agenda.local, describe=console_plan.describe, **found)
 
 
 def event_of(cfg: Config, item: Consultation, name: str) -> timeline.Event:
@@ -80,17 +80,15 @@ def _previews(request: Request, consultation_id: str, name: str, to: str | None)
     item = consultation_or_404(cfg, consultation_id)
     event = event_of(cfg, item, name)
     key = state(request).key
-    found = console_preview.previews(settings(request), cfg, item, event, key, to)
+    found = preview.previews(settings(request), cfg, item, event, key, to)
     fired = service(request).ledger.fired(item.id, event.name)
     return {
         "consultation": item,
         "event": event,
-        "when": console_plan.local(event.at, cfg),
+        "when": agenda.local(event.at, cfg),
         "previews": found,
-        "audience": console_preview.audience_of(cfg, event),
-        "options": [
-            (r.email, f"{r.name} <{r.email}>" if r.name else r.email) for r in console_preview.audience_of(cfg, event)
-        ],
+        "audience": preview.audience_of(cfg, event),
+        "options": [(r.email, f"{r.name} <{r.email}>" if r.name else r.email) for r in preview.audience_of(cfg, event)],
         "fired": fired,
     }
 
@@ -108,8 +106,6 @@ async def event_preview(request: Request) -> Response:
         return page(request, "console/broken.html", status=409, problems=exc.problems)
     except UsageError as exc:
         raise HTTPException(404, str(exc)) from None
-    emails = [p for p in found["previews"] if isinstance(p, console_preview.EmailPreview)]
-    csp = console_csp(
-        styles=[s for p in emails for s in p.styles], style_attributes=[s for p in emails for s in p.style_attributes]
-    )
+    inline, attributes = console_preview.styles(found["previews"])
+    csp = console_csp(styles=inline, style_attributes=attributes)
     return page(request, "console/event.html", headers={"Content-Security-Policy": csp}, to=to, **found)

@@ -20,9 +20,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from notifier import agenda
 from notifier.errors import UnknownOccurrenceError, UsageError
 from notifier.ledger import FINAL, STATUSES
-from notifier.web import console_plan
+from notifier.service import Progress
 from notifier.web.auth import checked_form, require
 from notifier.web.console import blocking, consultation_or_404, page, service, store, user
 from notifier.web.render import PAGE_HEADERS, console_csp
@@ -33,15 +34,16 @@ PAGE_SIZE = 50
 
 
 @dataclass(frozen=True, slots=True)
-class Counts:
-    """An occurrence's deliveries counted by channel and status."""
+class Counts(Progress):
+    """An occurrence's deliveries counted by channel and status, as the progress page shows them."""
 
-    total: int
-    done: int
-    by_channel: dict[str, dict[str, int]]
-    fanned_out: bool
     #: Counted from the record's rows (not the ledger's): they count what the table lists.
     from_record: bool = False
+
+    @property
+    def by_channel(self) -> dict[str, dict[str, int]]:
+        """Deliveries by channel, then by status."""
+        return self.counts
 
     @property
     def percent(self) -> int:
@@ -49,16 +51,6 @@ class Counts:
         if not self.total:
             return 100 if self.fanned_out else 0
         return 100 if self.finished else min(99, self.done * 100 // self.total)
-
-    @property
-    def finished(self) -> bool:
-        """Fanned out and every delivery final."""
-        return self.fanned_out and self.done >= self.total
-
-    @property
-    def failed(self) -> int:
-        """Deliveries that failed permanently."""
-        return sum(c.get("failed", 0) for c in self.by_channel.values())
 
     def as_json(self) -> dict[str, Any]:
         """What ``progress.json`` answers."""
@@ -172,7 +164,7 @@ def _occurrence_page(request: Request, occurrence: str, filters: Filters) -> dic
         "status_options": [("", "Any status"), *((s, s) for s in STATUSES)],
         "channel_options": [("", "Any channel"), *((c, c) for c in sorted(found.by_channel))],
         "list_options": [("", "Any list"), *((k, str(cfg.lists[k].name or k)) for k in sorted(cfg.lists))],
-        "local": console_plan.local,
+        "local": agenda.local,
     }
 
 

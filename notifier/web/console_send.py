@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from notifier import archive
+from notifier import agenda, archive
 from notifier.errors import ConfigError, TooEarlyError
 from notifier.web import console_plan
 from notifier.web.auth import checked_form, require
@@ -61,9 +61,9 @@ def _situation(request: Request, consultation_id: str, asked: Asked) -> dict[str
     return {
         "consultation": item,
         "event": event,
-        "when": console_plan.local(event.at, cfg),
+        "when": agenda.local(event.at, cfg),
         "fired": fired,
-        "fired_at": console_plan.local(svc.ledger.occurrence(fired).fired_at, cfg) if fired else None,
+        "fired_at": agenda.local(svc.ledger.occurrence(fired).fired_at, cfg) if fired else None,
         "early": early,
         "warnings": warnings,
         "reach": reach,

@@ -27,10 +27,10 @@ from starlette.responses import RedirectResponse, Response
 
 from notifier import users
 from notifier.errors import SignInRefused, StoreError
-from notifier.store import Store, User
+from notifier.store import User
 from notifier.web.auth import SIGN_IN_PATH, Role, checked_form, csrf_token, current_user, sign_in, sign_out, signed_in
+from notifier.web.console import store
 from notifier.web.render import render
-from notifier.web.state import state
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ def safe_next(target: object) -> str | None:
     if parts.path.rstrip("/") in {SIGN_IN_PATH, "/admin/sign-out"}:
         return None  # signed in, the sign-in page would send the browser back to itself
     return target
-
-
-def _store(request: Request) -> Store:
-    store = state(request).store
-    if store is None:
-        raise HTTPException(503, "The consultation record is not available.")
-    return store
 
 
 def _form(request: Request, *, status: int = 200, **context: Any) -> Response:
@@ -109,7 +102,7 @@ async def sign_in_submit(request: Request) -> Response:
     errors = _missing(email, password)
     if errors:
         return _form(request, status=400, errors=errors, email=email, next=target)
-    check = functools.partial(users.authenticate, _store(request), email, password)
+    check = functools.partial(users.authenticate, store(request), email, password)
     try:
         user: User = await anyio.to_thread.run_sync(check)
     except SignInRefused as exc:
@@ -128,7 +121,7 @@ async def sign_out_submit(request: Request) -> Response:
     user = current_user(request)
     sign_out(request)
     if user is not None:
-        await anyio.to_thread.run_sync(functools.partial(_store(request).audit, user.email, "sign-out"))
+        await anyio.to_thread.run_sync(functools.partial(store(request).audit, user.email, "sign-out"))
     return RedirectResponse("/admin/sign-in?signed-out=1", status_code=303)
 
 
