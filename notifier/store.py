@@ -317,11 +317,15 @@ class Settled:
             sent_at=_when(record.sent_at),
         )
 
+    @property
+    def message_key(self) -> str | None:
+        """The delivery key in its Message-ID (the indexed column a bounce is looked up by)."""
+        return message_key(self.message_id)
+
     def row(self) -> dict[str, Any]:
         """The ``deliveries`` row."""
-        values = {name: getattr(self, name) for name in _SETTLED_COLUMNS}
+        values = {name: getattr(self, name) for name in (*_SETTLED_COLUMNS, "message_key")}
         values["lists"] = " ".join(self.lists)
-        values["message_key"] = message_key(self.message_id)
         return values
 
 
