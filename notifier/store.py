@@ -566,7 +566,7 @@ class Store:
         compiled = self._archive.compile(dialect=engine.dialect)
         self._archive_sql = str(compiled)
         self._archive_order = tuple(compiled.positiontup or ())  # qmark (SQLite): the parameters' order
-        order = self._archive_order or _SETTLED_COLUMNS
+        order = self._archive_order or (*_SETTLED_COLUMNS, "message_key")  # named (PostgreSQL): every column
         self._row_values = operator.attrgetter(*order)  # one C call for every column of a Settled
         self._row_names = None if self._archive_order else order  # named (PostgreSQL): a dict
         self._lists_at = order.index("lists")
