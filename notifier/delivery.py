@@ -154,6 +154,8 @@ def deliver(rt: Runtime, batch: Batch, *, message_id: str | None = None) -> floa
     except BaseException:
         recorder.abort()  # replies unread: the connection is dropped, not reused
         raise
+    finally:
+        sending.release()
     return retry
 
 
@@ -225,7 +227,8 @@ class _Sending:
             self.per_recipient = registry.per_recipient(self.channel_name)
             self.config = self.rt.config
             self.prepared = self.rt.prepare(self.occurrence_id)
-            self.channel = self.rt.channel(self.channel_name)
+            if self.channel is None:
+                self.channel = self.rt.hold(self.channel_name)  # let go by release()
             self.renderer = self.rt.renderer
             self.batch = self.channel if isinstance(self.channel, BatchChannel) else None
             pause = self.rt.retry.breaker_base_s
@@ -237,6 +240,13 @@ class _Sending:
                     self.rt.client, self.channel_name, limits, message, self.rt.ledger.ns, clock=self.rt.clock
                 )
         return self.prepared, self.channel, self.renderer
+
+    def release(self) -> None:
+        """Let go of the channel :meth:`lookup` held (see :meth:`Runtime.hold`): when the
+        config changed meanwhile, the old channel is closed now, not under this batch."""
+        if self.channel is not None:
+            self.rt.release(self.channel)
+            self.channel = None
 
 
 Result = Receipt | TransientDeliveryError | PermanentDeliveryError | ConfigError

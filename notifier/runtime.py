@@ -4,8 +4,10 @@ The config comes from the process' :class:`~notifier.source.ConfigSource` (share
 the Service and the scheduler): re-read when a file under ``config/`` or ``templates/``
 changes (checked at most once a second), so a long-running worker picks up an edited list
 or template without a restart; the renderer, channels and prepared occurrences are rebuilt
-from each new config. A rehearsal gets its own runtime: another ledger namespace and outbox-only
-channels under its own folder, so it can never touch the real ledger or post live.
+from each new config. A channel a batch is sending on (:meth:`Runtime.hold`) is not closed
+under it by the reload: it is closed when the last batch holding it lets go. A rehearsal
+gets its own runtime: another ledger namespace and outbox-only channels under its own
+folder, so it can never touch the real ledger or post live.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class Runtime:
         self._config: Config | None = None
         self._renderer: Renderer | None = None
         self._channels: dict[str, Channel[Any]] = {}
+        #: How many batches hold each channel now (by id, see :meth:`hold`), and the held
+        #: channels a reload has replaced, closed by their last :meth:`release`.
+        self._holds: dict[int, int] = {}
+        self._retired: dict[int, Channel[Any]] = {}
         self._prepared: dict[str, Prepared] = {}
         self._store: Store | None = None
         self._archiver: archive.Archiver | None = None
@@ -194,12 +200,33 @@ class Runtime:
     # -- channels -----------------------------------------------------------
 
     def channel(self, name: str) -> Channel[Any]:
-        """The channel ``name`` (``email`` or an account id), built once per config."""
+        """The channel ``name`` (``email`` or an account id), built once per config. To send
+        on it while the config may change, :meth:`hold` it instead."""
         config = self.config
         with self._lock:
             if name not in self._channels:
                 self._channels[name] = self._build(config, name)
             return self._channels[name]
+
+    def hold(self, name: str) -> Channel[Any]:
+        """The channel ``name``, held until :meth:`release`: a reload meanwhile leaves it open
+        for the holder (closing it then broke a post in flight, or refused the next one: sent
+        again on retry), and the last release closes it."""
+        with self._lock:  # re-entrant: no reload between getting the channel and holding it
+            channel = self.channel(name)
+            self._holds[id(channel)] = self._holds.get(id(channel), 0) + 1
+        return channel
+
+    def release(self, channel: Channel[Any]) -> None:
+        """Let go of a channel :meth:`hold` gave; closed now if it was replaced meanwhile."""
+        with self._lock:
+            left = self._holds.pop(id(channel), 1) - 1
+            if left:
+                self._holds[id(channel)] = left
+                return
+            retired = self._retired.pop(id(channel), None)
+        if retired is not None:
+            retired.close()
 
     def _build(self, config: Config, name: str) -> Channel[Any]:
         if registry.per_recipient(name):
@@ -212,12 +239,17 @@ class Runtime:
         return registry.build_account_channel(account, settings, data_dir=self.data_dir)
 
     def _close_channels(self) -> None:
+        """Drop the channels: close those no batch holds, and leave the others to their last
+        :meth:`release` (called under the lock)."""
         for channel in self._channels.values():
-            channel.close()
+            if id(channel) in self._holds:
+                self._retired[id(channel)] = channel
+            else:
+                channel.close()
         self._channels = {}
 
     def close(self) -> None:
-        """Close channels (SMTP connections, HTTP clients)."""
+        """Close channels (SMTP connections, HTTP clients; a held one when it is released)."""
         with self._lock:
             self._close_channels()
             if self._store is not None:

@@ -254,10 +254,16 @@ def send(
     Failures to get a response become our errors: a bad URL or scheme (a config mistake)
     is permanent; timeouts, refused or dropped connections are transient. A timeout after
     the request was written may still have posted: the message says so, and each channel's
-    retry is built to recognise its own earlier post.
+    retry is built to recognise its own earlier post. A client already closed (httpx's
+    ``RuntimeError``; the runtime holds a channel a batch uses, so only a channel closed
+    by hand) refuses before sending anything: transient, so the retry posts it once.
     """
     try:
         return client.request(method, url, **kwargs)
+    except RuntimeError as exc:
+        if not client.is_closed:
+            raise
+        raise TransientDeliveryError(f"{what}: not sent: its HTTP client was closed") from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
         raise PermanentDeliveryError(f"{what}: bad URL {url!r}: {redact(str(exc), secrets)}") from exc
     except httpx.TimeoutException as exc:
