@@ -279,3 +279,22 @@ def test_the_console_works_by_keyboard_alone(page: Page, console: Console) -> No
     page.keyboard.type("typed without a mouse")
     page.keyboard.press("Enter")
     expect(page.locator("table")).to_contain_text("by.keyboard@example.org")
+
+
+def test_an_admin_adds_a_console_user_and_a_wrong_password_is_told_plainly(page: Page, console: Console) -> None:
+    page.goto(f"{console.base}/admin/sign-in")
+    page.get_by_label("Email address").fill("admin@pcc.example")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".error-summary")).to_be_visible()
+    check(page, "sign-in-error")
+    sign_in_as(page, console, "admin")
+    page.get_by_role("link", name="Users").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Console users")
+    check(page, "users")
+    page.get_by_label("Email address").fill("new.officer@pcc.example")
+    page.get_by_label("Role").select_option("viewer")
+    page.get_by_label("First password").fill("a long enough password")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator("table")).to_contain_text("new.officer@pcc.example")
+    check(page, "users-added")

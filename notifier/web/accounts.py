@@ -19,23 +19,26 @@ from starlette.responses import RedirectResponse, Response
 from notifier import users
 from notifier.errors import InvalidValueError, StoreError, UsageError
 from notifier.web.auth import checked_form, csrf_token, require
-from notifier.web.console import store, user
-from notifier.web.render import render
+from notifier.web.console import FieldError, page, store, user
 
 PATH = "/admin/users"
 _FLASH = "users_flash"
 
 
 async def _page(request: Request, *, status: int = 200, **context: Any) -> Response:
+    """The users page in the console's frame (its navigation); ``errors`` maps a field to its problem."""
     try:
         found = await anyio.to_thread.run_sync(store(request).users)
     except StoreError:
         raise HTTPException(503, "The consultation record is not available.") from None
     values: dict[str, Any] = {"errors": {}, "email": "", "role": "viewer", **context}
-    return render(
+    field_errors = values.pop("errors")
+    return page(
         request,
         "users.html",
         status=status,
+        errors=[FieldError(name, message) for name, message in field_errors.items()],
+        field_errors=field_errors,
         users=found,
         roles=users.ROLES,
         me=user(request),
