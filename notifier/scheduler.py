@@ -418,6 +418,9 @@ class Scheduler:
             for s in status(self.ledger, self._events.values(), now, grace=self.service.settings.grace):
                 if s.state == "due":
                     self._fire(s.event, now)
+                    if s.event.key in self._planned and self._aps is not None:  # fired here first
+                        self._unplan(s.event.key)  # so it no longer waits for its time
+                        self._changed.notify_all()
                 elif s.state == "missed" and s.event.at is not None:
                     key = s.event.key
                     if (key, s.event.at) in self._noted_missed:

@@ -378,6 +378,20 @@ def test_an_invalid_config_on_reload_keeps_the_last_good_schedule(
     assert scheduler.is_leader  # still running
 
 
+def test_an_event_the_leaders_catch_up_fires_leaves_the_schedule_at_once(
+    service: Service, start: Callable[..., Scheduler]
+) -> None:
+    clock = HeldClock(OPENED - timedelta(seconds=1))
+    scheduler = start(clock)
+    assert scheduler.is_leader and f"{SOC}:opened" in scheduler.scheduled
+    clock.moment = OPENED  # its time comes before its job wakes: the leader's catch-up fires it
+
+    scheduler.catch_up()
+
+    assert service.ledger.fired(SOC, "opened")
+    assert f"{SOC}:opened" not in scheduler.scheduled, "fired, yet still listed as waiting for its time"
+
+
 def test_events_without_at_are_never_scheduled(
     project: Project, service: Service, start: Callable[..., Scheduler]
 ) -> None:
