@@ -16,7 +16,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from notifier.columns import FIELDS as FIELDS  # re-exported: the report's columns (report.FIELDS)
-from notifier.ledger import Ledger
+from notifier.ledger import Ledger, Record
 
 if TYPE_CHECKING:  # the database's modules are imported by those who open one
     from notifier.store import OccurrenceRecord, Settled, Store
@@ -81,24 +81,7 @@ def build(
                 }
             )
         for record in sorted(ledger.records(occurrence.id), key=lambda r: (r.channel, r.recipient)):
-            report.deliveries.append(
-                {
-                    "occurrence": occurrence.id,
-                    "event": occurrence.event,
-                    "channel": record.channel,
-                    "recipient": record.recipient,
-                    "name": record.name or "",
-                    "lists": " ".join(record.lists),
-                    "status": record.status,
-                    "attempts": record.attempts,
-                    "last_error": record.error or "",
-                    "provider_id": record.provider_id or "",
-                    "url": record.url or "",
-                    "created": local_iso(record.created, tz),
-                    "updated": local_iso(record.updated, tz),
-                    "sent_at": local_iso(record.sent_at, tz),
-                }
-            )
+            report.deliveries.append(_row(occurrence.id, occurrence.event, record, tz))
     return report
 
 
@@ -123,23 +106,27 @@ def _from_store(report: Report, store: Store, lost: list[OccurrenceRecord], tz: 
         )
     for event, settled in store.deliveries(report.consultation):
         if settled.occurrence in ids:
-            report.deliveries.append(_row(event, settled, tz))
+            report.deliveries.append(_row(settled.occurrence, event, settled, tz))
 
 
-def _row(event: str, s: Settled, tz: tzinfo) -> dict[str, Any]:
+def _row(occurrence: str, event: str, delivery: Record | Settled, tz: tzinfo) -> dict[str, Any]:
+    """One delivery row of the report, from Redis' record or the database's settled row alike,
+    so both sources give the same columns in the same form (the ledger's ``error`` is the
+    database's ``last_error``)."""
+    error = delivery.error if isinstance(delivery, Record) else delivery.last_error
     return {
-        "occurrence": s.occurrence,
+        "occurrence": occurrence,
         "event": event,
-        "channel": s.channel,
-        "recipient": s.recipient,
-        "name": s.name or "",
-        "lists": " ".join(s.lists),
-        "status": s.status,
-        "attempts": s.attempts,
-        "last_error": s.last_error or "",
-        "provider_id": s.provider_id or "",
-        "url": s.url or "",
-        "created": local_iso(s.created, tz),
-        "updated": local_iso(s.updated, tz),
-        "sent_at": local_iso(s.sent_at, tz),
+        "channel": delivery.channel,
+        "recipient": delivery.recipient,
+        "name": delivery.name or "",
+        "lists": " ".join(delivery.lists),
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_error": error or "",
+        "provider_id": delivery.provider_id or "",
+        "url": delivery.url or "",
+        "created": local_iso(delivery.created, tz),
+        "updated": local_iso(delivery.updated, tz),
+        "sent_at": local_iso(delivery.sent_at, tz),
     }

@@ -548,6 +548,7 @@ def check_current(engine: Engine) -> None:
 # ---------------------------------------------------------------------------
 
 _SETTLED_COLUMNS = tuple(f.name for f in fields(Settled))
+_SETTLED_LISTS_AT = _SETTLED_COLUMNS.index("lists")
 _TIME_COLUMNS = ("created", "updated", "sent_at")
 #: How SQLAlchemy's SQLite dialect stores a DATETIME (what UTCDateTime's naive UTC becomes).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -555,6 +556,14 @@ _OUTCOME_COLUMNS = (
     *(c for c in _SETTLED_COLUMNS if c not in ("occurrence", "channel", "recipient", "created")),
     "message_key",
 )
+
+
+def _settled(row: Sequence[Any]) -> Settled:
+    """The :class:`Settled` of a ``deliveries`` row read in :data:`_SETTLED_COLUMNS` order: the
+    database keeps ``lists`` as one space-separated text, :class:`Settled` as a tuple of list ids."""
+    values = list(row)
+    values[_SETTLED_LISTS_AT] = tuple(values[_SETTLED_LISTS_AT].split())
+    return Settled(*values)
 
 
 class Store:
@@ -775,12 +784,9 @@ class Store:
             .where(occurrences.c.consultation == consultation)
             .order_by(occurrences.c.fired_at, deliveries.c.occurrence, deliveries.c.channel, deliveries.c.recipient)
         )
-        lists_at = _SETTLED_COLUMNS.index("lists") + 1
         with self._tx() as connection:
             for row in connection.execution_options(yield_per=5_000).execute(query).tuples():
-                values = list(row)
-                values[lists_at] = tuple(values[lists_at].split())
-                yield values[0], Settled(*values[1:])
+                yield row[0], _settled(row[1:])
 
     def delivery_by_key(self, key: str) -> tuple[str, str, str, str] | None:
         """(occurrence, channel, recipient, status) of the e-mail whose Message-ID is
@@ -819,14 +825,8 @@ class Store:
         query = select(*(deliveries.c[name] for name in _SETTLED_COLUMNS)).where(
             deliveries.c.occurrence == occurrence_id
         )
-        lists_at = _SETTLED_COLUMNS.index("lists")
-        found = []
         with self._tx() as connection:
-            for row in connection.execute(query).tuples():
-                values = list(row)
-                values[lists_at] = tuple(values[lists_at].split())
-                found.append(Settled(*values))
-        return found
+            return [_settled(row) for row in connection.execute(query).tuples()]
 
     def delivery_rows(self, consultation: str) -> Iterator[tuple[Any, ...]]:
         """Each delivery of the consultation as text, in :data:`REPORT_COLUMNS` order, for bulk
@@ -896,12 +896,8 @@ class Store:
             # A row-value comparison: both databases read the index from there on.
             query = query.where(tuple_(d.channel, d.recipient) > tuple_(literal(after[0]), literal(after[1])))
         query = query.order_by(d.channel, d.recipient).limit(limit)
-        lists_at = _SETTLED_COLUMNS.index("lists")
         with self._tx() as connection:
-            rows = [list(row) for row in connection.execute(query).tuples()]
-        for row in rows:
-            row[lists_at] = tuple(row[lists_at].split())
-        return [Settled(*row) for row in rows]
+            return [_settled(row) for row in connection.execute(query).tuples()]
 
     def delivery_total(
         self,

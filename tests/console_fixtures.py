@@ -1,4 +1,5 @@
-"""Signing in to the console from a test: settings, the CSRF token of a page, the sign-in form.
+"""Signing in to the console from a test: settings, the app's record, the CSRF token of a
+page, the sign-in form.
 
 Shared by the console's and the API's tests (test_console*.py, test_api.py, test_web.py): every
 client signs in for real, through the sign-in form with its CSRF token, as a browser would.
@@ -7,11 +8,13 @@ client signs in for real, through the sign-in form with its CSRF token, as a bro
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx  # what Starlette's TestClient answers with
+import pytest
 from starlette.testclient import TestClient
 
 from notifier.config import Settings
@@ -43,6 +46,15 @@ def web_settings(
         secret_key_env=secret,
         **more,
     )
+
+
+@pytest.fixture
+def record(settings: Settings) -> Iterator[Store]:
+    """The app's record (of the test module's ``settings`` fixture), opened on its own as
+    another process would, and closed after the test."""
+    store = Store.open(settings)
+    yield store
+    store.close()
 
 
 def csrf_of(page: str) -> str:

@@ -23,8 +23,9 @@ from notifier.store import Store
 from notifier.web.app import ROUTES, create_app
 from notifier.web.openapi import document
 from tests.conftest import Project
-from tests.console_fixtures import signed_in
+from tests.console_fixtures import record, signed_in
 
+__all__ = ["record"]  # fixture
 TOKEN = "api-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SOC = "soc-strategy-2019"
@@ -42,13 +43,6 @@ def settings(project: Project, redis_url: str) -> Settings:
     )
     env = {**project.settings_env(), "NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_ADMIN_TOKEN": TOKEN}
     return Settings.from_env(env)
-
-
-@pytest.fixture
-def record(settings: Settings) -> Iterator[Store]:
-    store = Store.open(settings)
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -9,17 +9,14 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
 from notifier.broker import NAMESPACE
@@ -28,6 +25,7 @@ from notifier.ledger import Ledger
 from notifier.sns import TRUSTED_CERT_VARIABLE, SnsVerifier, canonical
 from notifier.store import Store
 from notifier.web.bounce_hook import TOPICS_VARIABLE
+from tests.certificates import new_key, self_signed
 from tests.conftest import Project, SmtpServer
 from tests.record_fixtures import SOC
 from tests.test_bounces import JANE, envelope_of, example, statuses
@@ -37,29 +35,14 @@ __all__ = ["example", "servers"]  # fixtures
 TOPIC = "arn:aws:sns:eu-west-2:123456789012:ses-bounces"
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 def _certificate(key: rsa.RSAPrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.test")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    """The signer's certificate as PEM, what the notification's ``SigningCertURL`` serves."""
+    return self_signed(key, "sns.test").public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.fixture(scope="module")
 def signer() -> rsa.RSAPrivateKey:
-    return _key()
+    return new_key()
 
 
 @pytest.fixture
@@ -195,7 +178,7 @@ def test_a_forged_webhook_is_refused_and_changes_nothing(  # noqa: PLR0913 - pyt
     if forge == "unsigned":
         body = json.dumps({k: v for k, v in message.items() if k != "SignatureVersion"})
     elif forge == "another key":
-        body = json.dumps(signed(message, _key()))
+        body = json.dumps(signed(message, new_key()))
     elif forge == "altered after signing":
         good = signed(notification("bounces+x@elsewhere.example", JANE, cert_url), signer)
         body = json.dumps({**good, "Message": message["Message"]})

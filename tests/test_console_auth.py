@@ -25,8 +25,9 @@ from notifier.store import Store
 from notifier.web.app import create_app
 from tests import console_fixtures
 from tests.conftest import Project
-from tests.console_fixtures import PASSWORD, csrf_of, web_settings
+from tests.console_fixtures import PASSWORD, csrf_of, record, web_settings
 
+__all__ = ["record"]  # fixture
 ADA = "ada.lovelace@pcc.example"
 WRONG = "not the right password"
 
@@ -34,14 +35,6 @@ WRONG = "not the right password"
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     return web_settings(tmp_path, redis_url)
-
-
-@pytest.fixture
-def record(settings: Settings) -> Iterator[Store]:
-    """The app's record, opened on its own as another process would."""
-    store = Store.open(settings)
-    yield store
-    store.close()
 
 
 @pytest.fixture
