@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import dramatiq
 import redis
+from dramatiq.worker import ConsumerThread, WorkerThread
 
 from notifier import acknowledgement, actors, archive, extension, timeline
 from notifier.audience import resolve
@@ -212,10 +215,17 @@ class Service:
 
     @contextlib.contextmanager
     def worker(self, *, threads: int = 8) -> Iterator[dramatiq.Worker]:
-        """A Dramatiq worker in this process for the duration of the block."""
+        """A Dramatiq worker in this process for the duration of the block.
+
+        It is whole before anything can stop it: a Ctrl-C or SIGTERM that comes while it
+        starts is acted on once every thread it started has begun its loop (see
+        :func:`_started`), and then stops them all.
+        """
         worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=200)
         try:
-            worker.start()  # inside: a SIGTERM or Ctrl-C while it starts stops what it started
+            with _signals_deferred(signal.SIGINT, signal.SIGTERM):
+                worker.start()
+                _started(worker)
             yield worker
         finally:
             worker.stop(timeout=actors.TIME_LIMIT_MS)  # in-flight messages finish or are requeued
@@ -242,3 +252,37 @@ class Service:
         """Release channels and connections."""
         self.runtime.close()
         self.broker.close()
+
+
+@contextlib.contextmanager
+def _signals_deferred(*signals: signal.Signals) -> Iterator[None]:
+    """Hold back ``signals`` that arrive during the block and raise them once it ends, to the
+    handlers that were there before (an ignored one stays ignored). Only the main thread
+    receives signals, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
+def _started(worker: dramatiq.Worker) -> None:
+    """Wait until each thread ``worker`` started has begun its loop.
+
+    Dramatiq's threads set their ``running`` flag first thing in ``run()``, and its
+    ``Worker.stop`` clears that flag and joins them: a stop that comes between a thread's
+    start and its first line is undone by that line, and the thread runs on while ``stop``
+    waits for it (up to the four-minute time limit: ``send --wait`` stopped at once by
+    Ctrl-C hung). A thread that has begun its loop sees the stop.
+    """
+    threads: list[ConsumerThread | WorkerThread] = [*worker.consumers.values(), *worker.workers]
+    for thread in threads:
+        while thread.ident is not None and thread.is_alive() and not thread.running:
+            time.sleep(0.001)  # a new thread's first line: microseconds, unless the machine is busy

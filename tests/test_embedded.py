@@ -221,19 +221,40 @@ def test_an_unreadable_server_record_stops_notifier_naming_it(tmp_path: Path) ->
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def ctrl_c_as_at_a_terminal() -> Iterator[None]:
+    """Children started inside get Ctrl-C as a terminal gives it, wherever the tests run.
+
+    A shell without job control starts background commands with SIGINT ignored, and an
+    ignored signal stays ignored across ``exec``: a suite started that way (``nohup … &``)
+    would start ``notifier`` deaf to SIGINT, and CPython then never turns it into
+    KeyboardInterrupt. A handled signal is reset to the default at ``exec``, so handling it
+    here for the moment of the fork gives the child the default, as a terminal would.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Running:
     """``notifier ARGS`` in a subprocess, its output collected line by line as it comes."""
 
     def __init__(self, project: Project, *args: str) -> None:
         self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "notifier", *args],
-            cwd=project.root,
-            env={**project.env, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with ctrl_c_as_at_a_terminal():
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "notifier", *args],
+                cwd=project.root,
+                env={**project.env, "PYTHONUNBUFFERED": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
