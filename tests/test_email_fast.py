@@ -8,7 +8,7 @@ import smtplib
 import time
 from email.utils import formatdate
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from notifier.channels.base import EmailPayload
@@ -65,6 +65,8 @@ def test_dot_stuffing_is_what_smtplib_sends(lines: list[bytes], final_crlf: bool
 
 @CHECK
 @given(st.text(max_size=40), st.text(max_size=40), st.one_of(st.none(), st.text(max_size=200)))
+# Found by this test: one quoted-printable line, soft-broken right before a dot.
+@example("", "00\x80\x80\x80\x80\x80\x80\U00010000\U00010000\U00010000.0", None)
 def test_dot_stuffing_of_built_messages_is_what_smtplib_sends(subject: str, text: str, html: str | None) -> None:
     sender = Sender.parse("PCC <policy@pcc.example>", None)
     payload = EmailPayload("a@b.example", "A", EmailContent(subject, "." + text, html), "https://x.example/u")

@@ -52,6 +52,11 @@ def _qp(text: str) -> bytes:
     # A bare CR is a line break, as mail readers show it: never a CR without its LF on the wire.
     body = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
     encoded = binascii.b2a_qp(body, istext=True)
+    if b"\r\n" not in body:
+        # b2a_qp ends its soft line breaks as the text's first line ends, and with a bare LF
+        # when the text is one line: a bare LF on the wire (SMTP smuggling's tool), and a
+        # line after it that starts with a dot would not be dot-stuffed.
+        encoded = encoded.replace(b"\n", b"\r\n")
     return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
 
 
